@@ -1,0 +1,162 @@
+"""The backbone registry: every network a spec can name, built with one signature.
+
+Like `keras.applications`, each entry is a function `(input_shape, weights, options) -> base`
+returning a headless feature extractor; `build_model` puts the backbone's own input
+preprocessing in front and a classification head behind, so the saved model takes raw RGB
+pixels in [0, 255] and nothing outside it needs to know which backbone it is. Adding a
+backbone is one entry in `BACKBONES`; the custom CNN is just another entry of the same shape.
+`weights` is `none`, `imagenet` (from Keras' cache under `$KERAS_HOME`, downloaded when online)
+or a path to a local weights file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from workbench import spec as spec_module
+from workbench.errors import WeightsError
+from workbench.spec import TrialConfig
+
+
+@dataclass(frozen=True)
+class Backbone:
+    build: Callable[..., keras.Model]
+    # How the ImageNet weights expect pixels: "tf" scales to [-1, 1], "torch" standardises with
+    # ImageNet statistics, "caffe" flips to BGR and subtracts the mean, "raw" leaves [0, 255]
+    # (EfficientNet rescales inside the network), "unit" scales to [0, 1] (our own CNN).
+    preprocessing: str
+
+
+def _simple_cnn(input_shape, weights, cfg: TrialConfig) -> keras.Model:
+    """The S3/S4 baseline: conv blocks with batch norm, each halving the resolution."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (32, 64, 128):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.Activation("relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    model = keras.Model(inputs, x, name="simple_cnn")
+    if weights not in (None, "imagenet"):
+        model.load_weights(weights)
+    elif weights == "imagenet":
+        raise WeightsError("backbone simple_cnn has no ImageNet weights: use weights: none or a file")
+    return model
+
+
+def _application(factory: Callable, **fixed) -> Callable[..., keras.Model]:
+    def build(input_shape, weights, cfg: TrialConfig) -> keras.Model:
+        return factory(include_top=False, weights=weights, input_shape=input_shape, **fixed)
+    return build
+
+
+def _mobilenet_v2(input_shape, weights, cfg: TrialConfig) -> keras.Model:
+    return keras.applications.MobileNetV2(
+        include_top=False, weights=weights, input_shape=input_shape, alpha=cfg.alpha)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "simple_cnn": Backbone(_simple_cnn, "unit"),
+    "vgg16": Backbone(_application(keras.applications.VGG16), "caffe"),
+    "mobilenet_v2": Backbone(_mobilenet_v2, "tf"),
+    "xception": Backbone(_application(keras.applications.Xception), "tf"),
+    "densenet169": Backbone(_application(keras.applications.DenseNet169), "torch"),
+    "efficientnet_b0": Backbone(_application(keras.applications.EfficientNetB0), "raw"),
+}
+assert set(BACKBONES) == set(spec_module.BACKBONES), "spec.BACKBONES and the registry disagree"
+
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255.0
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255.0
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+
+
+def preprocessing_layers(mode: str) -> list[keras.layers.Layer]:
+    """Each backbone's `preprocess_input` expressed with built-in layers, so saved models load
+    anywhere (a Lambda or custom layer would need workbench importable at serving time)."""
+    if mode == "unit":
+        return [keras.layers.Rescaling(1 / 255.0)]
+    if mode == "tf":
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0)]
+    if mode == "torch":
+        return [keras.layers.Normalization(mean=_IMAGENET_MEAN, variance=_IMAGENET_STD**2)]
+    if mode == "caffe":
+        # RGB -> BGR and mean subtraction as one frozen 1x1 convolution.
+        flip = np.zeros((1, 1, 3, 3), dtype="float32")
+        for src, dst in ((0, 2), (1, 1), (2, 0)):
+            flip[0, 0, src, dst] = 1.0
+        conv = keras.layers.Conv2D(3, 1, trainable=False, name="rgb_to_bgr_minus_mean")
+        conv.build((None, None, None, 3))
+        conv.set_weights([flip, -_CAFFE_MEAN_BGR.astype("float32")])
+        return [conv]
+    if mode == "raw":
+        return []
+    raise ValueError(f"unknown preprocessing mode {mode!r}")
+
+
+def resolve_weights(name: str, weights: str) -> str | None:
+    """Turn the spec's `weights` into what Keras takes, failing early with a way out."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights: {weights}: no such file for backbone {name} "
+                           "(use none, imagenet, or a path to a .h5/.weights.h5 file)")
+    return str(path)
+
+
+def build_base(cfg: TrialConfig) -> keras.Model:
+    entry = BACKBONES[cfg.backbone]
+    weights = resolve_weights(cfg.backbone, cfg.weights)
+    shape = (cfg.image_size, cfg.image_size, 3)
+    try:
+        return entry.build(shape, weights, cfg)
+    except WeightsError:
+        raise
+    except Exception as err:  # Keras raises bare Exceptions for a failed download
+        if weights == "imagenet" and _looks_like_download_failure(err):
+            cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+            raise WeightsError(
+                f"weights: imagenet for {cfg.backbone} is not in {cache} and cannot be downloaded "
+                f"(offline?): run `workbench weights fetch {cfg.backbone}` on a connected machine, "
+                f"or copy its no-top .h5 file into {cache}, or set weights: none") from None
+        raise
+
+
+def _looks_like_download_failure(err: Exception) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(word in text for word in ("url", "fetch", "download", "connection", "resolve", "http"))
+
+
+def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
+    """Raw pixels -> backbone preprocessing -> backbone -> pooled features -> dense head -> softmax."""
+    entry = BACKBONES[cfg.backbone]
+    inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
+    x = inputs
+    for layer in preprocessing_layers(entry.preprocessing):
+        x = layer(x)
+    x = build_base(cfg)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="head_dropout_1")(x)
+    x = keras.layers.Dense(cfg.dense_units, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="head_dropout_2")(x)
+    # Softmax in float32 even under mixed precision, so probabilities stay well calibrated.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{cfg.backbone}_classifier")
+
+
+def make_optimizer(cfg: TrialConfig) -> keras.optimizers.Optimizer:
+    factories = {
+        "adam": lambda lr: keras.optimizers.Adam(lr),
+        "adamax": lambda lr: keras.optimizers.Adamax(lr),
+        "rmsprop": lambda lr: keras.optimizers.RMSprop(lr),
+        "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+    }
+    return factories[cfg.optimizer](cfg.learning_rate)

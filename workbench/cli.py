@@ -1,0 +1,222 @@
+"""The `workbench` command line: the front door to every stage (specs, data, run, sweep, leaderboard).
+
+Commands are thin: parse options, call one function of the stage's module, print the result.
+TensorFlow and MLflow are imported only inside the commands that need them, so `workbench specs
+list` answers instantly. Every `WorkbenchError` becomes one line on stderr and its exit code
+(2 for a bad spec), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workbench import paths
+from workbench import spec as specs_module
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Reproducible transfer-learning sweeps on face images, tracked in MLflow.")
+specs_app = typer.Typer(no_args_is_help=True, help="List, show and validate experiment specs.")
+data_app = typer.Typer(no_args_is_help=True, help="Build datasets.")
+app.add_typer(specs_app, name="specs")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Fix a key for this run / every trial, e.g. --set epochs=1 --set image_size=32.")]
+TrackingOption = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")]
+
+
+# --- specs ---------------------------------------------------------------------------------------
+
+@specs_app.command("list")
+def specs_list() -> None:
+    """List the specs under experiments/."""
+    table = Table("name", "searched", "trials", "description", box=None)
+    for path in specs_module.list_specs():
+        try:
+            spec = specs_module.load(path)
+        except WorkbenchError as err:
+            table.add_row(path.stem, "[red]invalid[/red]", "", str(err))
+            continue
+        searched = [k for k, d in spec.params.dims().items() if specs_module.is_searched(d)]
+        table.add_row(spec.name, ", ".join(searched) or "-", str(spec.trials), spec.description.strip().split("\n")[0])
+    console.print(table)
+
+
+@specs_app.command("show")
+def specs_show(spec: str, set_: SetOption = None) -> None:
+    """Print a spec resolved, with every default filled in."""
+    print(specs_module.load(spec, set_).to_yaml(), end="")
+
+
+@specs_app.command("validate")
+def specs_validate(spec: str, set_: SetOption = None) -> None:
+    """Check a spec; exit code 2 and one line naming the field when it is invalid."""
+    loaded = specs_module.load(spec, set_)
+    console.print(f"{specs_module.resolve_path(spec)}: ok ({loaded.name}, hash {loaded.content_hash()})")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: data/synthetic/<task>-<size>px-n<count>-seed<seed>].")] = None,
+    seed: int = 0,
+    task: str = "mask3_fake",
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    count: int = 1500,
+) -> None:
+    """Generate the embedded synthetic face dataset (deterministic: same options, same bytes)."""
+    from workbench import synth
+    from workbench.dataset import synthetic_root
+
+    try:
+        options = specs_module.SyntheticData(task=task, size=size, count=count)
+    except Exception as err:  # pydantic's message names the option
+        raise WorkbenchError(f"data synth: {specs_module.describe_validation_error(err)}") from None
+    target = out or synthetic_root(options, seed)
+    manifest = synth.generate(target, task=task, seed=seed, size=size, count=count)
+    import pandas as pd
+
+    counts = pd.read_csv(manifest)["label"].value_counts().sort_index()
+    console.print(f"wrote {counts.sum()} images to {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+# --- run and sweep -------------------------------------------------------------------------------
+
+@app.command("run")
+def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption = None) -> None:
+    """Train and evaluate one configuration of SPEC as a single MLflow run."""
+    from workbench import tracking
+
+    tracking.quiet_environment()
+    loaded = specs_module.load(spec, set_)
+    config = specs_module.single_config(loaded)
+    open_dims = [k for k, d in loaded.params.dims().items() if specs_module.is_searched(d)]
+    if open_dims:
+        err_console.print(f"note: {', '.join(open_dims)} not fixed: using the first choice or the middle "
+                          "of the range (fix them with --set)")
+    from workbench.dataset import prepare
+    from workbench.run import tracked_run
+
+    uri = tracking_uri or paths.default_tracking_uri()
+    client = tracking.connect(uri)
+    experiment_id = tracking.ensure_experiment(client, loaded.name, uri)
+    data = prepare(loaded)
+    outcome = tracked_run(loaded, config, data, experiment_id=experiment_id)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items())
+    console.print(f"run {outcome.run_id} in experiment {loaded.name}: {loaded.objective.metric} "
+                  f"{outcome.objective:.3f}; {metrics}")
+
+
+@app.command("sweep")
+def sweep_command(
+    spec: str,
+    trials: Annotated[Optional[int], typer.Option(help="The study's total number of trials [default: the spec's].", min=1)] = None,
+    set_: SetOption = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: $WORKBENCH_STORAGE or sqlite:///mlruns/optuna.db].")] = None,
+    tracking_uri: TrackingOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Optuna study name [default: the spec's name].")] = None,
+    top: Annotated[int, typer.Option(help="Rows in the closing leaderboard.")] = 8,
+) -> None:
+    """Search SPEC's space with Optuna; every trial is an MLflow run nested under the sweep's run."""
+    from workbench import tracking
+
+    tracking.quiet_environment()
+    loaded = specs_module.load(spec, set_)
+    from workbench.compare import leaderboard, sweep_runs
+    from workbench.sweep import run_sweep
+
+    total = trials or loaded.trials
+
+    def report(study_, trial) -> None:
+        value = "-" if trial.value is None else f"{trial.value:.4f}"
+        best = "-"
+        try:
+            best = f"{study_.best_value:.4f}"
+        except ValueError:
+            pass
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        done = sum(t.state.is_finished() for t in study_.get_trials(deepcopy=False))
+        console.print(f"[{done}/{total}] trial {trial.number} {trial.state.name.lower()} "
+                      f"{loaded.objective.metric}={value} (best {best})  {params}", highlight=False)
+
+    uri = tracking_uri or paths.default_tracking_uri()
+    result = run_sweep(loaded, storage=storage or paths.default_storage_url(), tracking_uri=uri,
+                       trials=total, study_name=study, on_trial=report)
+    if not result.ran:
+        console.print(f"study {result.study.study_name} already has {total} finished trials; nothing to run "
+                      "(raise --trials to run more)")
+    board = leaderboard(sweep_runs(result.experiment_id, result.parent_run_id), top=top)
+    print_leaderboard(board, title=f"{loaded.name}: sweep run {result.parent_run_id}")
+    console.print(f"browse it: make ui  (MLflow at http://127.0.0.1:5000, experiment '{loaded.name}')")
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    spec: Annotated[str, typer.Argument(help="Spec (experiment) name: shows its latest sweep.")],
+    tracking_uri: TrackingOption = None,
+    metric: str = "test_f1_macro",
+    top: int = 10,
+) -> None:
+    """Rank the trials of SPEC's latest sweep by a metric."""
+    from workbench import tracking
+    from workbench.compare import leaderboard, sweep_runs
+
+    uri = tracking_uri or paths.default_tracking_uri()
+    client = tracking.connect(uri)
+    experiment = client.get_experiment_by_name(spec)
+    if experiment is None:
+        raise WorkbenchError(f"{spec}: no such experiment in {uri} (run `workbench sweep {spec}` first)")
+    sweeps = client.search_runs([experiment.experiment_id], f"tags.`{tracking.ROLE}` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    if not sweeps:
+        raise WorkbenchError(f"{spec}: no sweep runs in experiment {spec}")
+    board = leaderboard(sweep_runs(experiment.experiment_id, sweeps[0].info.run_id), metric=metric, top=top)
+    print_leaderboard(board, title=f"{spec}: sweep run {sweeps[0].info.run_id}")
+
+
+def print_leaderboard(board, title: str) -> None:
+    if board.empty:
+        console.print("no trials recorded yet")
+        return
+    table = Table(title=title, title_justify="left")
+    shown = [c for c in board.columns if c != "run_id"]
+    for column in shown:
+        table.add_column(column, justify="right" if board[column].dtype.kind in "fi" else "left")
+    for _, row in board.iterrows():
+        table.add_row(*[_short(row[c]) for c in shown])
+    console.print(table)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN: the metric does not exist for this run (pruned or failed)
+            return "-"
+        return f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def main() -> None:
+    try:
+        app()
+    except WorkbenchError as err:
+        err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the current run was ended as KILLED; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

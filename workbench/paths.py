@@ -1,0 +1,31 @@
+"""Where workbench reads and writes by default, in one place. Everything is relative to the
+working directory (the repository root when driven by `make`) and each location can be
+overridden by an environment variable, so a team can point many workers at shared storage
+(PostgreSQL for Optuna, an MLflow server for tracking) without touching code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def experiments_dir() -> Path:
+    return Path(os.environ.get("WORKBENCH_EXPERIMENTS", "experiments"))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("WORKBENCH_DATA", "data"))
+
+
+def mlruns_dir() -> Path:
+    return Path(os.environ.get("WORKBENCH_MLRUNS", "mlruns"))
+
+
+def default_tracking_uri() -> str:
+    """MLflow 3 refuses the old file store, so the local default is SQLite beside the artifacts."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlruns_dir() / 'mlflow.db'}"
+
+
+def default_storage_url() -> str:
+    """Optuna's study storage sits next to the MLflow database unless a team shares one."""
+    return os.environ.get("WORKBENCH_STORAGE") or f"sqlite:///{mlruns_dir() / 'optuna.db'}"

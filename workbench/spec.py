@@ -1,0 +1,358 @@
+"""The experiment registry: YAML specs in `experiments/` declare what to train and what to search.
+
+A spec names a dataset, a split, a search space over the registry axes (backbone, balance,
+augmentation) and the hyperparameters, an objective, a trial budget and a seed. Every value in
+`params` is either fixed (`epochs: 3`), a list of choices (`backbone: [simple_cnn, vgg16]`) or a
+range (`learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}`). Specs state only what differs
+from the defaults below. Loading validates everything with pydantic and turns any problem into a
+one-line `SpecError` naming the file and the field path; this module never imports TensorFlow,
+so listing and validating specs is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from workbench import paths
+from workbench.errors import SpecError
+
+# The names below are the registry's vocabulary; the modules that implement them
+# (backbones.py, balance.py, augment.py) check at import that they agree with these lists.
+BACKBONES = ("simple_cnn", "vgg16", "mobilenet_v2", "xception", "densenet169", "efficientnet_b0")
+# Smallest input each backbone accepts (Keras refuses smaller ones; Xception's stem needs 71 px).
+MIN_IMAGE_SIZE = {"simple_cnn": 16, "vgg16": 32, "mobilenet_v2": 32, "xception": 71,
+                  "densenet169": 32, "efficientnet_b0": 32}
+BALANCES = ("none", "undersample", "oversample", "class_weight")
+AUGMENTATIONS = ("none", "flip", "s2", "s4")
+OPTIMIZERS = ("adam", "adamax", "rmsprop", "sgd")
+OBJECTIVE_METRICS = ("val_f1_macro", "val_accuracy", "val_loss")
+
+
+# --- search-space dimensions -------------------------------------------------------------------
+
+class Fixed(BaseModel):
+    value: Any
+
+
+class Choice(BaseModel):
+    values: list[Any]
+
+
+class Range(BaseModel):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+
+Dim = Union[Fixed, Choice, Range]
+
+
+def _dimension(element: Any, *, rangeable: bool, integer: bool = False):
+    """Build the annotated type of one `params` key: a fixed value, a list or a range of `element`."""
+    check = TypeAdapter(element)
+
+    def parse(raw: Any) -> Dim:
+        if isinstance(raw, (Fixed, Choice, Range)):
+            return raw
+        if isinstance(raw, dict):
+            if not rangeable:
+                raise ValueError("takes a value or a list of choices, not a range")
+            unknown = set(raw) - {"low", "high", "log", "step"}
+            if unknown or not {"low", "high"} <= set(raw):
+                raise ValueError("a range needs exactly 'low' and 'high' (and optionally 'log', 'step')")
+            low, high = check.validate_python(raw["low"]), check.validate_python(raw["high"])
+            log = bool(raw.get("log", False))
+            if low >= high:
+                raise ValueError(f"range low ({low}) must be below high ({high})")
+            if log and low <= 0:
+                raise ValueError("a log range needs low > 0")
+            step = raw.get("step")
+            return Range(low=low, high=high, log=log, step=step, integer=integer)
+        if isinstance(raw, list):
+            if not raw:
+                raise ValueError("an empty list of choices")
+            values = [check.validate_python(v) for v in raw]
+            if len(set(map(json.dumps, values))) != len(values):
+                raise ValueError("a list of choices with duplicates")
+            return Choice(values=values) if len(values) > 1 else Fixed(value=values[0])
+        return Fixed(value=check.validate_python(raw))
+
+    def dump(dim: Dim) -> Any:
+        if isinstance(dim, Fixed):
+            return dim.value
+        if isinstance(dim, Choice):
+            return list(dim.values)
+        out = {"low": dim.low, "high": dim.high, "log": dim.log}
+        if dim.step is not None:
+            out["step"] = dim.step
+        return out
+
+    return Annotated[Any, BeforeValidator(parse), PlainSerializer(dump)]
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0, strict=False)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+ImageSize = Annotated[int, Field(ge=16, le=1024)]
+Alpha = Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4]  # the widths Keras' MobileNetV2 accepts
+
+
+class Params(BaseModel):
+    """The search space. Defaults are a small, sane single configuration."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    backbone: _dimension(Literal[BACKBONES], rangeable=False) = "simple_cnn"
+    balance: _dimension(Literal[BALANCES], rangeable=False) = "none"
+    augmentation: _dimension(Literal[AUGMENTATIONS], rangeable=False) = "none"
+    learning_rate: _dimension(PositiveFloat, rangeable=True) = 1e-3
+    batch_size: _dimension(PositiveInt, rangeable=True, integer=True) = 32
+    epochs: _dimension(PositiveInt, rangeable=True, integer=True) = 5
+    dropout: _dimension(Fraction, rangeable=True) = 0.2
+    dense_units: _dimension(PositiveInt, rangeable=True, integer=True) = 128
+    optimizer: _dimension(Literal[OPTIMIZERS], rangeable=False) = "adam"
+    image_size: _dimension(ImageSize, rangeable=True, integer=True) = 64
+    weights: _dimension(str, rangeable=False) = "none"
+    alpha: _dimension(Alpha, rangeable=False) = 1.0
+
+    def dims(self) -> dict[str, Dim]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    @model_validator(mode="after")
+    def _backbone_fits_image_size(self) -> Params:
+        smallest = _lowest(self.image_size)
+        for backbone in _values(self.backbone):
+            if smallest < MIN_IMAGE_SIZE[backbone]:
+                raise ValueError(
+                    f"image_size {smallest} is below {backbone}'s minimum of "
+                    f"{MIN_IMAGE_SIZE[backbone]} px"
+                )
+        return self
+
+
+def _values(dim: Dim) -> list[Any]:
+    if isinstance(dim, Fixed):
+        return [dim.value]
+    if isinstance(dim, Choice):
+        return list(dim.values)
+    raise TypeError("a range has no finite list of values")
+
+
+def _lowest(dim: Dim) -> float:
+    return dim.low if isinstance(dim, Range) else min(_values(dim))
+
+
+# --- the rest of a spec --------------------------------------------------------------------------
+
+class SyntheticData(BaseModel):
+    """The embedded default: faces drawn by workbench.synth, generated once under data/synthetic/."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["synthetic"] = "synthetic"
+    task: Literal["mask2", "mask3_fake", "mask_age4"] = "mask3_fake"
+    count: int = Field(1500, ge=20, le=200_000)
+    size: ImageSize = 64
+
+
+class Split(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Split:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: Literal[OBJECTIVE_METRICS] = "val_f1_macro"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Spec(BaseModel):
+    """One experiment: everything a sweep or a single run needs, and nothing about where it is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    dataset: SyntheticData = SyntheticData()
+    split: Split = Split()
+    params: Params = Params()
+    objective: Objective = Objective()
+    trials: int = Field(12, ge=1)
+    seed: int = Field(0, ge=0)
+
+    def content_hash(self) -> str:
+        """Identifies what a run trained on and searched over; the trial budget is not part of it."""
+        payload = self.model_dump(mode="json", exclude={"trials", "description"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def resolve_path(spec: str | Path) -> Path:
+    """A spec argument is a path, or a name under experiments/ (with or without .yaml)."""
+    candidate = Path(spec)
+    if candidate.is_file():
+        return candidate
+    for path in (paths.experiments_dir() / f"{spec}.yaml", paths.experiments_dir() / f"{spec}.yml"):
+        if path.is_file():
+            return path
+    known = ", ".join(p.stem for p in list_specs()) or "none"
+    raise SpecError(f"{spec}: no such spec file or name under {paths.experiments_dir()}/ (known: {known})")
+
+
+def list_specs() -> list[Path]:
+    folder = paths.experiments_dir()
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
+
+
+def load(spec: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override (`key=value` strings as given to --set) and validate one spec."""
+    path = resolve_path(spec)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate(raw, source=str(path))
+
+
+def validate(raw: dict, source: str = "<spec>") -> Spec:
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(f"{source}: {describe_validation_error(err)}") from None
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    # Pydantic puts the failing validator's name into the location path; users know only keys.
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc or 'spec'}: {msg}{shown}{extra}"
+
+
+TOP_LEVEL_KEYS = {"name", "description", "trials", "seed"}
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `--set key=value`: bare param names address `params`, dotted keys any field."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item}: expected key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {item}: value is not valid YAML") from None
+    if "." in key:
+        path = key.split(".")
+    elif key in Params.model_fields:
+        path = ["params", key]
+    elif key in TOP_LEVEL_KEYS:
+        path = [key]
+    else:
+        raise SpecError(f"--set {key}: unknown key (params: {', '.join(Params.model_fields)}; "
+                        f"top level: {', '.join(sorted(TOP_LEVEL_KEYS))}; or a dotted path)")
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {key}: {part} is not a mapping")
+    node[path[-1]] = value
+
+
+# --- from a search space to one configuration -----------------------------------------------------
+
+def is_searched(dim: Dim) -> bool:
+    return not isinstance(dim, Fixed)
+
+
+def default_choice(dim: Dim) -> Any:
+    """What a single run uses for a dimension the spec leaves open: the first choice, or the
+    (geometric, for log ranges) middle of a range."""
+    if isinstance(dim, Fixed):
+        return dim.value
+    if isinstance(dim, Choice):
+        return dim.values[0]
+    mid = math.sqrt(dim.low * dim.high) if dim.log else (dim.low + dim.high) / 2
+    return int(round(mid)) if dim.integer else mid
+
+
+def suggest(name: str, dim: Dim, trial) -> Any:
+    """Ask an Optuna trial for a value of one dimension (fixed values are not searched)."""
+    if isinstance(dim, Fixed):
+        return dim.value
+    if isinstance(dim, Choice):
+        return trial.suggest_categorical(name, dim.values)
+    if dim.integer:
+        step = int(dim.step) if dim.step else 1
+        return trial.suggest_int(name, int(dim.low), int(dim.high), step=step, log=dim.log)
+    return trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+
+
+class TrialConfig(BaseModel):
+    """One concrete point of a spec's space: what `train()` runs. Every field is a plain value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backbone: str
+    balance: str
+    augmentation: str
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    dropout: float
+    dense_units: int
+    optimizer: str
+    image_size: int
+    weights: str
+    alpha: float
+    seed: int
+
+
+def single_config(spec: Spec) -> TrialConfig:
+    values = {name: default_choice(dim) for name, dim in spec.params.dims().items()}
+    return TrialConfig(**values, seed=spec.seed)
+
+
+def sample_config(spec: Spec, trial) -> TrialConfig:
+    values = {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()}
+    return TrialConfig(**values, seed=spec.seed)

@@ -1,0 +1,136 @@
+"""The MLflow edge: where runs are stored and how a finished training is written into a run.
+
+The tracking store is chosen by URI (default `sqlite:///mlruns/mlflow.db`, or an MLflow server a
+team shares); with a local SQLite store, artifacts go under `mlruns/artifacts/<experiment>/`
+beside the database so the whole record is one folder. `log_result` turns the values `train()`
+returned into metrics, figures, reports and a model that `mlflow.pyfunc.load_model` can load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from workbench.errors import TrackingError
+
+# Every run carries these, so the MLflow UI and `compare` can tell sweeps from trials.
+ROLE, TRIAL, STATE, SPEC, SPEC_HASH = ("workbench.role", "workbench.trial", "workbench.state",
+                                       "workbench.spec", "workbench.spec_hash")
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def connect(tracking_uri: str) -> MlflowClient:
+    """Point MLflow at a store, creating a local SQLite database's folder on first use."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+    elif parsed.scheme in ("", "file"):
+        raise TrackingError(f"--tracking-uri {tracking_uri}: MLflow 3 no longer accepts a file store; "
+                            "use sqlite:///path/to/mlflow.db or an http(s):// server")
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri)
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Local SQLite stores keep artifacts beside the database; servers decide for themselves."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (db.parent / "artifacts").resolve().as_uri()
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    root = artifact_root(tracking_uri)
+    try:
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except MlflowException:
+        # Another worker created it between our look-up and create: use theirs.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def epoch_logger():
+    """A Keras callback that streams each epoch's logs to the active MLflow run (step = epoch)."""
+    import keras
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mlflow.log_metrics(
+        {k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1))
+
+
+def log_dataset(data) -> None:
+    """Lineage: the split manifest as an MLflow dataset input, its class counts and the file itself."""
+    columns = [c for c in ("path", "sha256", "label", "group_id", "split") if c in data.frame.columns]
+    frame = data.frame[columns]
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=str(data.root), name=data.name,
+                                             digest=data.digest, targets="label"), context="training")
+    with tempfile.TemporaryDirectory() as tmp:
+        frame.to_csv(Path(tmp) / "manifest.csv", index=False)
+        data.counts().to_csv(Path(tmp) / "class_counts.csv")
+        mlflow.log_artifacts(tmp, artifact_path="data")
+
+
+def log_result(result, config, classes) -> None:
+    """Everything a finished training leaves behind, written into the active run."""
+    from workbench.evaluate import confusion_figure, learning_curves_figure
+
+    evaluation = result.evaluation
+    mlflow.log_metrics({**evaluation.metrics, **result.timings,
+                        "train_images": result.train_images,
+                        "total_params": result.model.count_params()})
+    mlflow.log_figure(confusion_figure(evaluation), "evaluation/confusion_matrix.png")
+    mlflow.log_dict(evaluation.confusion_json(), "evaluation/confusion_matrix.json")
+    mlflow.log_figure(learning_curves_figure(result.history), "evaluation/learning_curves.png")
+    mlflow.log_dict(evaluation.report, "evaluation/classification_report.json")
+    mlflow.log_text(evaluation.report_text, "evaluation/classification_report.txt")
+    mlflow.log_dict(result.history, "evaluation/history.json")
+    import matplotlib.pyplot as plt
+    plt.close("all")
+    log_model(result.model, config, classes)
+
+
+def log_model(model, config, classes) -> None:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    example = np.zeros((1, config.image_size, config.image_size, 3), dtype="float32")
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # Explicit requirements: MLflow's inference would re-load the model in a subprocess (slow).
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements,
+                           metadata={"classes": list(classes), "image_size": config.image_size})
+    mlflow.log_dict({"classes": list(classes)}, "model_labels.json")
+
+
+def quiet_environment() -> None:
+    """Keep progress bars and known-harmless warnings out of the user's terminal and CI logs."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow registers the local-file dataset source twice and warns that a path is ambiguous.
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
