@@ -27,8 +27,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Build datasets.")
 app.add_typer(specs_app, name="specs")
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide fixed width so tables are not squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Fix a key for this run / every trial, e.g. --set epochs=1 --set image_size=32.")]
@@ -193,7 +194,8 @@ def print_leaderboard(board, title: str) -> None:
     table = Table(title=title, title_justify="left")
     shown = [c for c in board.columns if c != "run_id"]
     for column in shown:
-        table.add_column(column, justify="right" if board[column].dtype.kind in "fi" else "left")
+        # "test_" is implied: the leaderboard reports held-out test figures next to the objective.
+        table.add_column(column.removeprefix("test_"), justify="right" if board[column].dtype.kind in "fi" else "left")
     for _, row in board.iterrows():
         table.add_row(*[_short(row[c]) for c in shown])
     console.print(table)

@@ -22,7 +22,7 @@ def sweep_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
 
 
 def leaderboard(runs: pd.DataFrame, metric: str = "test_f1_macro", top: int | None = 10) -> pd.DataFrame:
-    """Trials ranked by `metric` (best first), with their axes and per-class test F1."""
+    """Trials ranked by `metric` (best first), with the axes that vary and per-class test F1."""
     if runs.empty:
         return pd.DataFrame()
     table = pd.DataFrame({
@@ -31,7 +31,8 @@ def leaderboard(runs: pd.DataFrame, metric: str = "test_f1_macro", top: int | No
     })
     for axis in AXES:
         column = f"params.{axis}"
-        if column in runs:
+        # Only the axes that differ between trials say anything about why one trial won.
+        if column in runs and (len(runs) == 1 or runs[column].nunique(dropna=False) > 1):
             table[axis] = _numeric_if_possible(runs[column])
     metric_columns = ["metrics.objective", "metrics.test_accuracy", "metrics.test_f1_macro",
                       *sorted(c for c in runs.columns if c.startswith("metrics.test_f1_") and c != "metrics.test_f1_macro")]

@@ -27,6 +27,8 @@ ROLE, TRIAL, STATE, SPEC, SPEC_HASH = ("workbench.role", "workbench.trial", "wor
                                        "workbench.spec", "workbench.spec_hash")
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
+# MLflow registers the local-file dataset source twice and then warns that a path is ambiguous.
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
 
 
 def connect(tracking_uri: str) -> MlflowClient:
@@ -132,5 +134,3 @@ def log_model(model, config, classes) -> None:
 def quiet_environment() -> None:
     """Keep progress bars and known-harmless warnings out of the user's terminal and CI logs."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow registers the local-file dataset source twice and warns that a path is ambiguous.
-    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")

@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from workbench import backbones, pipeline
 from workbench.balance import rebalance
 from workbench.dataset import Dataset
 from workbench.evaluate import Evaluation, evaluate, f1_macro
 from workbench.spec import TrialConfig
+
+# Every trial builds a fresh model, so tf.function retracing is expected, not a bug to warn about.
+tf.get_logger().setLevel("ERROR")
 
 
 @dataclass

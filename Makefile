@@ -1,0 +1,39 @@
+# The front door: one target per user action. Every target depends on the install stamp, so
+# `make sweep` and `make test` each work as the first command on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SPEC   ?= quickstart
+TRIALS ?=
+PORT   ?= 5000
+TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+
+.PHONY: install sweep run test ui specs bench clean-runs
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install workbench with its test extras
+
+sweep: $(STAMP)  ## run the SPEC sweep (default: the embedded quickstart) and print its leaderboard
+	$(BIN)/workbench sweep $(SPEC) $(if $(TRIALS),--trials $(TRIALS))
+
+run: $(STAMP)  ## train one configuration of SPEC
+	$(BIN)/workbench run $(SPEC)
+
+specs: $(STAMP)  ## list the experiment registry
+	$(BIN)/workbench specs list
+
+test: $(STAMP)  ## run the test suite (fails on any failure, and on zero tests)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+ui: $(STAMP)  ## browse runs in the MLflow UI on http://127.0.0.1:$(PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+clean-runs:  ## delete every local run and study (asks first)
+	@read -p "delete mlruns/ (all local runs and studies)? [y/N] " ok && [ "$$ok" = y ] && \
+		find mlruns -mindepth 1 ! -name .gitkeep -delete || true

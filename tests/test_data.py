@@ -1,0 +1,75 @@
+"""Data stage: the synthetic set is materialised once, splits are stratified and grouped, and
+each balance strategy changes only the training split, deterministically."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from workbench import balance, spec as S
+from workbench.dataset import prepare
+from workbench.split import assign_splits, class_counts
+
+
+@pytest.fixture
+def tiny(tiny_spec):
+    return prepare(S.load("tiny"))
+
+
+def test_prepare_is_stable_and_covers_every_class_in_every_split(tiny):
+    again = prepare(S.load("tiny"))
+    assert again.digest == tiny.digest
+    counts = class_counts(tiny.frame)
+    assert tuple(counts.index) == tiny.classes == ("fake", "real", "with_mask")
+    assert (counts[["train", "val", "test"]] > 0).all().all()
+    assert counts["total"].sum() == 180
+    # The split follows the 60/20/20 ratios within a couple of images per class.
+    share = counts["train"] / counts["total"]
+    assert share.between(0.5, 0.7).all()
+
+
+def test_digest_changes_with_the_split_seed(tiny_spec):
+    assert prepare(S.load("tiny")).digest != prepare(S.load("tiny", ["seed=8"])).digest
+
+
+def test_groups_never_span_two_splits():
+    frame = pd.DataFrame({"label": ["a"] * 40 + ["b"] * 20,
+                          "group_id": [f"g{i // 3}" for i in range(60)]})
+    frame["split"] = assign_splits(frame, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1)
+    assert frame.groupby("group_id")["split"].nunique().max() == 1
+    assert set(frame["split"]) == {"train", "val", "test"}
+
+
+def test_none_and_class_weight_keep_the_training_split(tiny):
+    train = tiny.part("train")
+    assert balance.rebalance(train, "none", tiny.classes, 0).train is train
+    weighted = balance.rebalance(train, "class_weight", tiny.classes, 0)
+    counts = train["label"].value_counts()
+    weights = weighted.class_weight
+    # The rarest class weighs most, and weight x count is the same for every class.
+    assert weights[tiny.classes.index("fake")] == max(weights.values())
+    products = {round(weights[i] * counts[c], 6) for i, c in enumerate(tiny.classes)}
+    assert len(products) == 1
+
+
+def test_undersample_cuts_every_class_to_the_smallest(tiny):
+    train = tiny.part("train")
+    out = balance.rebalance(train, "undersample", tiny.classes, 0).train
+    assert out["label"].value_counts().nunique() == 1
+    assert len(out) == len(tiny.classes) * train["label"].value_counts().min()
+    assert set(out["file"]) <= set(train["file"])
+
+
+def test_oversample_tops_up_from_training_images_only_and_is_cached(tiny):
+    train = tiny.part("train")
+    first = balance.rebalance(train, "oversample", tiny.classes, 0).train
+    counts = first["label"].value_counts()
+    assert counts.nunique() == 1 and counts.iloc[0] == train["label"].value_counts().max()
+    copies = first[first["augmented_from"].notna() & (first["augmented_from"] != "")]
+    assert len(copies) == len(first) - len(train)
+    # Every copy keeps its source's group, and every source is a training image.
+    assert set(copies["augmented_from"]) <= set(train["sha256"])
+    assert set(copies["group_id"]) <= set(train["group_id"])
+    assert set(copies["augmentation"]) <= set(balance.RECIPE)
+    second = balance.rebalance(train, "oversample", tiny.classes, 0).train
+    assert list(second["sha256"]) == list(first["sha256"])  # same seed, same copies

@@ -1,0 +1,85 @@
+"""One tiny trial, end to end: real training on real (small) images, logged into a temporary
+MLflow store with everything a user expects to find in the UI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from workbench import spec as S, tracking
+from workbench.dataset import prepare
+from workbench.run import tracked_run
+from workbench.train import train
+
+
+@pytest.fixture
+def store(workdir) -> str:
+    return f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+
+
+def test_train_returns_history_and_test_evaluation_without_any_tracking(tiny_spec):
+    spec = S.load("tiny", ["balance=oversample", "augmentation=flip"])
+    data = prepare(spec)
+    result = train(S.single_config(spec), data)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
+        assert len(result.history[key]) == 2, key
+    metrics = result.evaluation.metrics
+    assert set(metrics) == {"test_accuracy", "test_f1_macro", "test_f1_fake", "test_f1_real", "test_f1_with_mask"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert result.evaluation.confusion.sum() == len(data.part("test"))
+    # Oversampling evens out the training classes.
+    assert result.train_images == 3 * data.part("train")["label"].value_counts().max()
+
+
+def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_spec, store):
+    spec = S.load("tiny")
+    config = S.single_config(spec)
+    data = prepare(spec)
+    client = tracking.connect(store)
+    experiment_id = tracking.ensure_experiment(client, spec.name, store)
+    outcome = tracked_run(spec, config, data, experiment_id=experiment_id)
+
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.ROLE] == "run" and run.data.tags[tracking.STATE] == "finished"
+    assert run.data.tags["workbench.seed"] == "7"
+    for key, value in config.model_dump().items():
+        assert run.data.params[key] == str(value)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
+        history = client.get_metric_history(outcome.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+    for key in ("test_accuracy", "test_f1_macro", "test_f1_fake", "test_f1_real", "test_f1_with_mask"):
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    assert run.data.metrics["objective"] == pytest.approx(run.data.metrics["val_f1_macro"])
+
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, tracking_uri=store))
+    for name in ("evaluation/confusion_matrix.png", "evaluation/learning_curves.png",
+                 "evaluation/classification_report.txt", "data/manifest.csv", "data/class_counts.csv"):
+        assert (artifacts / name).stat().st_size > 0, name
+    counts = json.loads((artifacts / "evaluation/confusion_matrix.json").read_text())
+    assert counts["classes"] == list(data.classes)
+    assert np.array(counts["matrix"]).sum() == len(data.part("test"))
+
+    # Lineage: the dataset is an input of the run, identified by its digest.
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == data.digest
+
+    model = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    probabilities = np.asarray(model.predict(images))
+    assert probabilities.shape == (3, 3)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_same_seed_same_run(tiny_spec):
+    spec = S.load("tiny", ["epochs=1"])
+    data = prepare(spec)
+    first = train(S.single_config(spec), data)
+    second = train(S.single_config(spec), data)
+    assert first.history["loss"] == pytest.approx(second.history["loss"], rel=1e-4)
+    assert first.evaluation.metrics == pytest.approx(second.evaluation.metrics)

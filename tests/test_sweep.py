@@ -1,0 +1,65 @@
+"""The sweep: an Optuna study whose trials are MLflow runs nested under one sweep run, resumable
+up to the study's total, and driven from the command line as `make sweep` drives it."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import workbench_cli
+from workbench import spec as S, tracking
+from workbench.errors import SpecError
+from workbench.sweep import run_sweep
+
+
+@pytest.fixture
+def stores(workdir):
+    mlruns = workdir / "mlruns"
+    return f"sqlite:///{mlruns / 'optuna.db'}", f"sqlite:///{mlruns / 'mlflow.db'}"
+
+
+def children(client, result):
+    return client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+
+
+def test_two_trial_sweep_is_one_parent_with_two_children_and_resumes_to_the_total(tiny_spec, stores):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    client = MlflowClient(uri)
+
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags[tracking.ROLE] == "sweep" and parent.info.status == "FINISHED"
+    assert client.get_experiment(result.experiment_id).name == "tiny"
+    runs = children(client, result)
+    assert len(runs) == 2
+    assert sorted(r.data.tags[tracking.TRIAL] for r in runs) == ["0", "1"]
+    assert all(r.data.tags[tracking.ROLE] == "trial" and r.info.status == "FINISHED" for r in runs)
+    # Each trial's run holds the learning rate Optuna sampled for it.
+    for trial in result.study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert float(run.data.params["learning_rate"]) == pytest.approx(trial.params["learning_rate"])
+    assert parent.data.metrics["trials_complete"] == 2
+
+    again = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    assert again.ran == 0 and again.parent_run_id == result.parent_run_id
+    more = run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    assert more.ran == 1 and len(children(client, more)) == 3
+
+
+def test_a_changed_spec_does_not_silently_join_an_old_study(tiny_spec, stores):
+    storage, uri = stores
+    run_sweep(S.load("tiny", ["epochs=1"]), storage=storage, tracking_uri=uri, trials=1)
+    with pytest.raises(SpecError, match="different version of spec tiny"):
+        run_sweep(S.load("tiny", ["epochs=1", "dropout=0.5"]), storage=storage, tracking_uri=uri, trials=1)
+
+
+def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):
+    result = workbench_cli("sweep", "tiny", "--trials", "2", "--set", "epochs=1",
+                           "--set", "balance=[none, oversample]", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "[1/2] trial 0 complete" in result.stdout and "[2/2] trial 1 complete" in result.stdout
+    assert "tiny: sweep run" in result.stdout and "f1_macro" in result.stdout
+    assert (workdir / "mlruns" / "mlflow.db").is_file() and (workdir / "mlruns" / "optuna.db").is_file()
+    board = workbench_cli("leaderboard", "tiny", cwd=workdir)
+    assert board.returncode == 0 and "f1_fake" in board.stdout
