@@ -29,8 +29,10 @@ def test_train_returns_history_and_test_evaluation_without_any_tracking(tiny_spe
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         assert len(result.history[key]) == 2, key
     metrics = result.evaluation.metrics
-    assert set(metrics) == {"test_accuracy", "test_f1_macro", "test_f1_fake", "test_f1_real", "test_f1_with_mask"}
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    for name in ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc_ovr", "ece",
+                 "f1_fake", "precision_real", "recall_with_mask"):
+        assert 0.0 <= metrics[f"test_{name}"] <= 1.0, name
+    assert metrics["test_log_loss"] > 0
     assert result.evaluation.confusion.sum() == len(data.part("test"))
     # Oversampling evens out the training classes.
     assert result.train_images == 3 * data.part("train")["label"].value_counts().max()
@@ -53,14 +55,28 @@ def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_sp
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         history = client.get_metric_history(outcome.run_id, key)
         assert [m.step for m in history] == [1, 2], key
-    for key in ("test_accuracy", "test_f1_macro", "test_f1_fake", "test_f1_real", "test_f1_with_mask"):
-        assert 0.0 <= run.data.metrics[key] <= 1.0
-    assert run.data.metrics["objective"] == pytest.approx(run.data.metrics["val_f1_macro"])
+    metrics = run.data.metrics
+    for key in ("test_accuracy", "test_f1_macro", "test_f1_fake", "test_f1_real", "test_f1_with_mask",
+                "test_precision_weighted", "test_recall_macro", "test_roc_auc_ovr", "test_ece"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["objective"] == pytest.approx(metrics["val_f1_macro"])
+    # The training summary and the cost of the model.
+    assert metrics["best_epoch"] in (1, 2) and "overfit_gap" in metrics and metrics["test_log_loss"] > 0
+    assert metrics["total_params"] >= metrics["trainable_params"] > 0
+    for key in ("model_size_mb", "latency_ms_batch1", "latency_ms_per_image_batch32", "train_seconds",
+                "train_images_per_second"):
+        assert metrics[key] > 0, key
+    assert run.data.tags["workbench.device"].startswith("CPU")
+    assert run.data.tags["workbench.spec_hash"] == spec.content_hash()
+    assert run.data.tags["workbench.tensorflow_version"] and run.data.tags["workbench.keras_version"].startswith("3")
 
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=outcome.run_id, tracking_uri=store))
     for name in ("evaluation/confusion_matrix.png", "evaluation/learning_curves.png",
+                 "evaluation/most_confident_mistakes.png", "evaluation/figures.html",
                  "evaluation/classification_report.txt", "data/manifest.csv", "data/class_counts.csv"):
         assert (artifacts / name).stat().st_size > 0, name
+    html = (artifacts / "evaluation/figures.html").read_text()
+    assert "<script src=" not in html and "Most confident mistakes" in html
     counts = json.loads((artifacts / "evaluation/confusion_matrix.json").read_text())
     assert counts["classes"] == list(data.classes)
     assert np.array(counts["matrix"]).sum() == len(data.part("test"))

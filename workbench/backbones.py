@@ -117,17 +117,33 @@ def build_base(cfg: TrialConfig) -> keras.Model:
     weights = resolve_weights(cfg.backbone, cfg.weights)
     shape = (cfg.image_size, cfg.image_size, 3)
     try:
-        return entry.build(shape, weights, cfg)
+        base = entry.build(shape, weights, cfg)
     except WeightsError:
         raise
     except Exception as err:  # Keras raises bare Exceptions for a failed download
         if weights == "imagenet" and _looks_like_download_failure(err):
-            cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
             raise WeightsError(
-                f"weights: imagenet for {cfg.backbone} is not in {cache} and cannot be downloaded "
-                f"(offline?): run `workbench weights fetch {cfg.backbone}` on a connected machine, "
-                f"or copy its no-top .h5 file into {cache}, or set weights: none") from None
+                f"weights: imagenet for {cfg.backbone} is not in {keras_cache()} and cannot be downloaded "
+                f"(offline?): run `workbench weights fetch {cfg.backbone}` on a connected machine and "
+                f"copy its files into {keras_cache()}, or set weights: none") from None
         raise
+    if cfg.cut_at:
+        # S2 cuts Xception at block13_pool: the base ends at that layer's output.
+        base = keras.Model(base.input, _layer(base, cfg.cut_at, "cut_at").output, name=f"{base.name}_cut")
+    return base
+
+
+def keras_cache() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _layer(base: keras.Model, name: str, field: str) -> keras.layers.Layer:
+    try:
+        return base.get_layer(name)
+    except ValueError:
+        names = [layer.name for layer in base.layers]
+        hint = ", ".join(names[-6:])
+        raise WeightsError(f"{field}: no layer {name!r} in the {base.name} base (its last layers: {hint})") from None
 
 
 def _looks_like_download_failure(err: Exception) -> bool:
@@ -136,27 +152,58 @@ def _looks_like_download_failure(err: Exception) -> bool:
 
 
 def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
-    """Raw pixels -> backbone preprocessing -> backbone -> pooled features -> dense head -> softmax."""
+    """Raw pixels -> backbone preprocessing -> backbone -> pooling -> dense head -> softmax."""
     entry = BACKBONES[cfg.backbone]
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = inputs
     for layer in preprocessing_layers(entry.preprocessing):
         x = layer(x)
-    x = build_base(cfg)(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    x = keras.layers.Dropout(cfg.dropout, name="head_dropout_1")(x)
-    x = keras.layers.Dense(cfg.dense_units, activation="relu", name="head_dense")(x)
-    x = keras.layers.Dropout(cfg.dropout, name="head_dropout_2")(x)
+    base = build_base(cfg)
+    transfer = cfg.freeze_base or cfg.fine_tune_epochs > 0
+    if cfg.freeze_base:
+        base.trainable = False
+    # In transfer learning the base's batch norm stays in inference mode, even once unfrozen for
+    # fine-tuning, so a few small batches cannot wreck its ImageNet statistics (Keras' guidance).
+    x = base(x, training=False) if transfer else base(x)
+    x = (keras.layers.GlobalAveragePooling2D if cfg.pooling == "gap" else keras.layers.Flatten)(name="pool")(x)
+    for i in range(cfg.dense_layers):
+        x = keras.layers.Dense(cfg.dense_units, activation="relu", name=f"head_dense_{i + 1}")(x)
+        if cfg.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"head_bn_{i + 1}")(x)
+        if cfg.dropout:
+            x = keras.layers.Dropout(cfg.dropout, name=f"head_dropout_{i + 1}")(x)
+    if cfg.dense_layers == 0 and cfg.dropout:
+        x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     # Softmax in float32 even under mixed precision, so probabilities stay well calibrated.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"{cfg.backbone}_classifier")
 
 
-def make_optimizer(cfg: TrialConfig) -> keras.optimizers.Optimizer:
+def base_of(model: keras.Model) -> keras.Model:
+    """The backbone inside a classifier built by `build_model` (its only nested model)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def unfreeze_for_fine_tuning(model: keras.Model, cfg: TrialConfig) -> None:
+    """Phase two: make the top of the base trainable (all of it, the top N layers, or from a layer)."""
+    base = base_of(model)
+    base.trainable = True
+    layers = base.layers
+    if cfg.fine_tune_from:
+        start = layers.index(_layer(base, cfg.fine_tune_from, "fine_tune_from"))
+    elif cfg.fine_tune_layers:
+        start = max(len(layers) - cfg.fine_tune_layers, 0)
+    else:
+        start = 0
+    for layer in layers[:start]:
+        layer.trainable = False
+
+
+def make_optimizer(cfg: TrialConfig, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
     factories = {
         "adam": lambda lr: keras.optimizers.Adam(lr),
         "adamax": lambda lr: keras.optimizers.Adamax(lr),
         "rmsprop": lambda lr: keras.optimizers.RMSprop(lr),
         "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
     }
-    return factories[cfg.optimizer](cfg.learning_rate)
+    return factories[cfg.optimizer](learning_rate or cfg.learning_rate)

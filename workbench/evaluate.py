@@ -1,32 +1,59 @@
-"""Scoring a trained classifier on held-out data: metrics, confusion matrix, report, figures.
+"""Scoring a trained classifier on held-out data: metrics, calibration, confusion matrix, report.
 
 Values in, values out: `evaluate()` takes true labels and predicted probabilities and returns an
-`Evaluation`; the figure builders return matplotlib figures. Nothing here knows about MLflow,
-so the numbers can be checked in a test without a tracking store.
+`Evaluation` whose `metrics` are plain floats ready to log; `training_summary()` condenses a
+per-epoch history into the few numbers a study compares (best epoch, overfitting gap);
+`most_confident_mistakes()` picks the errors worth looking at. Nothing here knows about MLflow,
+plotly or the filesystem, so every number can be checked in a test without a tracking store;
+the figures live in `workbench.figures`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless machines and CI: never try to open a window
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+ECE_BINS = 15
+# Keeps log loss finite when a model puts exactly 0 on the true class (float32 softmax underflows).
+PROBABILITY_FLOOR = 1e-15
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    metrics: dict[str, float]         # test_accuracy, test_f1_macro, test_f1_<class>, ...
-    confusion: np.ndarray             # rows: true class, columns: predicted class
+    metrics: dict[str, float]         # test_accuracy, test_f1_macro, test_f1_<class>, test_ece, ...
+    confusion: np.ndarray             # raw counts; rows: true class, columns: predicted class
     report: dict                      # sklearn's classification report as a dict
     report_text: str
     classes: tuple[str, ...]
+    # Kept so figures (most confident mistakes) can be drawn later without re-predicting.
+    y_true: np.ndarray | None = field(default=None, repr=False)
+    probabilities: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def confusion_normalized(self) -> np.ndarray:
+        """Each row divided by its true-class count; a class absent from the data keeps a zero row."""
+        totals = self.confusion.sum(axis=1, keepdims=True)
+        return np.divide(self.confusion, totals, out=np.zeros(self.confusion.shape, dtype=float),
+                         where=totals > 0)
 
     def confusion_json(self) -> dict:
+        # "matrix" stays the raw counts: earlier runs' artifacts and readers rely on that key.
         return {"classes": list(self.classes), "matrix": self.confusion.tolist(),
+                "matrix_normalized": self.confusion_normalized.tolist(),
                 "rows": "true", "columns": "predicted"}
 
 
@@ -34,15 +61,85 @@ def f1_macro(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return float(f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0))
 
 
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-1 confidence.
+
+    With confidence c_i = max_k p_ik and correctness a_i = [argmax_k p_ik == y_i], the interval
+    [0, 1] is cut into `bins` equal-width bins B_b = ((b-1)/bins, b/bins] (the first also takes
+    c = 0), and
+
+        ECE = sum_b |B_b| / N * | mean_{i in B_b} a_i - mean_{i in B_b} c_i |
+
+    i.e. the gap between accuracy and confidence, averaged over bins weighted by how many
+    predictions fall in each. Empty bins contribute nothing. 0 is perfectly calibrated.
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    y_true = np.asarray(y_true)
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == y_true).astype(float)
+    # ceil(c * bins) - 1 puts a confidence exactly on an edge into the lower bin, as (lo, hi] says.
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.sum() / len(confidence) * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)
+
+
+def roc_auc_ovr(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC-AUC over the classes present in `y_true`; None when fewer than two are.
+
+    Binary problems use the plain ROC-AUC of the positive (second) column. Classes missing from
+    the test split are skipped rather than scored, because their AUC is undefined (no positives).
+    """
+    y_true = np.asarray(y_true)
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return None
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(y_true == 1, probabilities[:, 1]))
+    # Per class by hand: sklearn's multi_class="ovr" insists every column's class appears in y_true.
+    return float(np.mean([roc_auc_score(y_true == c, probabilities[:, c]) for c in present]))
+
+
 def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], prefix: str = "test") -> Evaluation:
-    labels = list(range(len(classes)))
+    y_true = np.asarray(y_true).astype(int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    k = len(classes)
+    if probabilities.ndim != 2 or probabilities.shape != (len(y_true), k):
+        raise ValueError(f"probabilities have shape {probabilities.shape}, expected ({len(y_true)}, {k}) "
+                         f"for {len(y_true)} labels and classes {tuple(classes)}")
+    if len(y_true) == 0:
+        raise ValueError("cannot evaluate on zero examples")
+    labels = list(range(k))
     y_pred = probabilities.argmax(axis=1)
-    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
-    metrics = {
-        f"{prefix}_accuracy": float(accuracy_score(y_true, y_pred)),
-        f"{prefix}_f1_macro": f1_macro(y_true, y_pred, len(classes)),
-        **{f"{prefix}_f1_{name}": float(score) for name, score in zip(classes, per_class)},
-    }
+
+    p = prefix
+    metrics = {f"{p}_accuracy": float(accuracy_score(y_true, y_pred))}
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=0)
+        metrics.update({f"{p}_precision_{average}": float(precision), f"{p}_recall_{average}": float(recall),
+                        f"{p}_f1_{average}": float(f1)})
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0)
+    for i, name in enumerate(classes):
+        metrics.update({f"{p}_precision_{name}": float(precision[i]), f"{p}_recall_{name}": float(recall[i]),
+                        f"{p}_f1_{name}": float(f1[i])})
+    # A class called "macro" or "weighted" would silently overwrite an aggregate: refuse instead.
+    if len(metrics) != 1 + 6 + 3 * k:
+        raise ValueError(f"class names {tuple(classes)} collide with metric names (macro, weighted?)")
+
+    auc = roc_auc_ovr(y_true, probabilities)
+    if auc is not None:
+        metrics[f"{p}_roc_auc_ovr"] = auc
+    clipped = np.clip(probabilities, PROBABILITY_FLOOR, 1.0)
+    # Renormalised so float32 softmax rounding does not trip sklearn's "do not sum to one" warning.
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    metrics[f"{p}_log_loss"] = float(log_loss(y_true, clipped, labels=labels))
+    metrics[f"{p}_ece"] = expected_calibration_error(y_true, probabilities)
+
     kwargs = dict(labels=labels, target_names=list(classes), zero_division=0, digits=4)
     return Evaluation(
         metrics=metrics,
@@ -50,40 +147,57 @@ def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, 
         report=classification_report(y_true, y_pred, output_dict=True, **kwargs),
         report_text=classification_report(y_true, y_pred, **kwargs),
         classes=tuple(classes),
+        y_true=y_true,
+        probabilities=probabilities,
     )
 
 
-def confusion_figure(evaluation: Evaluation, title: str = "Confusion matrix (test)"):
-    cm = evaluation.confusion
-    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(evaluation.classes)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 2))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
-    ax.set_xticks(range(n), evaluation.classes, rotation=30, ha="right")
-    ax.set_yticks(range(n), evaluation.classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
+def training_summary(history: dict[str, list[float]], monitor: str = "val_f1_macro", mode: str = "max") -> dict[str, float]:
+    """The per-epoch history condensed to what studies compare across runs.
+
+    `best_epoch` is 1-based (as MLflow steps are) and the first epoch reaching the best value of
+    `monitor`; `best_<monitor>` is that value. `overfit_gap` = final train accuracy - final
+    validation accuracy; `overfit_gap_loss` = final val_loss - final loss. Each key appears only
+    when the history has what it needs, so a run without validation still gets a summary.
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+
+    def final(key: str) -> float | None:
+        values = history.get(key)
+        # Non-list entries (e.g. phase_boundary) are annotations, not per-epoch series.
+        return float(values[-1]) if isinstance(values, (list, tuple, np.ndarray)) and len(values) else None
+
+    summary: dict[str, float] = {}
+    series = history.get(monitor)
+    if isinstance(series, (list, tuple, np.ndarray)) and len(series):
+        values = np.asarray(series, dtype=float)
+        if not np.isnan(values).all():  # a diverged run can log NaN; skip those epochs, not the run
+            best = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))
+            summary["best_epoch"] = float(best + 1)
+            summary[f"best_{monitor}"] = float(values[best])
+    train_acc, val_acc = final("accuracy"), final("val_accuracy")
+    if train_acc is not None:
+        summary["final_train_accuracy"] = train_acc
+    if val_acc is not None:
+        summary["final_val_accuracy"] = val_acc
+    if train_acc is not None and val_acc is not None:
+        summary["overfit_gap"] = train_acc - val_acc
+    train_loss, val_loss = final("loss"), final("val_loss")
+    if train_loss is not None and val_loss is not None and math.isfinite(train_loss) and math.isfinite(val_loss):
+        summary["overfit_gap_loss"] = val_loss - train_loss
+    return summary
 
 
-def learning_curves_figure(history: dict[str, list[float]]):
-    """Train vs validation loss, accuracy and validation macro-F1 per epoch."""
-    epochs = range(1, len(history.get("loss", [])) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (metric, title) in zip(axes, (("loss", "loss"), ("accuracy", "accuracy"), ("f1_macro", "macro-F1"))):
-        if metric in history:
-            ax.plot(epochs, history[metric], marker="o", label="train")
-        if f"val_{metric}" in history:
-            ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return fig
+def most_confident_mistakes(y_true: np.ndarray, probabilities: np.ndarray, k: int = 16) -> list[int]:
+    """Indices of wrong predictions, most confident (highest predicted-class probability) first.
+
+    These are the examples most likely to be label noise or a shortcut the model learned, so
+    they are the ones worth showing a human. Ties keep dataset order so the pick is stable.
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    y_pred = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != np.asarray(y_true))
+    confidence = probabilities[wrong, y_pred[wrong]]
+    order = np.argsort(-confidence, kind="stable")
+    return [int(i) for i in wrong[order][:max(k, 0)]]

@@ -40,15 +40,16 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
         tags[tracking.TRIAL] = str(trial_number)
     if commit := tracking.git_commit():
         tags["workbench.git_commit"] = commit
+    tags.update(tracking.version_tags())
     name = f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}"
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
     try:
         mlflow.log_params({**config.model_dump(), "dataset": data.name, "dataset_digest": data.digest,
                            "classes": ",".join(data.classes), "objective": spec.objective.metric})
         tracking.log_dataset(data)
-        result = train(config, data, callbacks=[tracking.epoch_logger(), *callbacks])
+        result = train(config, data, callbacks=[tracking.epoch_logger(), *callbacks], monitor=spec.objective.metric)
         tracking.log_result(result, config, data.classes)
-        objective = result.final(spec.objective.metric)
+        objective = result.objective(spec.objective.metric, config.restore_best)
         mlflow.log_metric("objective", objective)
         mlflow.set_tag(tracking.STATE, "finished")
         mlflow.end_run("FINISHED")

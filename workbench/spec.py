@@ -41,6 +41,8 @@ MIN_IMAGE_SIZE = {"simple_cnn": 16, "vgg16": 32, "mobilenet_v2": 32, "xception":
 BALANCES = ("none", "undersample", "oversample", "class_weight")
 AUGMENTATIONS = ("none", "flip", "s2", "s4")
 OPTIMIZERS = ("adam", "adamax", "rmsprop", "sgd")
+SCHEDULES = ("constant", "plateau", "step", "cosine")
+SWITCHES = ("auto", "on", "off")  # auto: on where a GPU is present
 OBJECTIVE_METRICS = ("val_f1_macro", "val_accuracy", "val_loss")
 
 
@@ -115,6 +117,20 @@ ImageSize = Annotated[int, Field(ge=16, le=1024)]
 Alpha = Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4]  # the widths Keras' MobileNetV2 accepts
 
 
+class ScheduleOptions(BaseModel):
+    """Fixed knobs of the learning-rate schedules; defaults are S1's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    # plateau (S1 VGG16): ReduceLROnPlateau(monitor val_accuracy, patience 3, factor 0.5, min_lr 1e-5)
+    monitor: str = "val_accuracy"
+    patience: int = Field(3, ge=1)
+    factor: float = Field(0.5, gt=0, lt=1)
+    min_lr: float = Field(1e-5, ge=0)
+    # step (S1 MobileNetV2): multiply by step_factor at each boundary epoch (1e-3 -> 1e-4 -> 1e-5)
+    boundaries: list[int] = [2, 15]
+    step_factor: float = Field(0.1, gt=0, lt=1)
+
+
 class Params(BaseModel):
     """The search space. Defaults are a small, sane single configuration."""
 
@@ -132,9 +148,27 @@ class Params(BaseModel):
     image_size: _dimension(ImageSize, rangeable=True, integer=True) = 64
     weights: _dimension(str, rangeable=False) = "none"
     alpha: _dimension(Alpha, rangeable=False) = 1.0
+    # The head: pooled backbone features -> `dense_layers` x (Dense(dense_units) [+ BN] + Dropout).
+    pooling: _dimension(Literal["gap", "flatten"], rangeable=False) = "gap"
+    dense_layers: _dimension(Annotated[int, Field(ge=0, le=8)], rangeable=True, integer=True) = 1
+    batch_norm: _dimension(bool, rangeable=False) = False
+    # Transfer learning: cut the base at a named layer, freeze it for the first phase, then
+    # optionally fine-tune its top layers at a lower learning rate as a second phase.
+    cut_at: _dimension(str, rangeable=False) = ""
+    freeze_base: _dimension(bool, rangeable=False) = False
+    fine_tune_epochs: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
+    fine_tune_layers: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
+    fine_tune_from: _dimension(str, rangeable=False) = ""
+    fine_tune_learning_rate: _dimension(Annotated[float, Field(ge=0)], rangeable=True) = 0.0
+    schedule: _dimension(Literal[SCHEDULES], rangeable=False) = "constant"
+    early_stopping: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
+    restore_best: _dimension(bool, rangeable=False) = False
+    mixed_precision: _dimension(Literal[SWITCHES], rangeable=False) = "auto"
+    xla: _dimension(Literal[SWITCHES], rangeable=False) = "auto"
+    schedule_options: ScheduleOptions = ScheduleOptions()
 
     def dims(self) -> dict[str, Dim]:
-        return {name: getattr(self, name) for name in type(self).model_fields}
+        return {name: getattr(self, name) for name in type(self).model_fields if name != "schedule_options"}
 
     @model_validator(mode="after")
     def _backbone_fits_image_size(self) -> Params:
@@ -284,6 +318,8 @@ def apply_override(raw: dict, item: str) -> None:
         raise SpecError(f"--set {item}: value is not valid YAML") from None
     if "." in key:
         path = key.split(".")
+        if path[0] in Params.model_fields:  # schedule_options.patience means params.schedule_options...
+            path = ["params", *path]
     elif key in Params.model_fields:
         path = ["params", key]
     elif key in TOP_LEVEL_KEYS:
@@ -345,14 +381,29 @@ class TrialConfig(BaseModel):
     image_size: int
     weights: str
     alpha: float
-    seed: int
+    pooling: str = "gap"
+    dense_layers: int = 1
+    batch_norm: bool = False
+    cut_at: str = ""
+    freeze_base: bool = False
+    fine_tune_epochs: int = 0
+    fine_tune_layers: int = 0        # 0 with fine_tune_epochs > 0: unfreeze the whole base
+    fine_tune_from: str = ""         # or: unfreeze from this layer up
+    fine_tune_learning_rate: float = 0.0  # 0: a tenth of learning_rate
+    schedule: str = "constant"
+    early_stopping: int = 0          # patience in epochs on the objective; 0: off
+    restore_best: bool = False
+    mixed_precision: str = "auto"
+    xla: str = "auto"
+    schedule_options: dict = {}
+    seed: int = 0
 
 
 def single_config(spec: Spec) -> TrialConfig:
     values = {name: default_choice(dim) for name, dim in spec.params.dims().items()}
-    return TrialConfig(**values, seed=spec.seed)
+    return TrialConfig(**values, schedule_options=spec.params.schedule_options.model_dump(), seed=spec.seed)
 
 
 def sample_config(spec: Spec, trial) -> TrialConfig:
     values = {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()}
-    return TrialConfig(**values, seed=spec.seed)
+    return TrialConfig(**values, schedule_options=spec.params.schedule_options.model_dump(), seed=spec.seed)

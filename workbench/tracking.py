@@ -77,6 +77,14 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def version_tags() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {"workbench.tensorflow_version": tf.__version__, "workbench.keras_version": keras.__version__,
+            "workbench.mlflow_version": mlflow.__version__}
+
+
 def epoch_logger():
     """A Keras callback that streams each epoch's logs to the active MLflow run (step = epoch)."""
     import keras
@@ -98,22 +106,48 @@ def log_dataset(data) -> None:
 
 
 def log_result(result, config, classes) -> None:
-    """Everything a finished training leaves behind, written into the active run."""
-    from workbench.evaluate import confusion_figure, learning_curves_figure
+    """Everything a finished training leaves behind, written into the active run: metrics
+    (quality, training summary, cost), figures as PNG plus one interactive HTML page, the
+    reports, and the model."""
+    import matplotlib.pyplot as plt
+
+    from workbench import cost, figures
+    from workbench.evaluate import most_confident_mistakes, training_summary
 
     evaluation = result.evaluation
-    mlflow.log_metrics({**evaluation.metrics, **result.timings,
-                        "train_images": result.train_images,
-                        "total_params": result.model.count_params()})
-    mlflow.log_figure(confusion_figure(evaluation), "evaluation/confusion_matrix.png")
+    mlflow.log_metrics({**evaluation.metrics, **training_summary(result.history), **result.timings,
+                        **cost.measure(result.model, config.image_size), "train_images": result.train_images})
+    mlflow.set_tags({"workbench.device": result.runtime.device,
+                     "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
+                     "workbench.xla": str(result.runtime.xla).lower()})
+    pairs = figures.figure_pairs(evaluation, result.history, phase_boundary=result.phase_boundary)
+    # Only the mistakes shown in the grid are read back from disk, not the whole test split.
+    shown = most_confident_mistakes(evaluation.y_true, evaluation.probabilities, k=16)
+    images = load_images([result.test_files[i] for i in shown], config.image_size)
+    pairs["most_confident_mistakes"] = figures.mistakes_grid(
+        images, evaluation.y_true[shown], evaluation.probabilities[shown], evaluation.classes)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (png, _) in pairs.items():
+            png.savefig(Path(tmp) / f"{name}.png", dpi=110, bbox_inches="tight")
+            plt.close(png)
+        figures.write_html_page({name: html for name, (_, html) in pairs.items() if html is not None},
+                                Path(tmp) / "figures.html", title="workbench run: evaluation")
+        Path(tmp, "classification_report.txt").write_text(evaluation.report_text)
+        mlflow.log_artifacts(tmp, artifact_path="evaluation")
     mlflow.log_dict(evaluation.confusion_json(), "evaluation/confusion_matrix.json")
-    mlflow.log_figure(learning_curves_figure(result.history), "evaluation/learning_curves.png")
     mlflow.log_dict(evaluation.report, "evaluation/classification_report.json")
-    mlflow.log_text(evaluation.report_text, "evaluation/classification_report.txt")
     mlflow.log_dict(result.history, "evaluation/history.json")
-    import matplotlib.pyplot as plt
-    plt.close("all")
     log_model(result.model, config, classes)
+
+
+def load_images(files: list[str], size: int):
+    """Images as the model saw them (RGB, resized), for figures; a few files, not a split."""
+    import cv2
+    import numpy as np
+
+    images = [cv2.resize(cv2.cvtColor(cv2.imread(f, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), (size, size),
+                         interpolation=cv2.INTER_AREA) for f in files]
+    return np.stack(images) if images else np.zeros((0, size, size, 3), dtype="uint8")
 
 
 def log_model(model, config, classes) -> None:

@@ -1,13 +1,16 @@
 """The one `train()`: a single run and every sweep trial go through this function.
 
-It reads top to bottom as a run's story: seed -> balance the training split -> build the input
-pipelines -> build the model -> fit (recording validation macro-F1 every epoch) -> evaluate on
-the held-out test split -> return values. Tracking lives outside (run.py passes Keras callbacks
-in), so a test can train a tiny model here without any MLflow store.
+It reads top to bottom as a run's story: seed -> runtime (device, mixed precision, XLA) ->
+balance the training split -> input pipelines -> model -> fit (phase one, with the base frozen
+when transfer learning) -> optionally fine-tune the top of the base at a lower learning rate
+(phase two, epochs numbered on from phase one) -> evaluate on the held-out test split -> return
+values. Tracking lives outside (run.py passes Keras callbacks in), so a test can train a tiny
+model here without any MLflow store.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from workbench import backbones, pipeline
+from workbench import backbones, pipeline, runtime
 from workbench.balance import rebalance
 from workbench.dataset import Dataset
 from workbench.evaluate import Evaluation, evaluate, f1_macro
@@ -28,21 +31,28 @@ tf.get_logger().setLevel("ERROR")
 @dataclass
 class TrainResult:
     model: keras.Model
-    history: dict[str, list[float]]       # per-epoch loss, accuracy, val_loss, val_accuracy, val_f1_macro
+    history: dict[str, list[float]]       # per epoch: loss, accuracy, val_loss, val_accuracy, val_f1_macro, lr
     evaluation: Evaluation                # on the test split
+    test_files: list[str]                 # the test split's images, in the evaluation's order
     train_images: int                     # after balancing
     class_weight: dict[int, float] | None
+    runtime: runtime.Runtime
+    phase_boundary: int | None = None     # first epoch of fine-tuning, when there was a phase two
     timings: dict[str, float] = field(default_factory=dict)
 
-    def final(self, metric: str) -> float:
-        return float(self.history[metric][-1])
+    def objective(self, metric: str, restore_best: bool) -> float:
+        """The value a sweep optimises: the last epoch's, or the best one when its weights were kept."""
+        values = self.history[metric]
+        if not restore_best:
+            return float(values[-1])
+        return float(min(values) if metric.endswith("loss") else max(values))
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Adds `val_f1_macro` to each epoch's logs and keeps the full history.
+    """Adds `val_f1_macro` and the learning rate to each epoch's logs and keeps the full history.
 
-    It must come first among callbacks: later ones (MLflow logging, Optuna pruning) read the
-    same logs dict and so see the F1 it adds."""
+    It must come first among callbacks: later ones (MLflow logging, Optuna pruning, early
+    stopping) read the same logs dict and so see what it adds."""
 
     def __init__(self, val_ds, y_val: np.ndarray, num_classes: int):
         super().__init__()
@@ -53,12 +63,33 @@ class EpochRecorder(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         predicted = self.model.predict(self.val_ds, verbose=0).argmax(axis=1)
         logs["val_f1_macro"] = f1_macro(self.y_val, predicted, self.num_classes)
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
 
 
-def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+def schedule_callbacks(config: TrialConfig, base_lr: float, epochs: int, first_epoch: int = 0) -> list:
+    """The learning-rate schedule of one phase (epochs are counted within the phase)."""
+    options = config.schedule_options
+    if config.schedule == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(monitor=options["monitor"], patience=options["patience"],
+                                                  factor=options["factor"], min_lr=options["min_lr"])]
+    if config.schedule == "step":
+        def step(epoch, lr):
+            passed = sum(epoch - first_epoch >= b for b in options["boundaries"])
+            return base_lr * options["step_factor"] ** passed
+        return [keras.callbacks.LearningRateScheduler(step)]
+    if config.schedule == "cosine":
+        return [keras.callbacks.LearningRateScheduler(
+            lambda epoch, lr: base_lr * 0.5 * (1 + math.cos(math.pi * (epoch - first_epoch) / max(epochs, 1))))]
+    return []
+
+
+def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Callback] = (),
+          monitor: str = "val_f1_macro") -> TrainResult:
     keras.utils.set_random_seed(config.seed)
+    device = runtime.detect(config.mixed_precision, config.xla)
+    runtime.apply(device)
     balanced = rebalance(data.part("train"), config.balance, data.classes, config.seed)
     val, test = data.part("val"), data.part("test")
 
@@ -68,25 +99,40 @@ def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Ca
                                       seed=config.seed, augmentation=config.augmentation)
 
     train_ds, val_ds, test_ds = batches(balanced.train, training=True), batches(val), batches(test)
-
     model = backbones.build_model(config, num_classes=len(data.classes))
-    model.compile(optimizer=backbones.make_optimizer(config),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
     recorder = EpochRecorder(val_ds, pipeline.labels_of(val, data.classes), len(data.classes))
+
+    def fit(learning_rate: float, first_epoch: int, epochs: int) -> None:
+        model.compile(optimizer=backbones.make_optimizer(config, learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=device.xla)
+        stopping = []
+        if config.early_stopping or config.restore_best:
+            stopping = [keras.callbacks.EarlyStopping(
+                monitor=monitor, mode="min" if monitor.endswith("loss") else "max",
+                patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
+                  class_weight=balanced.class_weight, shuffle=False, verbose=0,  # tf.data shuffles
+                  callbacks=[recorder, *callbacks, *schedule_callbacks(config, learning_rate, epochs, first_epoch),
+                             *stopping])
+
     started = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, class_weight=balanced.class_weight,
-              callbacks=[recorder, *callbacks], shuffle=False, verbose=0)  # tf.data shuffles
+    fit(config.learning_rate, 0, config.epochs)
+    boundary = None
+    if config.fine_tune_epochs:
+        boundary = len(recorder.history["loss"]) + 1
+        backbones.unfreeze_for_fine_tuning(model, config)
+        fit(config.fine_tune_learning_rate or config.learning_rate / 10, boundary - 1, config.fine_tune_epochs)
     train_seconds = time.perf_counter() - started
+    epochs_run = len(recorder.history["loss"])
 
     probabilities = model.predict(test_ds, verbose=0)
     evaluation = evaluate(pipeline.labels_of(test, data.classes), probabilities, data.classes)
     return TrainResult(
-        model=model,
-        history=recorder.history,
-        evaluation=evaluation,
-        train_images=len(balanced.train),
-        class_weight=balanced.class_weight,
-        timings={"train_seconds": train_seconds,
-                 "train_images_per_second": len(balanced.train) * config.epochs / max(train_seconds, 1e-9)},
+        model=model, history=recorder.history, evaluation=evaluation,
+        test_files=list(test["file"]),
+        train_images=len(balanced.train), class_weight=balanced.class_weight, runtime=device,
+        phase_boundary=boundary,
+        timings={"train_seconds": train_seconds, "epochs_run": epochs_run,
+                 # Includes the per-epoch validation pass that computes macro-F1.
+                 "train_images_per_second": len(balanced.train) * epochs_run / max(train_seconds, 1e-9)},
     )
