@@ -73,3 +73,14 @@ def test_oversample_tops_up_from_training_images_only_and_is_cached(tiny):
     assert set(copies["augmentation"]) <= set(balance.RECIPE)
     second = balance.rebalance(train, "oversample", tiny.classes, 0).train
     assert list(second["sha256"]) == list(first["sha256"])  # same seed, same copies
+
+
+def test_a_balance_target_cuts_large_classes_and_grows_small_ones(tiny):
+    train = tiny.part("train")
+    counts = train["label"].value_counts()
+    target = int((counts.min() + counts.max()) // 2)
+    out = balance.rebalance(train, "oversample", tiny.classes, 0, target=target).train
+    assert (out["label"].value_counts() == target).all()
+    under = balance.rebalance(train, "undersample", tiny.classes, 0, target=target).train
+    assert under["label"].value_counts().max() == target
+    assert under["label"].value_counts()["fake"] == counts["fake"]  # smaller classes stay whole

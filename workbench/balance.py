@@ -38,8 +38,12 @@ class Balanced:
     class_weight: dict[int, float] | None = None
 
 
-def rebalance(train: pd.DataFrame, strategy: str, classes: tuple[str, ...], seed: int) -> Balanced:
-    """Apply one strategy to a training frame (`file`, `label`, `group_id`, `sha256` columns)."""
+def rebalance(train: pd.DataFrame, strategy: str, classes: tuple[str, ...], seed: int, target: int = 0) -> Balanced:
+    """Apply one strategy to a training frame (`file`, `label`, `group_id`, `sha256` columns).
+
+    `target` is the images per class to reach (0: the smallest class for `undersample`, the
+    largest for `oversample`); with a target, `oversample` also cuts larger classes down to it,
+    as S1 did (5,000 a class: `real` undersampled, `fake` grown by augmentation)."""
     counts = train["label"].value_counts().reindex(classes, fill_value=0)
     if strategy == "none":
         return Balanced(train)
@@ -48,12 +52,17 @@ def rebalance(train: pd.DataFrame, strategy: str, classes: tuple[str, ...], seed
         total, k = counts.sum(), len(classes)
         return Balanced(train, {i: float(total / (k * counts[c])) for i, c in enumerate(classes)})
     if strategy == "undersample":
-        target = int(counts.min())
-        parts = [group.sample(n=target, random_state=seed) for _, group in train.groupby("label")]
-        return Balanced(pd.concat(parts).sort_values("file").reset_index(drop=True))
+        return Balanced(_cut(train, target or int(counts.min()), seed))
     if strategy == "oversample":
-        return Balanced(oversample(train, target=int(counts.max()), seed=seed))
+        target = target or int(counts.max())
+        return Balanced(oversample(_cut(train, target, seed), target=target, seed=seed))
     raise ValueError(f"unknown balance strategy {strategy!r}")
+
+
+def _cut(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
+    """Randomly keep at most `target` images of every class (smaller classes stay whole)."""
+    parts = [group.sample(n=min(target, len(group)), random_state=seed) for _, group in train.groupby("label")]
+    return pd.concat(parts).sort_values("file").reset_index(drop=True)
 
 
 def oversample(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:

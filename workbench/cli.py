@@ -23,9 +23,11 @@ from workbench.errors import WorkbenchError
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Reproducible transfer-learning sweeps on face images, tracked in MLflow.")
 specs_app = typer.Typer(no_args_is_help=True, help="List, show and validate experiment specs.")
-data_app = typer.Typer(no_args_is_help=True, help="Build datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate, ingest and check datasets.")
+weights_app = typer.Typer(no_args_is_help=True, help="Pre-fetch pretrained weights for offline machines.")
 app.add_typer(specs_app, name="specs")
 app.add_typer(data_app, name="data")
+app.add_typer(weights_app, name="weights")
 
 # Piped output (CI logs, files) gets a wide fixed width so tables are not squeezed to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -91,6 +93,88 @@ def data_synth(
 
     counts = pd.read_csv(manifest)["label"].value_counts().sort_index()
     console.print(f"wrote {counts.sum()} images to {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@data_app.command("ingest")
+def data_ingest(
+    source: Annotated[str, typer.Argument(help="Adapter: facemask12k, yonsei_realfake, maskdataset_v1 or folders.")],
+    path: Annotated[Path, typer.Argument(help="The dataset's folder on disk (read, never written).")],
+    name: Annotated[str, typer.Option(help="Name the manifest is saved and referred to by in specs.")],
+    near_duplicate_distance: Annotated[int, typer.Option(help="Perceptual-hash bits under which two images are one picture.")] = 4,
+) -> None:
+    """Index a dataset folder into data/manifests/NAME.csv; unusable files are listed, not fatal."""
+    from workbench import ingest
+
+    result = ingest.ingest(source, path, name, paths.manifests_dir(), paths.decoded_dir(), near_duplicate_distance)
+    splits = sorted({s for per in result.counts.values() for s in per})
+    table = Table("class", *[s or "unsplit" for s in splits], box=None)
+    for label, per in sorted(result.counts.items()):
+        table.add_row(label, *[str(per.get(s, 0)) for s in splits])
+    console.print(table)
+    console.print(f"{name}: {result.kept} images kept, {result.skipped} skipped "
+                  f"(reasons in {result.report_path}); manifest {result.manifest_path}")
+
+
+@data_app.command("check")
+def data_check(
+    target: Annotated[str, typer.Argument(help="An ingested dataset NAME, or a SPEC (checks its merged, split data).")],
+    set_: SetOption = None,
+) -> None:
+    """Report duplicates within and across splits and datasets, class counts and image sizes;
+    exit code 1 when a leak is found."""
+    from workbench import leakage
+
+    manifest = paths.manifests_dir() / f"{target}.csv"
+    if manifest.is_file() and not set_:
+        from workbench import ingest
+
+        frame, _ = ingest.read_manifest(target, paths.manifests_dir())
+        frame = frame.assign(split=frame["original_split"])
+        what = f"dataset {target} (its own splits)"
+        distance = 4
+    else:
+        from workbench.dataset import prepare
+
+        loaded = specs_module.load(target, set_)
+        data = prepare(loaded)
+        frame, what = data.frame, f"spec {loaded.name} ({data.name}, digest {data.digest})"
+        distance = getattr(loaded.dataset, "near_duplicate_distance", 4)
+    console.print(f"[bold]{what}[/bold]")
+    counts = frame.groupby(["label", "split"]).size().unstack(fill_value=0)
+    console.print(counts.to_string())
+    if {"width", "height"} <= set(frame.columns):
+        console.print(leakage.size_stats(frame).to_string())
+    report = leakage.check(frame, distance)
+    console.print(f"exact duplicates within a split: {report.exact_within}; across splits: {report.exact_across}; "
+                  f"near duplicates across splits: {report.near_across}; shared between datasets: {report.cross_source}")
+    for example in report.examples[:10]:
+        console.print(f"  {'/'.join(example['splits'])}  {', '.join(example['paths'][:4])}", highlight=False)
+    if report.leaks:
+        raise WorkbenchError(f"{target}: {report.exact_across + report.near_across} duplicate group(s) span two "
+                             "splits: test images have copies in training")
+    console.print("no leak: no image has a duplicate in another split")
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+@weights_app.command("fetch")
+def weights_fetch(
+    backbone: Annotated[str, typer.Argument(help="A backbone with ImageNet weights.")],
+    alpha: Annotated[float, typer.Option(help="MobileNetV2 width (each width is its own file).")] = 1.0,
+    image_size: Annotated[int, typer.Option(help="MobileNetV2 picks its file by input size (96-224).")] = 224,
+) -> None:
+    """Download a backbone's ImageNet weights into Keras' cache ($KERAS_HOME/models), on a
+    connected machine; copy that folder to offline machines."""
+    from workbench import backbones
+
+    if backbone not in specs_module.BACKBONES or backbone == "simple_cnn":
+        raise WorkbenchError(f"{backbone}: no ImageNet weights (choose from "
+                             f"{', '.join(b for b in specs_module.BACKBONES if b != 'simple_cnn')})")
+    values = dict(backbone=backbone, balance="none", augmentation="none", learning_rate=1e-3, batch_size=1,
+                  epochs=1, dropout=0.0, dense_units=1, optimizer="adam", image_size=image_size,
+                  weights="imagenet", alpha=alpha)
+    backbones.build_base(specs_module.TrialConfig(**values))
+    console.print(f"{backbone}: ImageNet weights cached in {backbones.keras_cache()}")
 
 
 # --- run and sweep -------------------------------------------------------------------------------

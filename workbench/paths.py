@@ -17,6 +17,16 @@ def data_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_DATA", "data"))
 
 
+def manifests_dir() -> Path:
+    """Where `workbench data ingest` writes manifests (one CSV + sidecar JSON + report per dataset)."""
+    return data_dir() / "manifests"
+
+
+def decoded_dir() -> Path:
+    """Normalised copies of images TensorFlow cannot decode as they are (webp, CMYK, EXIF-rotated...)."""
+    return data_dir() / "interim" / "decoded"
+
+
 def mlruns_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_MLRUNS", "mlruns"))
 

@@ -21,7 +21,8 @@ def _load(size: int):
 
 
 def image_dataset(frame: pd.DataFrame, classes: tuple[str, ...], *, image_size: int, batch_size: int,
-                  training: bool = False, seed: int = 0, augmentation: str = "none") -> tf.data.Dataset:
+                  training: bool = False, seed: int = 0, augmentation: str = "none",
+                  augmentation_options: dict | None = None) -> tf.data.Dataset:
     index = {name: i for i, name in enumerate(classes)}
     labels = frame["label"].map(index).to_numpy(dtype="int32")
     ds = tf.data.Dataset.from_tensor_slices((frame["file"].to_numpy(dtype=str), labels))
@@ -29,7 +30,8 @@ def image_dataset(frame: pd.DataFrame, classes: tuple[str, ...], *, image_size: 
     if training:
         ds = ds.shuffle(len(frame), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    policy = build_policy(augmentation, seed) if training else None
+    # Validation and test batches are never augmented: they must show the model real images.
+    policy = build_policy(augmentation, seed, augmentation_options) if training else None
     if policy is not None:
         ds = ds.map(lambda x, y: (policy(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

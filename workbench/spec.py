@@ -22,8 +22,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PlainSerializer,
+    Tag,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -39,7 +41,7 @@ BACKBONES = ("simple_cnn", "vgg16", "mobilenet_v2", "xception", "densenet169", "
 MIN_IMAGE_SIZE = {"simple_cnn": 16, "vgg16": 32, "mobilenet_v2": 32, "xception": 71,
                   "densenet169": 32, "efficientnet_b0": 32}
 BALANCES = ("none", "undersample", "oversample", "class_weight")
-AUGMENTATIONS = ("none", "flip", "s2", "s4")
+AUGMENTATIONS = ("none", "flip", "s2", "s4", "custom")
 OPTIMIZERS = ("adam", "adamax", "rmsprop", "sgd")
 SCHEDULES = ("constant", "plateau", "step", "cosine")
 SWITCHES = ("auto", "on", "off")  # auto: on where a GPU is present
@@ -131,6 +133,19 @@ class ScheduleOptions(BaseModel):
     step_factor: float = Field(0.1, gt=0, lt=1)
 
 
+class AugmentationOptions(BaseModel):
+    """The layers of `augmentation: custom` (degrees, fractions of the image, flip on/off)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rotation: float = Field(0, ge=0, le=180)
+    zoom: float = Field(0, ge=0, lt=1)
+    shift: float = Field(0, ge=0, lt=1)
+    shear: float = Field(0, ge=0, lt=1)
+    flip: bool = False
+    brightness: float = Field(0, ge=0, lt=1)
+    contrast: float = Field(0, ge=0, lt=1)
+
+
 class Params(BaseModel):
     """The search space. Defaults are a small, sane single configuration."""
 
@@ -138,6 +153,9 @@ class Params(BaseModel):
 
     backbone: _dimension(Literal[BACKBONES], rangeable=False) = "simple_cnn"
     balance: _dimension(Literal[BALANCES], rangeable=False) = "none"
+    # Images per class after under/oversampling; 0: the largest (oversample) or smallest
+    # (undersample) class. S1 balances to 5000 a class, cutting `real` and growing `fake`.
+    balance_target: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
     augmentation: _dimension(Literal[AUGMENTATIONS], rangeable=False) = "none"
     learning_rate: _dimension(PositiveFloat, rangeable=True) = 1e-3
     batch_size: _dimension(PositiveInt, rangeable=True, integer=True) = 32
@@ -166,9 +184,13 @@ class Params(BaseModel):
     mixed_precision: _dimension(Literal[SWITCHES], rangeable=False) = "auto"
     xla: _dimension(Literal[SWITCHES], rangeable=False) = "auto"
     schedule_options: ScheduleOptions = ScheduleOptions()
+    augmentation_options: AugmentationOptions = AugmentationOptions()
 
     def dims(self) -> dict[str, Dim]:
-        return {name: getattr(self, name) for name in type(self).model_fields if name != "schedule_options"}
+        return {name: getattr(self, name) for name in type(self).model_fields if name not in FIXED_BLOCKS}
+
+    def fixed_blocks(self) -> dict[str, dict]:
+        return {name: getattr(self, name).model_dump() for name in FIXED_BLOCKS}
 
     @model_validator(mode="after")
     def _backbone_fits_image_size(self) -> Params:
@@ -180,6 +202,10 @@ class Params(BaseModel):
                     f"{MIN_IMAGE_SIZE[backbone]} px"
                 )
         return self
+
+
+# Structured option blocks of `params`: fixed for the whole search, never sampled.
+FIXED_BLOCKS = ("schedule_options", "augmentation_options")
 
 
 def _values(dim: Dim) -> list[Any]:
@@ -206,18 +232,59 @@ class SyntheticData(BaseModel):
     size: ImageSize = 64
 
 
+class ManifestSource(BaseModel):
+    """One ingested dataset (`workbench data ingest ... --name NAME`) and how its labels map."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    # On-disk label -> class in this experiment; a label mapped to null is left out, a label not
+    # listed keeps its own name. S1: {WithMask: with_mask, WithoutMask: real}.
+    classes: dict[str, str | None] = {}
+
+
+class ManifestData(BaseModel):
+    """Real data from the user's disk: one or several ingested manifests, merged."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["manifests"]
+    manifests: list[ManifestSource] = Field(min_length=1)
+    # Perceptual-hash distance (of 64 bits) under which two images count as the same picture.
+    near_duplicate_distance: int = Field(4, ge=0, le=32)
+
+
+def _dataset_source(raw: Any) -> str | None:
+    source = raw.get("source", "synthetic") if isinstance(raw, dict) else getattr(raw, "source", None)
+    return source if source in ("synthetic", "manifests") else None
+
+
+DatasetSpec = Annotated[
+    Union[Annotated[SyntheticData, Tag("synthetic")], Annotated[ManifestData, Tag("manifests")]],
+    Discriminator(_dataset_source, custom_error_type="dataset_source",
+                  custom_error_message="source must be 'synthetic' or 'manifests'"),
+]
+
+
 class Split(BaseModel):
     model_config = ConfigDict(extra="forbid")
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
+    # Keep the dataset's own Train/Validation/Test folders (S3); rows without one are split by
+    # the ratios. Off (the default) pools everything and re-splits by group (S4's fix).
+    keep_original_split: bool = False
+    pool_and_resplit: bool = False
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> Split:
+    def _consistent(self) -> Split:
         total = self.train + self.val + self.test
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"train + val + test must be 1, got {total:g}")
+        if self.keep_original_split and self.pool_and_resplit:
+            raise ValueError("keep_original_split and pool_and_resplit exclude each other")
         return self
+
+    def ratios(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
 
 
 class Objective(BaseModel):
@@ -233,7 +300,7 @@ class Spec(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    dataset: SyntheticData = SyntheticData()
+    dataset: DatasetSpec = SyntheticData()
     split: Split = Split()
     params: Params = Params()
     objective: Objective = Objective()
@@ -295,7 +362,10 @@ def validate(raw: dict, source: str = "<spec>") -> Spec:
 def describe_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     # Pydantic puts the failing validator's name into the location path; users know only keys.
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal[")))
+    parts = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "literal["))]
+    if parts[:1] == ["dataset"] and parts[1:2] in (["synthetic"], ["manifests"]):
+        del parts[1]  # the union's tag, not a key the user wrote
+    loc = ".".join(parts)
     msg = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
@@ -372,6 +442,7 @@ class TrialConfig(BaseModel):
     backbone: str
     balance: str
     augmentation: str
+    balance_target: int = 0
     learning_rate: float
     batch_size: int
     epochs: int
@@ -396,14 +467,15 @@ class TrialConfig(BaseModel):
     mixed_precision: str = "auto"
     xla: str = "auto"
     schedule_options: dict = {}
+    augmentation_options: dict = {}
     seed: int = 0
 
 
 def single_config(spec: Spec) -> TrialConfig:
     values = {name: default_choice(dim) for name, dim in spec.params.dims().items()}
-    return TrialConfig(**values, schedule_options=spec.params.schedule_options.model_dump(), seed=spec.seed)
+    return TrialConfig(**values, **spec.params.fixed_blocks(), seed=spec.seed)
 
 
 def sample_config(spec: Spec, trial) -> TrialConfig:
     values = {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()}
-    return TrialConfig(**values, schedule_options=spec.params.schedule_options.model_dump(), seed=spec.seed)
+    return TrialConfig(**values, **spec.params.fixed_blocks(), seed=spec.seed)

@@ -95,13 +95,17 @@ def epoch_logger():
 
 def log_dataset(data) -> None:
     """Lineage: the split manifest as an MLflow dataset input, its class counts and the file itself."""
-    columns = [c for c in ("path", "sha256", "label", "group_id", "split") if c in data.frame.columns]
+    columns = [c for c in ("source", "path", "sha256", "label", "original_label", "group_id", "split")
+               if c in data.frame.columns]
     frame = data.frame[columns]
-    mlflow.log_input(mlflow.data.from_pandas(frame, source=str(data.root), name=data.name,
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=data.source, name=data.name,
                                              digest=data.digest, targets="label"), context="training")
+    counts = data.counts()
+    mlflow.log_params({f"images_{split}": int(counts[split].sum()) for split in ("train", "val", "test")})
     with tempfile.TemporaryDirectory() as tmp:
         frame.to_csv(Path(tmp) / "manifest.csv", index=False)
-        data.counts().to_csv(Path(tmp) / "class_counts.csv")
+        counts.to_csv(Path(tmp) / "class_counts.csv")
+        data.source_counts().to_csv(Path(tmp) / "class_counts_by_source.csv")
         mlflow.log_artifacts(tmp, artifact_path="data")
 
 

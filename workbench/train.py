@@ -90,13 +90,14 @@ def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Ca
     keras.utils.set_random_seed(config.seed)
     device = runtime.detect(config.mixed_precision, config.xla)
     runtime.apply(device)
-    balanced = rebalance(data.part("train"), config.balance, data.classes, config.seed)
+    balanced = rebalance(data.part("train"), config.balance, data.classes, config.seed, config.balance_target)
     val, test = data.part("val"), data.part("test")
 
     def batches(frame, training=False):
         return pipeline.image_dataset(frame, data.classes, image_size=config.image_size,
                                       batch_size=config.batch_size, training=training,
-                                      seed=config.seed, augmentation=config.augmentation)
+                                      seed=config.seed, augmentation=config.augmentation,
+                                      augmentation_options=config.augmentation_options)
 
     train_ds, val_ds, test_ds = batches(balanced.train, training=True), batches(val), batches(test)
     model = backbones.build_model(config, num_classes=len(data.classes))
