@@ -35,7 +35,7 @@ def test_defaults_are_filled_and_dimensions_classified(tiny_spec):
 @pytest.mark.parametrize("change, field, words", [
     ({"params": {"learning_rate": "fast"}}, "params.learning_rate", "valid number"),
     ({"params": {"backbone": "resnet50"}}, "params.backbone", "simple_cnn"),
-    ({"params": {"backbone": "xception", "image_size": 64}}, "params", "xception's minimum of 71"),
+    ({"params": {"backbone": "xception", "image_size": 64}}, "params.image_size", "xception's minimum of 71"),
     ({"params": {"epochs": {"low": 5, "high": 2}}}, "params.epochs", "must be below high"),
     ({"params": {"batch_size": []}}, "params.batch_size", "empty list"),
     ({"params": {"dropout": {"low": 0, "high": 0.5, "log": True}}}, "params.dropout", "log range"),
@@ -115,3 +115,22 @@ def test_cli_lists_shows_and_validates(repo_experiments):
     assert shown.returncode == 0 and "epochs: 1" in shown.stdout and "optimizer: adam" in shown.stdout
     ok = workbench_cli("specs", "validate", "experiments/quickstart.yaml", cwd=workdir)
     assert ok.returncode == 0 and ": ok" in ok.stdout
+
+
+def test_backbone_params_apply_only_to_their_backbone(tiny_spec):
+    spec = S.load("tiny", ["backbone=[vgg16, xception]", "image_size=64",
+                           "backbone_params={xception: {image_size: 96, pooling: flatten}, "
+                           "vgg16: {schedule_options: {patience: 5}}}"])
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen = {}
+    for _ in range(8):
+        trial = study.ask()
+        config = S.sample_config(spec, trial)
+        seen[config.backbone] = config
+        study.tell(trial, 0.0)
+    assert seen["xception"].image_size == 96 and seen["xception"].pooling == "flatten"
+    assert seen["vgg16"].image_size == 64 and seen["vgg16"].pooling == "gap"
+    assert seen["vgg16"].schedule_options["patience"] == 5 and seen["xception"].schedule_options["patience"] == 3
+    # Without its own size, xception would be below its minimum: the spec says so.
+    with pytest.raises(SpecError, match="params.image_size: 64 is below xception's minimum"):
+        S.load("tiny", ["backbone=[vgg16, xception]", "image_size=64"])

@@ -192,18 +192,6 @@ class Params(BaseModel):
     def fixed_blocks(self) -> dict[str, dict]:
         return {name: getattr(self, name).model_dump() for name in FIXED_BLOCKS}
 
-    @model_validator(mode="after")
-    def _backbone_fits_image_size(self) -> Params:
-        smallest = _lowest(self.image_size)
-        for backbone in _values(self.backbone):
-            if smallest < MIN_IMAGE_SIZE[backbone]:
-                raise ValueError(
-                    f"image_size {smallest} is below {backbone}'s minimum of "
-                    f"{MIN_IMAGE_SIZE[backbone]} px"
-                )
-        return self
-
-
 # Structured option blocks of `params`: fixed for the whole search, never sampled.
 FIXED_BLOCKS = ("schedule_options", "augmentation_options")
 
@@ -303,9 +291,36 @@ class Spec(BaseModel):
     dataset: DatasetSpec = SyntheticData()
     split: Split = Split()
     params: Params = Params()
+    # Fixed values that apply only when a given backbone is drawn, so one spec can compare
+    # backbones that each want their own input size, head and schedule (S1: VGG16 at 160 px with
+    # a flatten head vs MobileNetV2 at 96 px with GAP). They replace what was sampled.
+    backbone_params: dict[Literal[BACKBONES], dict[str, Any]] = {}
     objective: Objective = Objective()
     trials: int = Field(12, ge=1)
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _backbone_params_are_valid(self) -> Spec:
+        for backbone, values in self.backbone_params.items():
+            unknown = set(values) - set(Params.model_fields) - {"backbone"}
+            if unknown:
+                raise ValueError(f"backbone_params.{backbone}: unknown key(s) {', '.join(sorted(unknown))}")
+            try:
+                Params.model_validate({**values, "backbone": backbone})
+            except ValidationError as err:
+                raise ValueError(f"backbone_params.{backbone}.{describe_validation_error(err)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _backbones_fit_image_size(self) -> Spec:
+        for backbone in _values(self.params.backbone):
+            override = self.backbone_params.get(backbone, {}).get("image_size")
+            smallest = _lowest(self.params.image_size) if override is None else min(
+                override if isinstance(override, list) else [override])
+            if smallest < MIN_IMAGE_SIZE[backbone]:
+                raise ValueError(f"params.image_size: {smallest} is below {backbone}'s minimum of "
+                                 f"{MIN_IMAGE_SIZE[backbone]} px")
+        return self
 
     def content_hash(self) -> str:
         """Identifies what a run trained on and searched over; the trial budget is not part of it."""
@@ -370,10 +385,10 @@ def describe_validation_error(err: ValidationError) -> str:
     got = first.get("input")
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
     extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{loc or 'spec'}: {msg}{shown}{extra}"
+    return f"{loc}: {msg}{shown}{extra}" if loc else f"{msg}{shown}{extra}"
 
 
-TOP_LEVEL_KEYS = {"name", "description", "trials", "seed"}
+TOP_LEVEL_KEYS = {"name", "description", "trials", "seed", "backbone_params"}
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -471,11 +486,19 @@ class TrialConfig(BaseModel):
     seed: int = 0
 
 
+def _config(spec: Spec, values: dict[str, Any]) -> TrialConfig:
+    blocks = spec.params.fixed_blocks()
+    for key, value in spec.backbone_params.get(values["backbone"], {}).items():
+        if key in blocks:
+            blocks[key] = {**blocks[key], **value}
+        else:
+            values[key] = value
+    return TrialConfig(**values, **blocks, seed=spec.seed)
+
+
 def single_config(spec: Spec) -> TrialConfig:
-    values = {name: default_choice(dim) for name, dim in spec.params.dims().items()}
-    return TrialConfig(**values, **spec.params.fixed_blocks(), seed=spec.seed)
+    return _config(spec, {name: default_choice(dim) for name, dim in spec.params.dims().items()})
 
 
 def sample_config(spec: Spec, trial) -> TrialConfig:
-    values = {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()}
-    return TrialConfig(**values, **spec.params.fixed_blocks(), seed=spec.seed)
+    return _config(spec, {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()})
