@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -75,6 +76,10 @@ def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_sp
                  "evaluation/most_confident_mistakes.png", "evaluation/figures.html",
                  "evaluation/classification_report.txt", "data/manifest.csv", "data/class_counts.csv"):
         assert (artifacts / name).stat().st_size > 0, name
+    predictions = pd.read_csv(artifacts / "evaluation/test_predictions.csv")
+    assert list(predictions["sha256"]) == list(data.part("test")["sha256"])
+    assert (predictions["true"] == data.part("test")["label"]).all()
+    assert np.allclose(predictions[[f"p_{c}" for c in data.classes]].sum(axis=1), 1, atol=1e-4)
     html = (artifacts / "evaluation/figures.html").read_text()
     assert "<script src=" not in html and "Most confident mistakes" in html
     counts = json.loads((artifacts / "evaluation/confusion_matrix.json").read_text())

@@ -127,7 +127,7 @@ def log_result(result, config, classes) -> None:
     pairs = figures.figure_pairs(evaluation, result.history, phase_boundary=result.phase_boundary)
     # Only the mistakes shown in the grid are read back from disk, not the whole test split.
     shown = most_confident_mistakes(evaluation.y_true, evaluation.probabilities, k=16)
-    images = load_images([result.test_files[i] for i in shown], config.image_size)
+    images = load_images([result.test_frame["file"].iloc[i] for i in shown], config.image_size)
     pairs["most_confident_mistakes"] = figures.mistakes_grid(
         images, evaluation.y_true[shown], evaluation.probabilities[shown], evaluation.classes)
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,10 +138,30 @@ def log_result(result, config, classes) -> None:
                                 Path(tmp) / "figures.html", title="workbench run: evaluation")
         Path(tmp, "classification_report.txt").write_text(evaluation.report_text)
         mlflow.log_artifacts(tmp, artifact_path="evaluation")
+    log_predictions(result.test_frame, evaluation)
     mlflow.log_dict(evaluation.confusion_json(), "evaluation/confusion_matrix.json")
     mlflow.log_dict(evaluation.report, "evaluation/classification_report.json")
     mlflow.log_dict(result.history, "evaluation/history.json")
     log_model(result.model, config, classes)
+
+
+PREDICTIONS = "evaluation/test_predictions.csv"
+
+
+def log_predictions(test_frame, evaluation) -> None:
+    """Per-image test predictions, keyed by content hash: what paired tests between runs
+    (McNemar, bootstrap) need, and what proves two runs were scored on the same images."""
+    import pandas as pd
+
+    table = pd.DataFrame({"sha256": test_frame["sha256"].to_numpy(), "path": test_frame["path"].to_numpy(),
+                          "true": [evaluation.classes[i] for i in evaluation.y_true],
+                          "predicted": [evaluation.classes[i] for i in evaluation.probabilities.argmax(axis=1)]})
+    for i, name in enumerate(evaluation.classes):
+        table[f"p_{name}"] = evaluation.probabilities[:, i].round(6)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(PREDICTIONS).name
+        table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(PREDICTIONS).parent))
 
 
 def load_images(files: list[str], size: int):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from workbench import backbones, pipeline, runtime
@@ -33,7 +34,7 @@ class TrainResult:
     model: keras.Model
     history: dict[str, list[float]]       # per epoch: loss, accuracy, val_loss, val_accuracy, val_f1_macro, lr
     evaluation: Evaluation                # on the test split
-    test_files: list[str]                 # the test split's images, in the evaluation's order
+    test_frame: pd.DataFrame            # the test split's rows, in the evaluation's order
     train_images: int                     # after balancing
     class_weight: dict[int, float] | None
     runtime: runtime.Runtime
@@ -130,7 +131,7 @@ def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Ca
     evaluation = evaluate(pipeline.labels_of(test, data.classes), probabilities, data.classes)
     return TrainResult(
         model=model, history=recorder.history, evaluation=evaluation,
-        test_files=list(test["file"]),
+        test_frame=test,
         train_images=len(balanced.train), class_weight=balanced.class_weight, runtime=device,
         phase_boundary=boundary,
         timings={"train_seconds": train_seconds, "epochs_run": epochs_run,
