@@ -9,9 +9,9 @@ module is the front door.
 
 import os
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines, oneDNN notices) drowns the
-# output users care about; it must be silenced before TensorFlow is first imported. Set the
-# variable yourself to see it again.
+# TensorFlow's C++ logging drowns the output users care about; it must be configured before
+# TensorFlow is first imported (see also tracking.quiet_environment). Set the variable yourself
+# to see it again.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"

@@ -199,7 +199,8 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
     experiment_id = tracking.ensure_experiment(client, loaded.name, uri)
     data = prepare(loaded)
     outcome = tracked_run(loaded, config, data, experiment_id=experiment_id)
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items())
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items()
+                        if k == "test_accuracy" or k.startswith("test_f1_") and not k.endswith("weighted"))
     console.print(f"run {outcome.run_id} in experiment {loaded.name}: {loaded.objective.metric} "
                   f"{outcome.objective:.3f}; {metrics}")
 
@@ -212,38 +213,51 @@ def sweep_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL [default: $WORKBENCH_STORAGE or sqlite:///mlruns/optuna.db].")] = None,
     tracking_uri: TrackingOption = None,
     study: Annotated[Optional[str], typer.Option(help="Optuna study name [default: the spec's name].")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes on this machine (one GPU each where there are GPUs).", min=1)] = 1,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True, help="Run as one of --workers' processes.")] = False,
     top: Annotated[int, typer.Option(help="Rows in the closing leaderboard.")] = 8,
 ) -> None:
-    """Search SPEC's space with Optuna; every trial is an MLflow run nested under the sweep's run."""
+    """Search SPEC's space with Optuna; every trial is an MLflow run nested under the sweep's run.
+    Rerunning the same command resumes: --trials is the study's total, not a number to add."""
     from workbench import tracking
 
     tracking.quiet_environment()
     loaded = specs_module.load(spec, set_)
-    from workbench.compare import leaderboard, sweep_runs
-    from workbench.sweep import run_sweep
+    from workbench import sweep as sweeps
+    from workbench.progress import SweepProgress
 
     total = trials or loaded.trials
-
-    def report(study_, trial) -> None:
-        value = "-" if trial.value is None else f"{trial.value:.4f}"
-        best = "-"
-        try:
-            best = f"{study_.best_value:.4f}"
-        except ValueError:
-            pass
-        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-        done = sum(t.state.is_finished() for t in study_.get_trials(deepcopy=False))
-        console.print(f"[{done}/{total}] trial {trial.number} {trial.state.name.lower()} "
-                      f"{loaded.objective.metric}={value} (best {best})  {params}", highlight=False)
-
     uri = tracking_uri or paths.default_tracking_uri()
-    result = run_sweep(loaded, storage=storage or paths.default_storage_url(), tracking_uri=uri,
-                       trials=total, study_name=study, on_trial=report)
-    if not result.ran:
-        console.print(f"study {result.study.study_name} already has {total} finished trials; nothing to run "
+    storage_url = storage or paths.default_storage_url()
+    opened = sweeps.open_sweep(loaded, storage=storage_url, tracking_uri=uri, study_name=study)
+    already = sweeps.count(opened.study)
+    status = "FAILED"
+    try:
+        with SweepProgress(console, total, loaded.objective.metric) as progress:
+            if workers > 1:
+                from workbench import workers as pool
+
+                argv = ["sweep", spec, "--trials", str(total), "--storage", storage_url, "--tracking-uri", uri,
+                        "--study", opened.study.study_name, *[a for item in set_ or [] for a in ("--set", item)]]
+                started = pool.launch(argv, workers, opened.study.study_name)
+                pool.wait(started, on_tick=lambda: progress.update(opened.study))
+            else:
+                sweeps.work(opened, total, on_trial=lambda study_, _: progress.update(study_))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        sweeps.close(opened, status)
+    if worker:
+        return
+    if already >= total:
+        console.print(f"study {opened.study.study_name} already has {already} finished trials; nothing to run "
                       "(raise --trials to run more)")
-    board = leaderboard(sweep_runs(result.experiment_id, result.parent_run_id), top=top)
-    print_leaderboard(board, title=f"{loaded.name}: sweep run {result.parent_run_id}")
+    from workbench.compare import leaderboard, sweep_runs
+
+    board = leaderboard(sweep_runs(opened.experiment_id, opened.parent_run_id), top=top)
+    print_leaderboard(board, title=f"{loaded.name}: sweep run {opened.parent_run_id}")
     console.print(f"browse it: make ui  (MLflow at http://127.0.0.1:5000, experiment '{loaded.name}')")
 
 

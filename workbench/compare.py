@@ -1,19 +1,60 @@
-"""Reading runs back out of MLflow and ranking them: the leaderboard a sweep ends with.
+"""Reading runs back out of MLflow and comparing them: the leaderboard a sweep ends with, and the
+`workbench compare` table (axes, hyperparameters, test metrics and cost side by side, sorted,
+filtered to what differs, grouped, and tested for whether the winner is really better).
 
 Everything here starts from the tracking store, not from in-process state, so the same table
-can be rebuilt at any time for any sweep (`workbench leaderboard`), on any machine that can
-reach the store.
+can be rebuilt at any time for any sweep, on any machine that can reach the store. MLflow is
+touched only by `select_runs` and `load_predictions`; the rest are pure functions over the
+frame `mlflow.search_runs` returns, so every column can be checked in a test on runs built by
+hand. The table keeps raw numbers (csv and json carry them as they are); the human formats
+(terminal, markdown, html, latex) go through `display_frame`, which rounds and joins a group's
+mean and std into "mean ± std".
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
-from workbench import tracking
+from workbench import stats, tracking
+from workbench.errors import TrackingError, WorkbenchError
 
 AXES = ("backbone", "balance", "augmentation", "learning_rate", "batch_size", "epochs", "image_size")
+# The registry's axes: what a study is about, always the first columns after the run.
+REGISTRY_AXES = ("backbone", "balance", "augmentation")
+# Always shown (unless --only-diff drops a constant one); any other training param appears only
+# when it varies, since a column of 25 identical defaults says nothing.
+HYPERPARAMETERS = ("learning_rate", "batch_size", "epochs", "dropout", "dense_units", "optimizer",
+                   "image_size", "weights", "alpha", "pooling", "dense_layers")
+# Params that describe the data or the sweep, not the model: never hyperparameter columns.
+NOT_HYPERPARAMETERS = {"classes", "dataset_digest", "objective", "images_train", "images_val", "images_test",
+                       "spec", "direction", "trials"}
+QUALITY = ("objective", "test_accuracy", "test_f1_macro")  # then test_f1_<class>, then QUALITY_AFTER
+QUALITY_AFTER = ("test_f1_weighted", "test_roc_auc_ovr", "test_log_loss", "test_ece", "best_epoch", "overfit_gap")
+COST = ("total_params", "trainable_params", "model_size_mb", "train_seconds", "latency_ms_batch1",
+        "latency_ms_per_image_batch32")
+INTEGER_METRICS = ("total_params", "trainable_params", "best_epoch")
+IDENTITY = ("run_id", "run_name", "state")
+STATS_COLUMNS = ("f1_macro_ci", "mcnemar_b", "mcnemar_c", "p_vs_best", "note")
+# Substrings of column names where smaller is better; every other number sorts descending.
+LOWER_IS_BETTER = ("loss", "latency", "size", "ece", "params", "seconds", "overfit_gap", "p_vs_best")
+DEFAULT_SORT = "test_f1_macro"
+STATS_TOP = 5
+STATS_MAX_ROWS = 20
+FORMATS = ("table", "csv", "markdown", "html", "latex", "json")
+SUFFIXES = {"table": ".txt", "csv": ".csv", "markdown": ".md", "html": ".html", "latex": ".tex", "json": ".json"}
 
+
+# --- the leaderboard a sweep ends with -------------------------------------------------------------
 
 def sweep_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
     """The trial runs nested under one sweep run, one row each."""
@@ -49,3 +90,431 @@ def _numeric_if_possible(column: pd.Series) -> pd.Series:
     """MLflow stores params as text; numbers should sort as numbers."""
     converted = pd.to_numeric(column, errors="coerce")
     return converted if converted.notna().sum() == column.notna().sum() else column
+
+
+# --- choosing runs (MLflow) ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Selection:
+    runs: pd.DataFrame          # as mlflow.search_runs returns them
+    experiment: str
+    experiment_id: str
+    sweep_run_id: str | None    # set when the runs are one sweep's trials
+    description: str            # "tiny, sweep run 1a2b…": for titles and error messages
+
+
+def select_runs(client, *, tracking_uri: str, experiment: str | None = None, sweep: str | None = None,
+                tags: Sequence[str] = (), filter_string: str | None = None) -> Selection:
+    """The runs to compare: one sweep's trials (`sweep` = a sweep run id, or "latest" with an
+    experiment), or every trial and single run of an experiment (sweep parents left out), narrowed
+    by `tags` ("key=value", all must hold) and an MLflow filter expression."""
+    if not experiment and not sweep:
+        raise WorkbenchError("choose the runs: --experiment NAME (all its runs) or --sweep RUN_ID (one sweep's trials)")
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        if found is None or found.lifecycle_stage == "deleted":
+            known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+            raise WorkbenchError(f"--experiment {experiment}: no such experiment in {tracking_uri} "
+                                 f"(known: {', '.join(known) or 'none; run a sweep first'})")
+        experiment_id = found.experiment_id
+    if sweep == "latest":
+        if not experiment:
+            raise WorkbenchError("--sweep latest needs --experiment NAME to say whose latest sweep")
+        latest = client.search_runs([experiment_id], f"tags.`{tracking.ROLE}` = 'sweep'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+        if not latest:
+            raise WorkbenchError(f"--sweep latest: experiment {experiment} has no sweep runs")
+        sweep = latest[0].info.run_id
+    if sweep:
+        try:
+            parent = client.get_run(sweep)
+        except MlflowException:
+            raise WorkbenchError(f"--sweep {sweep}: no such run in {tracking_uri}") from None
+        role = parent.data.tags.get(tracking.ROLE)
+        if role != "sweep":
+            raise WorkbenchError(f"--sweep {sweep}: run is {'a ' + role if role else 'not a workbench'} run, "
+                                 "not a sweep (pass the sweep's parent run id)")
+        name = client.get_experiment(parent.info.experiment_id).name
+        if experiment and name != experiment:
+            raise WorkbenchError(f"--sweep {sweep}: that sweep belongs to experiment {name}, not {experiment}")
+        experiment, experiment_id = name, parent.info.experiment_id
+    clauses = [f"tags.mlflow.parentRunId = '{sweep}'"] if sweep else []
+    clauses += [_tag_clause(tag) for tag in tags]
+    if filter_string and filter_string.strip():
+        clauses.append(filter_string.strip())
+    try:
+        runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=" AND ".join(clauses),
+                                  output_format="pandas")
+    except MlflowException as err:
+        raise TrackingError(f"--filter/--tag: MLflow rejects {' AND '.join(clauses)!r}: "
+                            f"{str(err).splitlines()[0]}") from None
+    role_column = f"tags.{tracking.ROLE}"
+    if not sweep and role_column in runs:
+        runs = runs[runs[role_column].fillna("") != "sweep"]
+    description = f"{experiment}, sweep run {sweep}" if sweep else f"experiment {experiment}"
+    if runs.empty:
+        narrowed = [f"--tag {t}" for t in tags] + ([f"--filter {filter_string!r}"] if filter_string else [])
+        raise WorkbenchError(f"{description}{' with ' + ' '.join(narrowed) if narrowed else ''}: no runs match")
+    return Selection(runs.reset_index(drop=True), experiment, experiment_id, sweep, description)
+
+
+def _tag_clause(tag: str) -> str:
+    key, sep, value = tag.partition("=")
+    if not sep or not key.strip():
+        raise WorkbenchError(f"--tag {tag}: expected KEY=VALUE, e.g. --tag workbench.state=finished")
+    quote = '"' if "'" in value else "'"
+    return f"tags.`{key.strip()}` = {quote}{value.strip()}{quote}"
+
+
+def load_predictions(client, run_ids: Iterable[str]) -> dict[str, pd.DataFrame | None]:
+    """Each run's `evaluation/test_predictions.csv`, or None where the run has none (pruned,
+    failed, or logged before predictions were)."""
+    found: dict[str, pd.DataFrame | None] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            try:
+                path = client.download_artifacts(run_id, tracking.PREDICTIONS, str(Path(tmp) / run_id))
+                found[run_id] = pd.read_csv(path, dtype={"sha256": str, "path": str, "true": str, "predicted": str})
+            except (MlflowException, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+                found[run_id] = None
+    return found
+
+
+# --- the table (pure) ------------------------------------------------------------------------------
+
+def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, columns in reading order: run, registry axes, hyperparameters, test
+    quality (accuracy, macro-F1, per-class F1, calibration, overfitting gap) and cost (size,
+    parameters, train time, latency). Params become numbers where they all parse as numbers."""
+    if runs.empty:
+        return pd.DataFrame(columns=list(IDENTITY))
+    n = len(runs)
+    blank = pd.Series([None] * n, index=runs.index, dtype=object)
+    status = runs["status"].astype(str).str.lower() if "status" in runs else blank
+    table = pd.DataFrame({
+        "run_id": runs["run_id"],
+        "run_name": runs.get("tags.mlflow.runName", blank),
+        # Runs not made by workbench have no state tag: MLflow's own status stands in.
+        "state": runs.get(f"tags.{tracking.STATE}", blank).fillna(status),
+    })
+    params = [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
+    extra = sorted(p for p in params if p not in (*REGISTRY_AXES, *HYPERPARAMETERS, *NOT_HYPERPARAMETERS)
+                   and runs[f"params.{p}"].nunique(dropna=False) > 1)
+    for name in (*REGISTRY_AXES, *HYPERPARAMETERS, *extra):
+        if name in params:
+            table[name] = _numeric_if_possible(runs[f"params.{name}"])
+    for name in (*QUALITY, *[f"test_f1_{c}" for c in _classes(runs)], *QUALITY_AFTER, *COST):
+        column = runs.get(f"metrics.{name}")
+        if column is None:
+            continue
+        column = pd.to_numeric(column, errors="coerce")
+        if name in INTEGER_METRICS and (column.dropna() % 1 == 0).all():
+            column = column.round().astype("Int64")
+        table[name] = column
+    return table.reset_index(drop=True)
+
+
+def _classes(runs: pd.DataFrame) -> list[str]:
+    """Class names in the runs' own order (the `classes` param), then any other per-class F1 seen."""
+    ordered: list[str] = []
+    for joined in runs.get("params.classes", pd.Series(dtype=object)).dropna().unique():
+        ordered += [c for c in str(joined).split(",") if c and c not in ordered]
+    metric_names = {c.removeprefix("metrics.test_f1_") for c in runs.columns if c.startswith("metrics.test_f1_")}
+    metric_names -= {"macro", "weighted"}
+    return [c for c in ordered if c in metric_names] + sorted(metric_names - set(ordered))
+
+
+def lower_is_better(column: str) -> bool:
+    base = column.removesuffix("_mean").removesuffix("_std")
+    return any(word in base for word in LOWER_IS_BETTER)
+
+
+def resolve_column(table: pd.DataFrame, column: str, option: str = "--sort") -> str:
+    """A column of `table`, accepting a metric without its "test_" prefix (f1_macro)."""
+    for candidate in (column, f"test_{column}"):
+        if candidate in table.columns:
+            return candidate
+    raise WorkbenchError(f"{option} {column}: no such column (choose from {', '.join(map(str, table.columns))})")
+
+
+def default_sort(table: pd.DataFrame) -> str:
+    for candidate in (DEFAULT_SORT, "objective", "test_accuracy"):
+        if candidate in table.columns and table[candidate].notna().any():
+            return candidate
+    return "run_name"
+
+
+def sort_table(table: pd.DataFrame, column: str, order: str | None = None) -> pd.DataFrame:
+    """Best first: descending for scores, ascending for losses, latency, size and cost (and for
+    text); `order` ("asc" or "desc") overrides. Runs without a value go last."""
+    if order not in (None, "asc", "desc"):
+        raise WorkbenchError(f"--order {order}: choose asc or desc")
+    numeric = pd.api.types.is_numeric_dtype(table[column])
+    ascending = (order == "asc") if order else (not numeric or lower_is_better(column))
+    return table.sort_values(column, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def only_differences(table: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """The columns whose value is not the same in every row (and those in `keep`): what can
+    explain why one run beat another. One row has nothing to differ from, so it keeps all."""
+    if len(table) < 2:
+        return table
+    kept = [c for c in table.columns if c in keep or c in ("run_id", "run_name", "count")
+            or table[c].astype(str).nunique(dropna=False) > 1]
+    return table[kept]
+
+
+def group_table(table: pd.DataFrame, by: Sequence[str], sort: str, order: str | None = None) -> pd.DataFrame:
+    """Runs pooled per combination of `by` (e.g. backbone, balance): `count` runs and, for every
+    metric and cost column, `<column>_mean` and `<column>_std` (sample std; blank for one run).
+    When sorting by a metric, only runs that have it (finished ones) are pooled and counted."""
+    keys = [resolve_column(table, key.strip(), "--group-by") for key in by if key.strip()]
+    if not keys:
+        raise WorkbenchError("--group-by: name at least one column, e.g. --group-by backbone,balance")
+    measured = [c for c in table.columns if _is_measure(c) and c not in keys
+                and pd.api.types.is_numeric_dtype(table[c])]
+    pooled = table[table[sort].notna()] if sort in measured else table
+    grouped = pooled.groupby(keys, dropna=False, sort=False)
+    out = grouped.size().rename("count").to_frame()
+    for column in measured:
+        values = grouped[column]
+        out[f"{column}_mean"] = values.mean().astype(float)
+        out[f"{column}_std"] = values.std().astype(float)
+    out = out.reset_index()
+    target = sort if sort in keys else f"{sort}_mean"
+    if target not in out.columns:
+        raise WorkbenchError(f"--sort {sort}: cannot rank groups by it (sort by a metric or a --group-by column)")
+    return sort_table(out, target, order)
+
+
+def _is_measure(column: str) -> bool:
+    return column in (*QUALITY, *QUALITY_AFTER, *COST) or column.startswith("test_f1_")
+
+
+# --- is the winner really better? (pure, given the predictions) ------------------------------------
+
+@dataclass(frozen=True)
+class ScoredImages:
+    frame: pd.DataFrame   # one row per (sha256, true label), sorted, so runs line up image by image
+    digest: str           # short hash of the set of (sha256, true label) pairs
+    labels: list[str]
+
+
+def scored_images(predictions: pd.DataFrame) -> ScoredImages:
+    """A run's test predictions keyed for pairing. Two runs used the same test set iff their
+    sets of (image sha256, true label) pairs are equal, i.e. iff their digests are equal; a
+    repeated pair (the same picture twice) counts once."""
+    frame = (predictions.astype({"sha256": str, "true": str, "predicted": str})
+             .drop_duplicates(["sha256", "true"]).sort_values(["sha256", "true"], kind="stable")
+             .reset_index(drop=True))
+    joined = "\n".join(frame["sha256"] + "\t" + frame["true"])
+    labels = [c.removeprefix("p_") for c in predictions.columns if c.startswith("p_")]
+    if not labels or not set(frame["true"]) | set(frame["predicted"]) <= set(labels):
+        labels = sorted(set(frame["true"]) | set(frame["predicted"]))
+    return ScoredImages(frame, hashlib.sha256(joined.encode()).hexdigest()[:12], labels)
+
+
+def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | None], top: int = STATS_TOP,
+                     resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """For the first `top` rows (the table is sorted, the first is the best): a bootstrap 95 %
+    interval of macro-F1 (`f1_macro_ci`, "[low, high]") and, against the best run on the same
+    test set, McNemar's test (`mcnemar_b`: images the best got right and this run wrong,
+    `mcnemar_c`: the reverse, `p_vs_best`). `note` says which test was used, or why a run was
+    not compared. Resampling is paired: every run on the same test set is resampled with the
+    same image indices."""
+    out = table.copy()
+    n = len(out)
+    ci: list[str | None] = [None] * n
+    b = pd.array([pd.NA] * n, dtype="Int64")
+    c = pd.array([pd.NA] * n, dtype="Int64")
+    p = [math.nan] * n
+    note = [""] * n
+    sets = {run_id: scored_images(frame) for run_id, frame in predictions.items() if frame is not None and len(frame)}
+    best_id = out["run_id"].iloc[0] if n else None
+    best = sets.get(best_id)
+    for i in range(min(top, n)):
+        run_id = out["run_id"].iloc[i]
+        mine = sets.get(run_id)
+        if mine is None:
+            state = out["state"].iloc[i] if "state" in out else ""
+            note[i] = f"no test predictions logged{f' ({state})' if state and state != 'finished' else ''}"
+            continue
+        low, high = stats.bootstrap_f1_macro(mine.frame["true"], mine.frame["predicted"], mine.labels,
+                                             resamples=resamples, seed=seed)
+        ci[i] = f"[{low:.4f}, {high:.4f}]"
+        if i == 0:
+            note[i] = "best: the reference for p_vs_best"
+        elif best is None:
+            note[i] = "not compared: the best run has no test predictions"
+        elif mine.digest != best.digest:
+            note[i] = (f"different test set (digest {mine.digest}, {len(mine.frame)} images; "
+                       f"best {best.digest}, {len(best.frame)} images): not compared")
+        else:
+            result = stats.mcnemar((best.frame["true"] == best.frame["predicted"]).to_numpy(),
+                                   (mine.frame["true"] == mine.frame["predicted"]).to_numpy())
+            b[i], c[i], p[i] = result.b, result.c, result.p_value
+            note[i] = ("McNemar exact binomial" if result.method == "exact"
+                       else "McNemar chi-square, continuity-corrected")
+    out["f1_macro_ci"] = pd.Series(ci, dtype=object)
+    out["mcnemar_b"], out["mcnemar_c"], out["p_vs_best"], out["note"] = b, c, p, note
+    return out
+
+
+# --- the whole comparison --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Comparison:
+    table: pd.DataFrame
+    sort: str          # the column it is ranked by (a group's `<sort>_mean` when grouped)
+    grouped: bool
+
+
+def compare(runs: pd.DataFrame, *, sort: str | None = None, order: str | None = None, top: int | None = None,
+            only_diff: bool = False, group_by: Sequence[str] = (), stats: bool | None = None,
+            predictions_for: Callable[[list[str]], dict[str, pd.DataFrame | None]] | None = None,
+            stats_top: int = STATS_TOP, resamples: int = 1000, seed: int = 0) -> Comparison:
+    """`workbench compare` as a function: the table, sorted best first, cut to `top` rows, with
+    paired statistics for the first `stats_top` runs (`stats`: None means on when at most 20
+    rows are shown; `predictions_for` fetches the runs' test predictions), pooled by `group_by`
+    (no statistics then: they compare runs), and reduced to the columns that differ."""
+    table = comparison_table(runs)
+    column = resolve_column(table, sort) if sort else default_sort(table)
+    table = sort_table(table, column, order)
+    group_by = [g for g in group_by if g.strip()]
+    if group_by:
+        table = group_table(table, group_by, column, order)
+        ranked_by = column if column in table.columns else f"{column}_mean"
+    else:
+        ranked_by = column
+        if top:
+            table = table.head(top)
+        if (len(table) <= STATS_MAX_ROWS if stats is None else stats) and predictions_for is not None:
+            wanted = list(table["run_id"].iloc[:stats_top])
+            table = add_paired_stats(table, predictions_for(wanted), stats_top, resamples, seed)
+    if group_by and top:
+        table = table.head(top)
+    if only_diff:
+        table = only_differences(table, keep=(ranked_by, *[g.strip() for g in group_by]))
+    return Comparison(table.reset_index(drop=True), ranked_by, bool(group_by))
+
+
+# --- formats ---------------------------------------------------------------------------------------
+
+def format_value(value) -> str:
+    """Numbers as a person reads them: 4 significant digits, whole numbers whole, '-' for missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or (hasattr(value, "is_integer") and value.is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:.0f}"
+        return f"{value:.3g}" if abs(value) < 0.01 else f"{value:.4g}"
+    return str(value)
+
+
+def display_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as text for people: numbers rounded, missing as '-', and a group's
+    `<x>_mean`/`<x>_std` pair shown as one column `<x>` = "mean ± std"."""
+    shown = {}
+    for column in table.columns:
+        if column.endswith("_std") and f"{column.removesuffix('_std')}_mean" in table.columns:
+            continue
+        if column.endswith("_mean") and f"{column.removesuffix('_mean')}_std" in table.columns:
+            base = column.removesuffix("_mean")
+            shown[base] = [format_value(m) + ("" if pd.isna(s) else f" ± {format_value(s)}")
+                           for m, s in zip(table[column].tolist(), table[f"{base}_std"].tolist())]
+        else:
+            shown[column] = [format_value(v) for v in table[column].tolist()]
+    return pd.DataFrame(shown, index=range(len(table)), dtype=object)
+
+
+def _right_aligned(table: pd.DataFrame) -> dict[str, bool]:
+    """Which display columns hold numbers (right-aligned in every human format)."""
+    aligned = {}
+    for column in display_frame(table).columns:
+        source = column if column in table.columns else f"{column}_mean"
+        aligned[column] = bool(pd.api.types.is_numeric_dtype(table[source]))
+    return aligned
+
+
+def rich_table(table: pd.DataFrame, title: str | None = None):
+    from rich.table import Table
+
+    shown, right = display_frame(table), _right_aligned(table)
+    out = Table(title=title, title_justify="left")
+    for column in shown.columns:
+        out.add_column(column, justify="right" if right[column] else "left")
+    for row in shown.itertuples(index=False):
+        out.add_row(*row)
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (written here: pandas' to_markdown needs tabulate)."""
+    shown, right = display_frame(table), _right_aligned(table)
+
+    def cells(values) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in values) + " |"
+
+    lines = [cells(shown.columns), "| " + " | ".join("---:" if right[c] else "---" for c in shown.columns) + " |"]
+    lines += [cells(row) for row in shown.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def to_html_table(table: pd.DataFrame) -> str:
+    """The bare <table> (for the report and the html format's page)."""
+    return display_frame(table).to_html(index=False, border=0, classes="compare", escape=True)
+
+
+TABLE_STYLE = """
+table.compare { border-collapse: collapse; font-size: 13px; }
+table.compare th, table.compare td { padding: 3px 8px; border-bottom: 1px solid #ddd; white-space: nowrap; }
+table.compare th { background: #f3f3f3; position: sticky; top: 0; }
+table.compare tbody tr:hover { background: #f7fbff; }
+"""
+
+
+def render(table: pd.DataFrame, fmt: str, title: str | None = None) -> str:
+    """The table in one of FORMATS. csv and json keep raw values (json: a list of records, NaN as
+    null); markdown, html (a whole page) and latex (a tabular) show the display text."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=2, double_precision=15) + "\n"
+    if fmt == "markdown":
+        return to_markdown(table)
+    if fmt == "html":
+        from html import escape
+
+        heading = f"<h2>{escape(title)}</h2>" if title else ""
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title or 'workbench compare')}"
+                f"</title><style>{TABLE_STYLE}</style></head><body style='font-family:sans-serif'>{heading}"
+                f"{to_html_table(table)}</body></html>\n")
+    if fmt == "latex":
+        right = _right_aligned(table)
+        shown = display_frame(table)
+        return shown.to_latex(index=False, escape=True,
+                              column_format="".join("r" if right[c] else "l" for c in shown.columns))
+    if fmt == "table":
+        from rich.console import Console
+
+        buffer = io.StringIO()
+        # Files get the table at full width: nothing to wrap to.
+        Console(file=buffer, width=100_000, color_system=None).print(rich_table(table, title))
+        return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+    raise WorkbenchError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+
+
+def write_all(table: pd.DataFrame, folder: str | Path, stem: str = "compare", title: str | None = None) -> list[Path]:
+    """The table in every format, as `<folder>/<stem>.txt|csv|md|html|tex|json`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in FORMATS:
+        path = folder / f"{stem}{SUFFIXES[fmt]}"
+        path.write_text(render(table, fmt, title), encoding="utf-8")
+        written.append(path)
+    return written

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import traceback
 from dataclasses import dataclass
+from typing import Callable
 
 import mlflow
 import optuna
@@ -32,7 +33,7 @@ class RunOutcome:
 
 def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id: str,
                 parent_run_id: str | None = None, trial_number: int | None = None,
-                callbacks: list = ()) -> RunOutcome:
+                callbacks: list = (), on_start: Callable[[str], None] | None = None) -> RunOutcome:
     role = "trial" if trial_number is not None else "run"
     tags = {tracking.ROLE: role, tracking.SPEC: spec.name, tracking.SPEC_HASH: spec.content_hash(),
             "workbench.dataset_digest": data.digest, "workbench.seed": str(config.seed)}
@@ -44,6 +45,8 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
     name = f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}"
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
     try:
+        if on_start:
+            on_start(run.info.run_id)
         mlflow.log_params({**config.model_dump(), "dataset": data.name, "dataset_digest": data.digest,
                            "classes": ",".join(data.classes), "objective": spec.objective.metric})
         tracking.log_dataset(data)

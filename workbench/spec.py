@@ -279,6 +279,9 @@ class Objective(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Literal[OBJECTIVE_METRICS] = "val_f1_macro"
     direction: Literal["maximize", "minimize"] = "maximize"
+    # Multi-objective: also minimise inference latency (ms per image at batch 1); the sweep then
+    # records a Pareto front instead of one best trial, and trials are not pruned.
+    latency: bool = False
 
 
 class Spec(BaseModel):
@@ -298,6 +301,13 @@ class Spec(BaseModel):
     objective: Objective = Objective()
     trials: int = Field(12, ge=1)
     seed: int = Field(0, ge=0)
+    # How the space is searched: TPE (default), random, or grid (every combination of the
+    # choices, the way the studies compared by hand). Pruning stops weak trials early.
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    # Configurations tried first, e.g. the reference study's own setting, so the search starts
+    # from the published baseline. Each maps searched keys to values.
+    enqueue: list[dict[str, Any]] = []
 
     @model_validator(mode="after")
     def _backbone_params_are_valid(self) -> Spec:
@@ -309,6 +319,23 @@ class Spec(BaseModel):
                 Params.model_validate({**values, "backbone": backbone})
             except ValidationError as err:
                 raise ValueError(f"backbone_params.{backbone}.{describe_validation_error(err)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _search_is_consistent(self) -> Spec:
+        dims = self.params.dims()
+        for i, point in enumerate(self.enqueue):
+            unknown = set(point) - set(dims)
+            if unknown:
+                raise ValueError(f"enqueue[{i}]: unknown key(s) {', '.join(sorted(unknown))}")
+            for key, value in point.items():
+                if not _admits(dims[key], value):
+                    raise ValueError(f"enqueue[{i}].{key}: {value!r} is outside params.{key}")
+        if self.sampler == "grid":
+            for key, dim in dims.items():
+                if isinstance(dim, Range) and not (dim.integer or dim.step):
+                    raise ValueError(f"params.{key}: sampler grid needs a list of choices or a stepped range, "
+                                     "not a continuous range")
         return self
 
     @model_validator(mode="after")
@@ -421,6 +448,22 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 # --- from a search space to one configuration -----------------------------------------------------
+
+def _admits(dim: Dim, value: Any) -> bool:
+    if isinstance(dim, Range):
+        return isinstance(value, (int, float)) and dim.low <= value <= dim.high
+    return value in _values(dim)
+
+
+def grid_values(dim: Dim) -> list[Any]:
+    """Every value of a finite dimension, for the grid sampler."""
+    if not isinstance(dim, Range):
+        return _values(dim)
+    step = dim.step or 1
+    count = int(math.floor((dim.high - dim.low) / step + 1e-9)) + 1
+    values = [dim.low + k * step for k in range(count)]
+    return [int(round(v)) for v in values] if dim.integer else values
+
 
 def is_searched(dim: Dim) -> bool:
     return not isinstance(dim, Fixed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -190,5 +191,20 @@ def log_model(model, config, classes) -> None:
 
 
 def quiet_environment() -> None:
-    """Keep progress bars and known-harmless warnings out of the user's terminal and CI logs."""
+    """Keep progress bars and TensorFlow's start-up chatter out of the user's terminal and CI logs.
+
+    TensorFlow's C++ layer prints CUDA probing and oneDNN notices straight to file descriptor 2
+    before its logging is configured, where TF_CPP_MIN_LOG_LEVEL cannot reach them; so the first
+    import happens here with that descriptor pointed at /dev/null. Python errors still surface:
+    an exception raised by the import propagates after the descriptor is restored."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "tensorflow" in sys.modules or os.environ.get("WORKBENCH_TF_VERBOSE"):
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -62,6 +62,10 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            # Fail loudly: a diverged trial must be recorded as failed, not as a bad score.
+            raise FloatingPointError(f"training loss became {logs['loss']} at epoch {epoch + 1} "
+                                     "(learning rate too high?)")
         predicted = self.model.predict(self.val_ds, verbose=0).argmax(axis=1)
         logs["val_f1_macro"] = f1_macro(self.y_val, predicted, self.num_classes)
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

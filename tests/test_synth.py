@@ -1,0 +1,191 @@
+"""The synthetic face generator: byte-for-byte determinism, exact class proportions, the manifest
+format shared with the real-dataset adapters, and attributes that actually change the pixels."""
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench import synth
+from workbench.synth import FaceAttributes, generate, plan, render_face
+
+COLUMNS = ["path", "sha256", "width", "height", "channels", "format", "label", "source",
+           "original_split", "group_id", "mask", "age", "authenticity", "difficulty"]
+
+
+def read_manifest(manifest: Path) -> tuple[list[str], list[dict]]:
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames), list(reader)
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_fake_set(tmp_path_factory) -> Path:
+    """A mask3_fake set large enough to contain every class, shared by the read-only tests."""
+    return generate(tmp_path_factory.mktemp("fake3"), "mask3_fake", seed=7, size=32, count=60)
+
+
+def test_same_arguments_give_identical_files(tmp_path, small_fake_set):
+    again = generate(tmp_path / "again", "mask3_fake", seed=7, size=32, count=60)
+    assert again.read_bytes() == small_fake_set.read_bytes()
+    assert file_hashes(again.parent) == file_hashes(small_fake_set.parent)
+    _, rows = read_manifest(again)
+    for row in rows:
+        data = (again.parent / row["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+
+
+def test_different_seed_gives_different_images(tmp_path):
+    a = generate(tmp_path / "a", "mask2", seed=0, size=32, count=10)
+    b = generate(tmp_path / "b", "mask2", seed=1, size=32, count=10)
+    hashes_a = {r["sha256"] for r in read_manifest(a)[1]}
+    hashes_b = {r["sha256"] for r in read_manifest(b)[1]}
+    assert not hashes_a & hashes_b
+    attrs = FaceAttributes(mask=False, old=False, fake=False)
+    assert not np.array_equal(render_face(0, 3, attrs, 32), render_face(1, 3, attrs, 32))
+
+
+def test_image_i_does_not_depend_on_count(tmp_path):
+    short = read_manifest(generate(tmp_path / "20", "mask3_fake", seed=3, size=32, count=20))[1]
+    long = read_manifest(generate(tmp_path / "40", "mask3_fake", seed=3, size=32, count=40))[1]
+    by_group = {r["group_id"]: r for r in long}
+    same_class = [r for r in short if by_group[r["group_id"]]["label"] == r["label"]]
+    # Exact class counts at every count rule out full prefix stability; the plan keeps most
+    # labels, and wherever the label is kept the image (and its name, hash) is the same.
+    assert len(same_class) >= 14
+    for row in same_class:
+        assert by_group[row["group_id"]] == row
+    short_plan, long_plan = plan("mask3_fake", 20, 3), plan("mask3_fake", 40, 3)
+    for (label_s, attrs_s), (label_l, attrs_l) in zip(short_plan, long_plan):
+        if label_s == label_l:
+            assert attrs_s == attrs_l
+
+
+def test_class_counts_follow_the_source_proportions():
+    counts = synth.class_counts("mask3_fake", 1200)
+    assert counts == {"fake": 96, "real": 606, "with_mask": 498}
+    assert min(counts, key=counts.get) == "fake"
+    assert 5 < counts["real"] / counts["fake"] < 7
+    assert synth.class_counts("mask2", 1500) == {"with_mask": 750, "without_mask": 750}
+    assert synth.class_counts("mask_age4", 2944) == {"mask_old": 689, "mask_young": 775,
+                                                     "nomask_old": 724, "nomask_young": 756}
+    for task, classes in synth.TASKS.items():
+        for count in (len(classes), len(classes) + 1, 97, 1000):
+            counts = synth.class_counts(task, count)
+            assert list(counts) == classes
+            assert sum(counts.values()) == count and min(counts.values()) >= 1
+            planned = [label for label, _ in plan(task, count, seed=0)]
+            assert {c: planned.count(c) for c in classes} == counts
+
+
+def test_plan_is_shuffled_and_attributes_match_the_class():
+    entries = plan("mask3_fake", 300, seed=0)
+    labels = [label for label, _ in entries]
+    assert labels != sorted(labels)
+    assert entries == plan("mask3_fake", 300, seed=0)
+    for label, attrs in entries:
+        assert attrs.fake == (label == "fake")
+        assert attrs.mask == (label == "with_mask")
+        assert (attrs.fake_region in synth.FAKE_REGIONS) == attrs.fake
+        assert (attrs.difficulty in synth.FAKE_LEVELS) == attrs.fake
+    ages = {attrs.old for _, attrs in entries}
+    assert ages == {True, False}
+    for label, attrs in plan("mask_age4", 40, seed=0):
+        assert label == f"{'mask' if attrs.mask else 'nomask'}_{'old' if attrs.old else 'young'}"
+        assert not attrs.fake
+
+
+def test_files_manifest_and_dataset_json(small_fake_set):
+    root = small_fake_set.parent
+    columns, rows = read_manifest(small_fake_set)
+    assert columns == COLUMNS
+    assert len(rows) == 60
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert {r["label"] for r in rows} == set(synth.TASKS["mask3_fake"])
+    assert len({r["group_id"] for r in rows}) == 60
+    for row in rows:
+        assert row["path"].split("/")[0] == row["label"]
+        assert (root / row["path"]).is_file()
+        assert (row["width"], row["height"], row["channels"], row["format"]) == ("32", "32", "3", "jpeg")
+        assert (row["source"], row["original_split"]) == ("synthetic", "")
+        assert row["group_id"].startswith("synthetic:")
+        assert row["mask"] == ("yes" if row["label"] == "with_mask" else "no")
+        assert row["age"] in ("young", "old")
+        assert row["authenticity"] == ("fake" if row["label"] == "fake" else "real")
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
+    assert images == [r["path"] for r in rows]
+    info = json.loads((root / "dataset.json").read_text())
+    assert info == {"task": "mask3_fake", "seed": 7, "size": 32, "count": 60,
+                    "classes": ["fake", "real", "with_mask"],
+                    "class_counts": synth.class_counts("mask3_fake", 60),
+                    "generator_version": synth.GENERATOR_VERSION}
+
+
+def test_fake_files_are_named_like_yonsei(small_fake_set):
+    _, rows = read_manifest(small_fake_set)
+    for row in rows:
+        name = row["path"].split("/")[1]
+        index = int(row["group_id"].split(":")[1])
+        if row["label"] == "fake":
+            assert row["difficulty"] in ("easy", "mid", "hard")
+            assert name == f"{row['difficulty']}_{index:05d}.jpg"
+        else:
+            assert row["difficulty"] == ""
+            assert name == f"{index:05d}.jpg"
+
+
+def test_render_face_shape_and_purity():
+    attrs = FaceAttributes(mask=True, old=True, fake=False)
+    img = render_face(5, 2, attrs, 48)
+    assert img.shape == (48, 48, 3) and img.dtype == np.uint8
+    assert np.array_equal(img, render_face(5, 2, attrs, 48))
+
+
+def test_attributes_visibly_change_the_face():
+    plain = FaceAttributes(mask=False, old=False, fake=False)
+    age_diffs = []
+    for index in range(4):
+        bare = render_face(11, index, plain, 64).astype(np.float32)
+        masked = render_face(11, index, FaceAttributes(mask=True, old=False, fake=False), 64)
+        diff = np.abs(masked.astype(np.float32) - bare)
+        assert diff[32:54, 16:48].mean() > 15      # the lower face is covered
+        assert diff[:16].mean() < 1                # the same person and scene above it
+        old = render_face(11, index, FaceAttributes(mask=False, old=True, fake=False), 64)
+        age_diffs.append(np.abs(old.astype(np.float32) - bare).mean())
+        easy = render_face(11, index, FaceAttributes(False, False, True, "nose", "easy"), 64)
+        hard = render_face(11, index, FaceAttributes(False, False, True, "nose", "hard"), 64)
+        easy_diff = np.abs(easy.astype(np.float32) - bare).mean()
+        hard_diff = np.abs(hard.astype(np.float32) - bare).mean()
+        assert easy_diff > hard_diff > 0
+    # Grey hair and wrinkles always show; how much depends on the face (a small face with
+    # cropped blond hair ages subtly).
+    assert min(age_diffs) > 0.5 and np.mean(age_diffs) > 4
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"task": "mask5"}, ["unknown task", "mask2", "mask3_fake", "mask_age4"]),
+    ({"task": "mask2", "size": 8}, ["size", "16", "1024"]),
+    ({"task": "mask2", "size": 2048}, ["size", "2048"]),
+    ({"task": "mask_age4", "count": 3}, ["count", "4"]),
+])
+def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, words):
+    with pytest.raises(ValueError) as err:
+        generate(tmp_path, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+    assert not any(tmp_path.iterdir())
+
+
+def test_render_face_rejects_bad_size():
+    with pytest.raises(ValueError, match="size"):
+        render_face(0, 0, FaceAttributes(mask=False, old=False, fake=False), 4)
