@@ -189,3 +189,8 @@ def test_bad_arguments_raise_clear_errors(tmp_path, kwargs, words):
 def test_render_face_rejects_bad_size():
     with pytest.raises(ValueError, match="size"):
         render_face(0, 0, FaceAttributes(mask=False, old=False, fake=False), 4)
+
+
+def test_fake_attributes_must_name_region_and_level():
+    with pytest.raises(ValueError, match="fake_region"):
+        render_face(0, 0, FaceAttributes(mask=False, old=False, fake=True), 32)
