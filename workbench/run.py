@@ -28,7 +28,7 @@ from workbench.train import train
 class RunOutcome:
     run_id: str
     objective: float
-    metrics: dict[str, float]
+    metrics: dict[str, float]     # everything logged at the end: test quality, summary, cost
 
 
 def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id: str,
@@ -51,12 +51,12 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
                            "classes": ",".join(data.classes), "objective": spec.objective.metric})
         tracking.log_dataset(data)
         result = train(config, data, callbacks=[tracking.epoch_logger(), *callbacks], monitor=spec.objective.metric)
-        tracking.log_result(result, config, data.classes)
+        metrics = tracking.log_result(result, config, data.classes)
         objective = result.objective(spec.objective.metric, config.restore_best)
         mlflow.log_metric("objective", objective)
         mlflow.set_tag(tracking.STATE, "finished")
         mlflow.end_run("FINISHED")
-        return RunOutcome(run.info.run_id, objective, result.evaluation.metrics)
+        return RunOutcome(run.info.run_id, objective, metrics)
     except optuna.TrialPruned:
         mlflow.set_tag(tracking.STATE, "pruned")
         mlflow.end_run("FINISHED")

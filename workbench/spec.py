@@ -284,6 +284,14 @@ class Objective(BaseModel):
     latency: bool = False
 
 
+class Pruning(BaseModel):
+    """When the median pruner may start judging: after this many finished trials, from this epoch."""
+
+    model_config = ConfigDict(extra="forbid")
+    startup_trials: int = Field(4, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+
+
 class Spec(BaseModel):
     """One experiment: everything a sweep or a single run needs, and nothing about where it is stored."""
 
@@ -305,6 +313,7 @@ class Spec(BaseModel):
     # choices, the way the studies compared by hand). Pruning stops weak trials early.
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
+    pruning: Pruning = Pruning()
     # Configurations tried first, e.g. the reference study's own setting, so the search starts
     # from the published baseline. Each maps searched keys to values.
     enqueue: list[dict[str, Any]] = []
@@ -415,8 +424,6 @@ def describe_validation_error(err: ValidationError) -> str:
     return f"{loc}: {msg}{shown}{extra}" if loc else f"{msg}{shown}{extra}"
 
 
-TOP_LEVEL_KEYS = {"name", "description", "trials", "seed", "backbone_params"}
-
 
 def apply_override(raw: dict, item: str) -> None:
     """Apply one `--set key=value`: bare param names address `params`, dotted keys any field."""
@@ -434,11 +441,11 @@ def apply_override(raw: dict, item: str) -> None:
             path = ["params", *path]
     elif key in Params.model_fields:
         path = ["params", key]
-    elif key in TOP_LEVEL_KEYS:
+    elif key in Spec.model_fields:
         path = [key]
     else:
         raise SpecError(f"--set {key}: unknown key (params: {', '.join(Params.model_fields)}; "
-                        f"top level: {', '.join(sorted(TOP_LEVEL_KEYS))}; or a dotted path)")
+                        f"top level: {', '.join(Spec.model_fields)}; or a dotted path)")
     node = raw
     for part in path[:-1]:
         node = node.setdefault(part, {})

@@ -17,8 +17,8 @@ wastes and loses nothing:
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import os
 import tempfile
 import time
@@ -45,9 +45,13 @@ DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 LATENCY = "latency_ms_batch1"
 
-# Seconds between a running trial's heartbeats, and of silence after which it counts as dead.
-HEARTBEAT = int(os.environ.get("WORKBENCH_HEARTBEAT", "20"))
-GRACE = int(os.environ.get("WORKBENCH_HEARTBEAT_GRACE", str(3 * HEARTBEAT)))
+
+
+def heartbeat() -> tuple[int, int]:
+    """Seconds between a running trial's heartbeats, and of silence after which it counts as dead."""
+    interval = int(os.environ.get("WORKBENCH_HEARTBEAT", "20"))
+    return interval, int(os.environ.get("WORKBENCH_HEARTBEAT_GRACE", str(3 * interval)))
+
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats are "experimental" in Optuna 5 but are exactly the documented way to catch dead workers.
@@ -91,12 +95,16 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     # Parallel workers must not draw the same "random" configurations in lockstep: each worker
     # offsets the spec's seed by its index (0 for a single process, so it stays reproducible).
     seed = spec.seed + int(os.environ.get("WORKBENCH_WORKER_INDEX", "0"))
-    if spec.sampler == "random":
+    if spec.sampler in ("random", "grid"):  # the grid itself is enqueued: see grid_points
         return optuna.samplers.RandomSampler(seed=seed)
-    if spec.sampler == "grid":
-        space = {name: grid_values(dim) for name, dim in spec.params.dims().items() if is_searched(dim)}
-        return optuna.samplers.GridSampler(space, seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def grid_points(spec: Spec) -> list[dict]:
+    """Every combination of the searched values, in the spec's order. Enqueued rather than left to
+    Optuna's GridSampler, which ignores enqueued trials and would run the baseline twice."""
+    space = {name: grid_values(dim) for name, dim in spec.params.dims().items() if is_searched(dim)}
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
 
 
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
@@ -104,7 +112,8 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
-    return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=spec.pruning.startup_trials,
+                                       n_warmup_steps=spec.pruning.warmup_epochs)
 
 
 def make_storage(url: str, on_stale: Callable | None = None):
@@ -114,8 +123,9 @@ def make_storage(url: str, on_stale: Callable | None = None):
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT,
-                                          grace_period=GRACE, heartbeat_stale_trial_callback=on_stale)
+        interval, grace = heartbeat()
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
+                                          grace_period=grace, heartbeat_stale_trial_callback=on_stale)
     if url.startswith("journal:///"):
         path = Path(url.removeprefix("journal:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +153,8 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None, tracking
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
-        for point in spec.enqueue:  # once, when the study is created
+        points = [*spec.enqueue, *(grid_points(spec) if spec.sampler == "grid" else [])]
+        for point in points:  # once, when the study is created
             study.enqueue_trial(point, skip_if_exists=True)
     elif recorded != spec.content_hash():
         raise SpecError(f"study {name} in {storage} was run with a different version of spec {spec.name} "
@@ -282,10 +293,7 @@ def run_sweep(spec: Spec, *, storage: str, tracking_uri: str, trials: int | None
 
 
 def _grid_exhausted(study: optuna.Study, spec: Spec) -> bool:
-    if spec.sampler != "grid":
-        return False
-    size = math.prod(len(grid_values(d)) for d in spec.params.dims().values() if is_searched(d))
-    return count(study, DONE) >= size
+    return spec.sampler == "grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
 # --- what the parent run shows ------------------------------------------------------------------

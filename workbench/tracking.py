@@ -110,18 +110,19 @@ def log_dataset(data) -> None:
         mlflow.log_artifacts(tmp, artifact_path="data")
 
 
-def log_result(result, config, classes) -> None:
+def log_result(result, config, classes) -> dict[str, float]:
     """Everything a finished training leaves behind, written into the active run: metrics
     (quality, training summary, cost), figures as PNG plus one interactive HTML page, the
-    reports, and the model."""
+    reports, and the model. Returns the metrics it logged."""
     import matplotlib.pyplot as plt
 
     from workbench import cost, figures
     from workbench.evaluate import most_confident_mistakes, training_summary
 
     evaluation = result.evaluation
-    mlflow.log_metrics({**evaluation.metrics, **training_summary(result.history), **result.timings,
-                        **cost.measure(result.model, config.image_size), "train_images": result.train_images})
+    metrics = {**evaluation.metrics, **training_summary(result.history), **result.timings,
+               **cost.measure(result.model, config.image_size), "train_images": result.train_images}
+    mlflow.log_metrics(metrics)
     mlflow.set_tags({"workbench.device": result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
                      "workbench.xla": str(result.runtime.xla).lower()})
@@ -144,6 +145,7 @@ def log_result(result, config, classes) -> None:
     mlflow.log_dict(evaluation.report, "evaluation/classification_report.json")
     mlflow.log_dict(result.history, "evaluation/history.json")
     log_model(result.model, config, classes)
+    return metrics
 
 
 PREDICTIONS = "evaluation/test_predictions.csv"

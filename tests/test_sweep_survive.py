@@ -1,0 +1,176 @@
+"""Sweeps that survive: a NaN trial fails with its reason while the sweep completes, pruning
+prunes a trial built to be weak (and its run keeps its curves), an interrupted sweep resumes to
+exactly its total, a killed worker's trial ends failed with its run KILLED, two workers share one
+study without duplicate or lost trials, and grid, enqueue and the latency objective behave."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import workbench_cli
+from workbench import spec as S, sweep as sweeps, tracking
+from workbench.sweep import run_sweep
+
+
+@pytest.fixture
+def stores(workdir):
+    mlruns = workdir / "mlruns"
+    return f"sqlite:///{mlruns / 'optuna.db'}", f"sqlite:///{mlruns / 'mlflow.db'}"
+
+
+def children(uri, result):
+    return MlflowClient(uri).search_runs([result.experiment_id],
+                                         f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_completes(tiny_spec, stores):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "optimizer=sgd", "learning_rate={low: 1.0e-3, high: 1.0e+8, log: true}",
+                           "enqueue=[{learning_rate: 1.0e+8}, {learning_rate: 0.001}, {learning_rate: 0.002}]"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    states = [t.state for t in result.study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    failed = result.study.trials[0]
+    assert "FloatingPointError" in failed.user_attrs["error"]
+    run = MlflowClient(uri).get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags[tracking.STATE] == "failed"
+    assert "loss became" in run.data.tags["workbench.error"]
+    assert any(a.path == "error.txt" for a in MlflowClient(uri).list_artifacts(run.info.run_id))
+
+
+def test_pruning_stops_a_weak_trial_and_its_run_keeps_its_curves(tiny_spec, stores):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=3", "learning_rate={low: 1.0e-9, high: 1.0e-2, log: true}",
+                           "pruning={startup_trials: 2, warmup_epochs: 0}",
+                           "enqueue=[{learning_rate: 0.005}, {learning_rate: 0.005}, {learning_rate: 1.0e-9}]"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    weak = result.study.trials[2]
+    assert weak.state == TrialState.PRUNED, [t.intermediate_values for t in result.study.trials]
+    client = MlflowClient(uri)
+    run = client.get_run(weak.user_attrs["mlflow_run_id"])
+    assert run.data.tags[tracking.STATE] == "pruned"
+    assert 1 <= len(client.get_metric_history(run.info.run_id, "val_f1_macro")) < 3
+    assert "test_f1_macro" not in run.data.metrics
+
+
+def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, monkeypatch):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+    import workbench.train as train_module
+
+    original = train_module.EpochRecorder.on_epoch_end
+    calls = {"n": 0}
+
+    def interrupt_second_trial(self, epoch, logs=None):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C in the middle of trial 1
+            raise KeyboardInterrupt
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", interrupt_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", original)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    client = MlflowClient(uri)
+    killed = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED"
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    assert result.parent_run_id == parent_id and result.ran == 2
+    assert sweeps.count(result.study) == 3
+    finished = [r for r in children(uri, result) if r.info.status == "FINISHED"]
+    assert len(finished) == 3 and client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_a_killed_worker_leaves_no_run_stuck_in_running(tiny_spec, stores, workdir, monkeypatch):
+    storage, uri = stores
+    monkeypatch.setenv("WORKBENCH_HEARTBEAT", "1")
+    monkeypatch.setenv("WORKBENCH_HEARTBEAT_GRACE", "3")
+    args = ["sweep", "tiny", "--trials", "2", "--set", "epochs=3"]
+    exe = os.path.join(os.path.dirname(sys.executable), "workbench")
+    worker = subprocess.Popen([exe, *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                running = optuna.load_study(study_name="tiny", storage=storage).get_trials(states=(TrialState.RUNNING,))
+            except (KeyError, Exception):
+                running = []
+            if running and "mlflow_run_id" in running[0].user_attrs:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the worker never started a trial")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    lost_run = running[0].user_attrs["mlflow_run_id"]
+    assert MlflowClient(uri).get_run(lost_run).info.status == "RUNNING"
+    time.sleep(4)  # past the grace period: the lost trial's heartbeat is stale
+
+    result = run_sweep(S.load("tiny", ["epochs=3"]), storage=storage, tracking_uri=uri, trials=2)
+    lost = result.study.trials[running[0].number]
+    assert lost.state == TrialState.FAIL
+    run = MlflowClient(uri).get_run(lost_run)
+    assert run.info.status == "KILLED" and run.data.tags[tracking.STATE] == "failed"
+    assert "no heartbeat" in run.data.tags["workbench.error"]
+    assert sweeps.count(result.study) == 2
+
+
+def test_two_workers_share_one_study_without_duplicate_or_lost_trials(tiny_spec, workdir, stores):
+    storage, uri = stores
+    result = workbench_cli("sweep", "tiny", "--trials", "4", "--workers", "2", "--set", "epochs=1",
+                           "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in complete]
+    assert len(set(run_ids)) == 4
+    # Offset seeds: the two workers did not draw the same configurations in lockstep.
+    assert len({t.params["learning_rate"] for t in complete}) == 4
+    client = MlflowClient(uri)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert (workdir / "mlruns" / "workers" / "tiny-worker1.log").is_file()
+
+
+def test_grid_tries_every_combination_once_starting_from_the_enqueued_one(tiny_spec, stores):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "sampler=grid", "balance=[none, class_weight]", "augmentation=[none, flip]",
+                           "enqueue=[{balance: class_weight, augmentation: flip}]"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=10)
+    combos = [(t.params["balance"], t.params["augmentation"]) for t in result.study.trials]
+    assert combos[0] == ("class_weight", "flip")
+    assert sorted(combos) == sorted({("none", "none"), ("none", "flip"), ("class_weight", "none"),
+                                     ("class_weight", "flip")})
+
+
+def test_the_latency_objective_records_a_pareto_front(tiny_spec, stores):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "objective={metric: val_f1_macro, latency: true}",
+                           "dense_units=[4, 64]", "enqueue=[{dense_units: 4}, {dense_units: 64}]"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    assert all(len(t.values) == 2 for t in result.study.trials)
+    client = MlflowClient(uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.metrics["pareto_size"] >= 1
+    files = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
+    assert {"sweep/trials.csv", "sweep/pareto_front.csv", "sweep/study.html"} <= files
