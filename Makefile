@@ -9,7 +9,10 @@ TRIALS ?=
 PORT   ?= 5000
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
-.PHONY: install sweep run test ui specs bench clean-runs
+NAME   ?= faces
+SERVE_PORT ?= 5001
+
+.PHONY: install sweep run test ui specs compare report promote serve dashboard bench clean-runs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +33,23 @@ specs: $(STAMP)  ## list the experiment registry
 
 test: $(STAMP)  ## run the test suite (fails on any failure, and on zero tests)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+compare: $(STAMP)  ## compare the latest SPEC sweep's trials; every format under reports/
+	$(BIN)/workbench compare --experiment $(SPEC) --sweep latest --all-formats reports
+
+report: $(STAMP)  ## interactive HTML report on the latest SPEC sweep (reports/$(SPEC)-report.html)
+	$(BIN)/workbench report --experiment $(SPEC) --sweep latest
+
+promote: $(STAMP)  ## register SPEC's best finished run as models:/$(NAME)@champion
+	$(BIN)/workbench promote --name $(NAME) --experiment $(SPEC) --tracking-uri $(TRACKING_URI)
+
+serve: $(STAMP)  ## serve models:/$(NAME)@champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve \
+		-m models:/$(NAME)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+dashboard: $(STAMP)  ## optuna-dashboard on the local study storage, http://127.0.0.1:8080
+	$(BIN)/pip install --quiet optuna-dashboard
+	$(BIN)/optuna-dashboard $${WORKBENCH_STORAGE:-sqlite:///mlruns/optuna.db} --host 127.0.0.1 --port 8080
 
 ui: $(STAMP)  ## browse runs in the MLflow UI on http://127.0.0.1:$(PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)

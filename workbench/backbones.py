@@ -24,6 +24,9 @@ from workbench.errors import WeightsError
 from workbench.spec import TrialConfig
 
 
+SCRATCH_BN_MOMENTUM = 0.9
+
+
 @dataclass(frozen=True)
 class Backbone:
     build: Callable[..., keras.Model]
@@ -39,7 +42,7 @@ def _simple_cnn(input_shape, weights, cfg: TrialConfig) -> keras.Model:
     x = inputs
     for filters in (32, 64, 128):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM)(x)
         x = keras.layers.Activation("relu")(x)
         x = keras.layers.MaxPooling2D()(x)
     model = keras.Model(inputs, x, name="simple_cnn")
@@ -127,6 +130,13 @@ def build_base(cfg: TrialConfig) -> keras.Model:
                 f"(offline?): run `workbench weights fetch {cfg.backbone}` on a connected machine and "
                 f"copy its files into {keras_cache()}, or set weights: none") from None
         raise
+    if weights is None:
+        # Trained from scratch on a small dataset, a network gets a few hundred steps: Keras'
+        # default batch-norm momentum (0.99, 0.999 in MobileNetV2) leaves the moving statistics,
+        # and so every validation score, stuck near their initial values for that long.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
     if cfg.cut_at:
         # S2 cuts Xception at block13_pool: the base ends at that layer's output.
         base = keras.Model(base.input, _layer(base, cfg.cut_at, "cut_at").output, name=f"{base.name}_cut")

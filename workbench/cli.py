@@ -307,6 +307,14 @@ def _short(value) -> str:
     return str(value)
 
 
+# Later stages add their commands to the same app (compare, report; promote, predict, export).
+from workbench.cli_compare import register as _register_compare  # noqa: E402
+from workbench.cli_ship import register as _register_ship  # noqa: E402
+
+_register_compare(app)
+_register_ship(app)
+
+
 def main() -> None:
     try:
         app()

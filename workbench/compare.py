@@ -142,6 +142,7 @@ def select_runs(client, *, tracking_uri: str, experiment: str | None = None, swe
     clauses += [_tag_clause(tag) for tag in tags]
     if filter_string and filter_string.strip():
         clauses.append(filter_string.strip())
+    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; make sure it is this store
     try:
         runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=" AND ".join(clauses),
                                   output_format="pandas")
@@ -252,6 +253,13 @@ def sort_table(table: pd.DataFrame, column: str, order: str | None = None) -> pd
     numeric = pd.api.types.is_numeric_dtype(table[column])
     ascending = (order == "asc") if order else (not numeric or lower_is_better(column))
     return table.sort_values(column, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def objective_order(runs: pd.DataFrame) -> str | None:
+    """The `objective` metric is whatever the spec optimised (its name is the `objective` param):
+    ascending when that is a loss or a latency, by the same rule as every other column."""
+    names = runs.get("params.objective", pd.Series(dtype=object)).dropna().unique()
+    return "asc" if len(names) == 1 and lower_is_better(str(names[0])) else None
 
 
 def only_differences(table: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
@@ -379,6 +387,8 @@ def compare(runs: pd.DataFrame, *, sort: str | None = None, order: str | None = 
     (no statistics then: they compare runs), and reduced to the columns that differ."""
     table = comparison_table(runs)
     column = resolve_column(table, sort) if sort else default_sort(table)
+    if column == "objective" and order is None:
+        order = objective_order(runs)
     table = sort_table(table, column, order)
     group_by = [g for g in group_by if g.strip()]
     if group_by:

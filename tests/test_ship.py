@@ -1,0 +1,377 @@
+"""The ship stage on real (tiny) models: promotion to `champion` and rollback in the MLflow
+registry, the refusals, prediction on image files (whole and face by face), serving the champion
+over HTTP with `mlflow models serve`, and a TFLite export that decides like its Keras model.
+
+One 2-trial sweep is trained for the whole module; every test registers under its own model name
+so the tests do not depend on each other's order."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from conftest import TINY, write_spec
+from workbench import export, predict, promote as P, spec as S, synth, tracking
+from workbench.errors import WorkbenchError
+from workbench.sweep import run_sweep
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Yard:
+    root: Path
+    uri: str
+    client: MlflowClient
+    sweep_id: str
+    trials: list[str]       # the sweep's trial run ids, best test_f1_macro first
+    broken: dict[str, str]  # refusal cases in experiment "broken": kind -> run id
+    classes: tuple[str, ...]
+
+
+@pytest.fixture(scope="module")
+def yard(tmp_path_factory, shared_data) -> Yard:
+    root = tmp_path_factory.mktemp("ship")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("WORKBENCH_DATA", str(shared_data))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("WORKBENCH_STORAGE", raising=False)
+        (root / "experiments").mkdir()
+        write_spec(root, TINY)
+        spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+        uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+        result = run_sweep(spec, storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}", tracking_uri=uri, trials=2)
+        client = tracking.connect(uri)
+        runs = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+        assert len(runs) == 2 and all(r.data.tags[tracking.STATE] == "finished" for r in runs)
+        trials = [r.info.run_id for r in sorted(runs, key=lambda r: -r.data.metrics["test_f1_macro"])]
+        yield Yard(root, uri, client, result.parent_run_id, trials, broken_runs(client, uri),
+                   tuple(runs[0].data.params["classes"].split(",")))
+
+
+def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
+    """One run per way a run can be unfit to ship, alone in their own experiment."""
+    experiment_id = tracking.ensure_experiment(client, "broken", uri)
+
+    def run(tags: dict, status: str | None, metrics: dict | None = None) -> str:
+        created = client.create_run(experiment_id, tags={tracking.ROLE: "run", **tags})
+        for key, value in (metrics or {}).items():
+            client.log_metric(created.info.run_id, key, value)
+        if status:
+            client.set_terminated(created.info.run_id, status=status)
+        return created.info.run_id
+
+    return {
+        "running": run({}, None),
+        "failed": run({tracking.STATE: "failed", "workbench.error": "FloatingPointError: loss is NaN"}, "FAILED"),
+        "pruned": run({tracking.STATE: "pruned"}, "FINISHED", {"val_f1_macro": 0.2}),
+        "no_model": run({tracking.STATE: "finished"}, "FINISHED", {"test_f1_macro": 0.99}),
+    }
+
+
+@pytest.fixture(scope="module")
+def champion(yard) -> predict.LoadedModel:
+    """The sweep's best run as `faces@champion`, loaded the way `predict` and `export` load it."""
+    P.promote(yard.client, "faces", sweep=yard.sweep_id)
+    return predict.load_model("models:/faces@champion")
+
+
+@functools.cache
+def console_script_has_ship() -> bool:
+    return subprocess.run([str(BIN / "workbench"), "promote", "--help"], capture_output=True).returncode == 0
+
+
+def ship_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The user's command line: the console script once workbench.cli registers the ship
+    commands, `python -m workbench.cli_ship` (the same app plus them) until then."""
+    head = [str(BIN / "workbench")] if console_script_has_ship() else [sys.executable, "-m", "workbench.cli_ship"]
+    return subprocess.run([*head, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+
+
+def in_process_cli(*args: str):
+    from workbench import cli, cli_ship
+
+    cli_ship.register(cli.app)
+    return CliRunner().invoke(cli.app, list(args))
+
+
+def versions(client: MlflowClient, name: str) -> list:
+    return client.search_model_versions(f"name = '{name}'")
+
+
+def alias(client: MlflowClient, name: str, which: str) -> str | None:
+    return P.alias_version(client, name, which)
+
+
+# --- promote and rollback ----------------------------------------------------------------------------
+
+def test_promote_registers_the_best_finished_run_as_champion_with_tags_and_a_model_card(yard):
+    done = P.promote(yard.client, "pick", sweep=yard.sweep_id)
+    assert done.run_id == yard.trials[0] and done.created and done.previous is None
+    version = yard.client.get_model_version("pick", done.version)
+    assert version.run_id == yard.trials[0] and version.aliases == ["champion"]
+    run = yard.client.get_run(yard.trials[0])
+    tags = version.tags
+    assert tags["workbench.run_id"] == yard.trials[0] and tags["workbench.sweep_run_id"] == yard.sweep_id
+    assert tags["workbench.spec_hash"] == run.data.tags[tracking.SPEC_HASH]
+    assert tags["workbench.dataset_digest"] == run.data.tags["workbench.dataset_digest"]
+    assert tags["workbench.classes"] == ",".join(yard.classes)
+    assert float(tags["test_f1_macro"]) == pytest.approx(run.data.metrics["test_f1_macro"], rel=1e-5)
+    card = version.description
+    for part in ("## Data", "## Test metrics", "## Limits", "synthetic faces", "Overfit gap", "Not tested on",
+                 "split sizes: train 108, val 36, test 36", *(f"| {c} |" for c in yard.classes)):
+        assert part in card, part
+
+    # The same run again, by experiment and by its latest sweep: no second version, nothing moves.
+    for scope in ({"experiment": "tiny"}, {"experiment": "tiny", "sweep": "latest"}):
+        again = P.promote(yard.client, "pick", **scope)
+        assert again.unchanged and again.version == done.version and len(versions(yard.client, "pick")) == 1
+
+
+def test_promoting_another_run_keeps_the_old_champion_as_previous_and_rollback_swaps_them(yard):
+    first = P.promote(yard.client, "swap", sweep=yard.sweep_id)
+    second = P.promote(yard.client, "swap", run_id=yard.trials[1], sweep=yard.sweep_id)
+    assert second.created and second.previous == first.version
+    assert (alias(yard.client, "swap", "champion"), alias(yard.client, "swap", "previous")) == (second.version, first.version)
+
+    back = P.rollback(yard.client, "swap")
+    assert back.version == first.version and back.run_id == yard.trials[0]
+    assert (alias(yard.client, "swap", "champion"), alias(yard.client, "swap", "previous")) == (first.version, second.version)
+    # Promoting a run registered before reuses its version.
+    again = P.promote(yard.client, "swap", run_id=yard.trials[1])
+    assert not again.created and again.version == second.version and len(versions(yard.client, "swap")) == 2
+
+
+def test_lower_is_better_for_losses_calibration_and_latency():
+    assert [P.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "test_f1_macro")] == \
+        [True, True, True, False]
+    runs = [P.Candidate(run_id=str(i), run_name="", experiment_id="1", status="FINISHED", state="finished",
+                        has_model=True, metrics={"test_log_loss": loss, "test_f1_macro": f1})
+            for i, (loss, f1) in enumerate([(0.9, 0.5), (0.4, 0.4), (0.7, 0.8)])]
+    assert P.best(runs, "test_log_loss").run_id == "1" and P.best(runs, "test_f1_macro").run_id == "2"
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("running", "is still RUNNING"),
+    ("failed", "ended FAILED (FloatingPointError: loss is NaN)"),
+    ("pruned", "was pruned"),
+    ("no_model", "has no logged model"),
+])
+def test_unfit_runs_are_refused_with_one_line(yard, kind, says):
+    with pytest.raises(WorkbenchError) as err:
+        P.promote(yard.client, "refused", run_id=yard.broken[kind])
+    assert says in str(err.value) and "\n" not in str(err.value)
+    assert not yard.client.search_registered_models("name = 'refused'")
+
+
+def test_a_scope_without_eligible_runs_a_low_score_and_no_previous_are_refused(yard):
+    with pytest.raises(WorkbenchError, match=r"experiment broken has no finished run with a model and test_f1_macro "
+                                             r"\(4 runs: .*1 running.*\)"):
+        P.promote(yard.client, "refused", experiment="broken")
+    with pytest.raises(WorkbenchError, match=r"under --min-score 1.01: not promoted"):
+        P.promote(yard.client, "refused", sweep=yard.sweep_id, min_score=1.01)
+    with pytest.raises(WorkbenchError, match="no such run"):
+        P.promote(yard.client, "refused", run_id="0" * 32)
+    P.promote(yard.client, "single", run_id=yard.trials[1])
+    with pytest.raises(WorkbenchError, match="model single has no previous champion .*nothing to roll back to"):
+        P.rollback(yard.client, "single")
+
+
+def test_cli_refusals_are_one_line_without_a_traceback(yard):
+    cases = [
+        (["promote", "--name", "cli", "--run", yard.broken["running"]], "is still RUNNING"),
+        (["promote", "--name", "cli", "--sweep", yard.sweep_id, "--min-score", "1.01"], "under --min-score"),
+        (["rollback", "--name", "cli"], "nothing to roll back to"),
+    ]
+    for args, says in cases:
+        result = ship_cli(*args, "--tracking-uri", yard.uri, cwd=yard.root)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+
+    ok = ship_cli("promote", "--name", "cli", "--experiment", "tiny", "--tracking-uri", yard.uri, cwd=yard.root)
+    assert ok.returncode == 0, ok.stderr
+    assert f"run {yard.trials[0]}" in ok.stdout and "now champion" in ok.stdout and "models:/cli@champion" in ok.stdout
+
+
+# --- predict -------------------------------------------------------------------------------------------
+
+def rendered_faces(folder: Path, count: int, size: int, mask: bool) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index in range(count):
+        image = synth.render_face(3, index, synth.FaceAttributes(mask=mask, old=False, fake=False), size)
+        files.append(folder / f"face-{int(mask)}-{size}-{index}.png")
+        cv2.imwrite(str(files[-1]), image)
+    return files
+
+
+def plain_image(path: Path) -> Path:
+    cv2.imwrite(str(path), np.full((90, 160, 3), 180, np.uint8))  # not square, not the model's size
+    return path
+
+
+def test_predict_classifies_whole_images_of_any_size(yard, champion, tmp_path):
+    files = [*rendered_faces(tmp_path, 1, 128, mask=True), plain_image(tmp_path / "plain.jpg")]
+    results = predict.predict_images(champion, predict.read_images(files), [str(f) for f in files])
+    assert [r.image for r in results] == [str(f) for f in files]
+    for result in results:
+        [only] = result.predictions
+        assert only.label in champion.classes and only.box is None
+        assert sum(only.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert champion.classes == yard.classes and champion.image_size == 32
+
+    shown = in_process_cli("predict", *map(str, files), "--model", "faces", "--format", "json",
+                           "--tracking-uri", yard.uri)
+    assert shown.exit_code == 0, shown.output
+    payload = json.loads(shown.stdout)
+    assert payload["model"] == "models:/faces@champion" and len(payload["results"]) == 2
+    assert payload["results"][0]["predictions"][0]["class"] in yard.classes
+
+
+def test_predict_names_an_unreadable_image_in_one_line(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    result = ship_cli("predict", str(broken), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: {broken}: not an image OpenCV can read (corrupt, empty or an unsupported format)"
+
+
+class BoxOnFaces:
+    """Stands in for the Haar cascade: one fixed box on face renders, none on plain images."""
+
+    def detectMultiScale(self, gray, **_):
+        return np.array([[40, 50, 100, 100]]) if gray.std() > 5 else ()
+
+
+def test_face_boxes_are_cropped_and_classified_and_an_image_without_faces_says_so(champion, tmp_path):
+    files = [*rendered_faces(tmp_path, 1, 256, mask=False), plain_image(tmp_path / "plain.png")]
+    face, plain = predict.predict_images(champion, predict.read_images(files), [str(f) for f in files],
+                                         detector=BoxOnFaces())
+    [found] = face.predictions
+    assert found.box == (40, 50, 100, 100) and found.label in champion.classes
+    assert sum(found.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert plain.predictions == [] and plain.note == "no face found"
+    # The crop is square, widened by the margin and kept inside the image.
+    crop = predict.face_crop(np.zeros((256, 256, 3), np.uint8), (200, 10, 50, 50), margin=0.3)
+    assert crop.shape == (80, 80, 3)
+
+
+def test_haar_cascade_finds_rendered_faces_and_each_box_is_classified(champion, tmp_path):
+    files = [*rendered_faces(tmp_path, 4, 256, mask=False), *rendered_faces(tmp_path, 2, 256, mask=True),
+             plain_image(tmp_path / "plain.png")]
+    results = predict.predict_images(champion, predict.read_images(files), [str(f) for f in files],
+                                     detector=predict.face_detector())
+    assert sum(len(r.predictions) for r in results[:-1]) >= 1, "Haar found no face in any render"
+    for result in results[:-1]:
+        for p in result.predictions:
+            x, y, w, h = p.box
+            assert 0 <= x and 0 <= y and x + w <= 256 and y + h <= 256 and p.label in champion.classes
+    assert results[-1].predictions == [] and results[-1].note == "no face found"
+
+
+def test_model_uris_from_what_the_user_types():
+    assert predict.model_uri("faces") == "models:/faces@champion"
+    assert predict.model_uri("runs:/abc/model") == "runs:/abc/model"
+    assert predict.model_uri(None, ["only"]) == "models:/only@champion"
+    with pytest.raises(WorkbenchError, match="say which model"):
+        predict.model_uri(None, ["a", "b"])
+    assert export.default_out_dir("models:/faces@champion") == Path("exports/faces")
+    assert export.default_out_dir("models:/faces/3") == Path("exports/faces")
+    assert export.default_out_dir("runs:/abc123/model") == Path("exports/abc123")
+
+
+# --- serve ---------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_serves_the_champion_over_http(yard, champion, tmp_path):
+    port = free_port()
+    # The server starts `uvicorn` by name, so the venv's bin must be on PATH (as `make serve` puts it).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": yard.uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/faces@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=yard.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "no /ping answer within 90 s"
+            time.sleep(1)
+        files = rendered_faces(tmp_path, 2, 96, mask=True)
+        batch = np.stack([predict.to_input(predict.read_image(f), champion.image_size) for f in files])
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": batch.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            served = np.asarray(json.loads(answer.read())["predictions"])
+        assert served.shape == (2, len(champion.classes))
+        assert np.allclose(served.sum(axis=1), 1.0, atol=1e-4)
+        assert np.allclose(served, predict.probabilities(champion.model, batch), atol=1e-4)
+    finally:
+        # The server runs uvicorn as a child: end the whole session it leads, by its id.
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
+
+
+# --- export --------------------------------------------------------------------------------------------
+
+def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(yard, champion, tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(yard.root)  # the run's test images are found under WORKBENCH_DATA, as a user's are
+        result = export.export(champion, quantize="none", out_dir=tmp_path / "tflite")
+    assert result.passed and result.agreement >= 0.995, result
+    assert result.images == 36 and "the run's test split" in result.images_source
+    assert result.tflite_path.stat().st_size > 0 and 0 < result.size_mb < 5
+    assert result.labels_path.read_text().splitlines() == list(champion.classes)
+
+    run = yard.client.get_run(champion.run_id)
+    assert run.data.metrics["tflite_agreement"] == pytest.approx(result.agreement)
+    assert run.data.metrics["tflite_size_mb"] == pytest.approx(result.size_mb)
+    logged = {f.path for f in yard.client.list_artifacts(champion.run_id, "tflite")}
+    assert logged == {"tflite/model.tflite", "tflite/labels.txt"}
+
+
+def test_an_export_under_the_bar_fails_and_logs_no_artifacts(yard, tmp_path):
+    other = predict.load_model(f"runs:/{yard.trials[1]}/model")
+    result = export.export(other, out_dir=tmp_path / "out", images_dir=None, min_agreement=1.5)
+    assert not result.passed and result.agreement <= 1.0
+    assert yard.client.list_artifacts(yard.trials[1], "tflite") == []
+    assert yard.client.get_run(yard.trials[1]).data.metrics["tflite_agreement"] == pytest.approx(result.agreement)
+    with pytest.raises(WorkbenchError, match="no images"):
+        export.agreement(np.zeros((0, 3)), np.zeros((0, 3)))

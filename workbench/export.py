@@ -1,0 +1,265 @@
+"""Exporting a shipped model for phones and edge devices: TensorFlow Lite, checked against Keras.
+
+A TFLite file is only worth shipping if it decides like the model it came from, so every export
+is scored on real images: by default the source run's own test split, read back from the run's
+`data/manifest.csv` and found under the local data folder (a synthetic set under
+`data/synthetic/<dataset>/`, an ingested one through its manifest in `data/manifests/`), each
+file checked against the manifest's sha256 so the images are exactly those the run was tested
+on. `--images DIR` scores any folder instead; when neither is available the check runs on random
+pixels and says so. The figure is the share of images whose predicted class is the same; under
+the bar (99.5 % by default) the export fails. It is logged on the source run as `tflite_agreement`
+with `tflite_size_mb`, and a passing export's `model.tflite` and `labels.txt` go under `tflite/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workbench import paths
+from workbench.errors import WorkbenchError
+from workbench.predict import LoadedModel, probabilities, read_image, to_input
+
+QUANTIZE = ("none", "dynamic", "float16")
+MIN_AGREEMENT = 0.995
+MAX_IMAGES = 500
+RANDOM_IMAGES = 64
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+class ExportError(WorkbenchError):
+    """The model cannot be exported, or its export does not decide like the original."""
+
+
+@dataclass(frozen=True)
+class ParityImages:
+    images: np.ndarray          # (n, size, size, 3) float32 RGB in [0, 255]
+    source: str                 # what they are, in words, for the user and the run's tags
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    tflite_path: Path
+    labels_path: Path
+    size_mb: float
+    agreement: float
+    images: int
+    images_source: str
+    run_id: str | None
+    quantize: str
+    passed: bool
+
+
+# --- conversion and inference ------------------------------------------------------------------------
+
+def convert(model, quantize: str = "none") -> bytes:
+    """The Keras model as a TFLite flatbuffer, weights optionally quantized."""
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE:
+        raise ExportError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE)}")
+
+    def configure(converter):
+        if quantize in ("dynamic", "float16"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter
+
+    # Both paths write a SavedModel and list its signatures on stdout: keep a command's output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return configure(tf.lite.TFLiteConverter.from_keras_model(model)).convert()
+        except Exception:  # Keras 3 models that the Keras path cannot trace go through a SavedModel
+            with tempfile.TemporaryDirectory() as tmp:
+                model.export(f"{tmp}/saved_model")
+                try:
+                    return configure(tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/saved_model")).convert()
+                except Exception as err:
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise ExportError(f"TFLite conversion failed ({first[:200]}); the model may use an "
+                                      "operation TFLite lacks") from None
+
+
+def _interpreter(content: bytes):
+    try:  # LiteRT is TFLite's successor; tf.lite.Interpreter still works but warns that it is deprecated
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tf.lite.Interpreter(model_content=content)
+    return Interpreter(model_content=content)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TFLite's C++ runtime announces its CPU delegate straight on file descriptor 2; Python
+    exceptions are unaffected (they propagate, they are not printed here)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def tflite_probabilities(content: bytes, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    out, current = [], None
+    with _quiet_native_stderr():
+        interpreter = _interpreter(content)
+        source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch].astype(source["dtype"])
+            if current != len(chunk):  # the batch dimension is dynamic: size it once per chunk length
+                interpreter.resize_tensor_input(source["index"], list(chunk.shape))
+                interpreter.allocate_tensors()
+                current = len(chunk)
+            interpreter.set_tensor(source["index"], chunk)
+            interpreter.invoke()
+            out.append(np.array(interpreter.get_tensor(target["index"]), dtype="float32"))
+    return np.concatenate(out) if out else np.zeros((0, 0), "float32")
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of rows whose argmax (the predicted class) is the same."""
+    if len(reference) == 0:
+        raise ExportError("no images to compare the TFLite model with")
+    return float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1)))
+
+
+# --- the images the check runs on ------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def locate_test_files(manifest, dataset: str) -> list[Path]:
+    """The run's test images on this machine, each checked against its sha256; missing or changed
+    files are left out. Synthetic sets live under data/synthetic/<dataset>/, ingested ones are
+    found through their manifests."""
+    from workbench import ingest
+
+    test = manifest[manifest["split"] == "test"]
+    synthetic_root = paths.data_dir() / "synthetic" / dataset
+    sidecars: dict[str, tuple[dict, dict] | None] = {}
+    found = []
+    for row in test.itertuples(index=False):
+        source = str(getattr(row, "source", "synthetic"))
+        if source == "synthetic":
+            raw = read = synthetic_root / row.path
+        else:
+            if source not in sidecars:
+                try:
+                    frame, sidecar = ingest.read_manifest(source, paths.manifests_dir())
+                    sidecars[source] = (sidecar, dict(zip(frame["path"], frame["decoded"]))
+                                        if "decoded" in frame else {})
+                except WorkbenchError:
+                    sidecars[source] = None
+            if sidecars[source] is None:
+                continue
+            sidecar, decoded = sidecars[source]
+            raw = Path(sidecar["raw_root"]) / row.path
+            # Images TensorFlow could not read as they were have normalised copies (see ingest).
+            read = Path(sidecar["interim_root"]).parent / decoded[row.path] if decoded.get(row.path) else raw
+        if raw.is_file() and read.is_file() and _sha256(raw) == row.sha256:
+            found.append(read)
+    return found
+
+
+def run_test_images(run_id: str, image_size: int, limit: int = MAX_IMAGES) -> ParityImages | None:
+    """The source run's test split, or None when its manifest or files are not on this machine."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    try:
+        dataset = mlflow.get_run(run_id).data.params.get("dataset", "")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/manifest.csv", dst_path=tmp)
+            manifest = pd.read_csv(local, dtype=str, keep_default_na=False)
+    except (MlflowException, OSError, pd.errors.ParserError):
+        return None
+    if not {"path", "sha256", "split"} <= set(manifest.columns):
+        return None
+    total = int((manifest["split"] == "test").sum())
+    files = locate_test_files(manifest, dataset)
+    if not files:
+        return None
+    files = files[:limit]
+    images = np.stack([to_input(read_image(f), image_size) for f in files])
+    kept = f" (first {len(files)} of {total})" if len(files) < total else ""
+    return ParityImages(images, f"the run's test split: {len(files)} images of {dataset}{kept}")
+
+
+def folder_images(folder: Path, image_size: int, limit: int = MAX_IMAGES) -> ParityImages:
+    if not folder.is_dir():
+        raise ExportError(f"--images {folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    if not files:
+        raise ExportError(f"--images {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
+    images = np.stack([to_input(read_image(f), image_size) for f in files])
+    return ParityImages(images, f"{len(files)} images from {folder}")
+
+
+def random_images(image_size: int, count: int = RANDOM_IMAGES, seed: int = 0) -> ParityImages:
+    images = np.random.default_rng(seed).uniform(0, 255, (count, image_size, image_size, 3)).astype("float32")
+    return ParityImages(images, f"{count} random-pixel images (the run's test images are not on this machine; "
+                                "pass --images DIR for a meaningful check)")
+
+
+# --- the whole export --------------------------------------------------------------------------------
+
+def default_out_dir(uri: str) -> Path:
+    """exports/<model name> for registry URIs, exports/<run id> for runs:/ URIs."""
+    rest = uri.split(":/", 1)[-1].strip("/")
+    head = rest.split("/")[0].split("@")[0]
+    return Path("exports") / (head or "model")
+
+
+def export(loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None, images_dir: Path | None = None,
+           min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES, log_to_run: bool = True) -> ExportResult:
+    """Convert, write model.tflite + labels.txt, measure agreement with Keras, log it on the source run."""
+    out_dir = out_dir or default_out_dir(loaded.uri)
+    content = convert(loaded.model, quantize)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tflite_path, labels_path = out_dir / "model.tflite", out_dir / "labels.txt"
+    tflite_path.write_bytes(content)
+    labels_path.write_text("\n".join(loaded.classes) + "\n", encoding="utf-8")
+
+    if images_dir is not None:
+        parity = folder_images(images_dir, loaded.image_size, max_images)
+    else:
+        parity = (run_test_images(loaded.run_id, loaded.image_size, max_images) if loaded.run_id else None
+                  ) or random_images(loaded.image_size)
+    share = agreement(probabilities(loaded.model, parity.images), tflite_probabilities(content, parity.images))
+    size_mb = len(content) / 2**20
+    passed = share >= min_agreement
+    if log_to_run and loaded.run_id:
+        _log(loaded.run_id, share, size_mb, quantize, parity.source, (tflite_path, labels_path) if passed else ())
+    return ExportResult(out_dir, tflite_path, labels_path, size_mb, share, len(parity.images), parity.source,
+                        loaded.run_id, quantize, passed)
+
+
+def _log(run_id: str, share: float, size_mb: float, quantize: str, source: str, files) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.log_metric(run_id, "tflite_agreement", share)
+    client.log_metric(run_id, "tflite_size_mb", size_mb)
+    client.set_tag(run_id, "workbench.tflite_quantize", quantize)
+    client.set_tag(run_id, "workbench.tflite_parity_images", source[:500])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path="tflite")

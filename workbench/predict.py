@@ -1,0 +1,210 @@
+"""Using a shipped model: load it by URI (the registry's `models:/NAME@champion` by default) and
+classify image files, whole or face by face.
+
+A model knows its classes and input size from the metadata logged with it, so any image OpenCV
+reads (any size, JPEG, PNG, BMP, WebP, TIFF...) is converted the way training saw images: BGR to
+RGB, resized to the model's side with area interpolation, float pixels in [0, 255]. With face
+detection on, OpenCV's Haar cascade finds frontal faces; each box, widened by a margin so the crop
+is framed like the training images (a head with some background), is classified on its own.
+Loading and reading are the edges; the rest takes arrays and returns values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workbench.errors import WorkbenchError
+
+# Share of the face box added on each side before cropping: Haar boxes are tight around the
+# eyes and mouth, while training images show the whole head with background around it.
+FACE_MARGIN = 0.3
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    uri: str
+    model: object               # a Keras model
+    classes: tuple[str, ...]
+    image_size: int
+    run_id: str | None          # the run that trained it, for lineage and artifacts
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+    box: tuple[int, int, int, int] | None = None     # x, y, width, height of the face in the image
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[self.label]
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image: str
+    predictions: list[Prediction] = field(default_factory=list)
+    note: str | None = None     # e.g. "no face found"
+
+    def as_dict(self) -> dict:
+        out = {"image": self.image, "predictions": [
+            {"class": p.label, "confidence": round(p.confidence, 6),
+             "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()},
+             **({"box": list(p.box)} if p.box is not None else {})} for p in self.predictions]}
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+def model_uri(model: str | None, registered_champions: list[str] | None = None) -> str:
+    """A full model URI from what the user typed: a URI as is, a bare NAME as NAME's champion,
+    nothing as the champion of the only registered model that has one."""
+    if model:
+        return model if ":/" in model else f"models:/{model}@champion"
+    champions = registered_champions or []
+    if len(champions) == 1:
+        return f"models:/{champions[0]}@champion"
+    known = ", ".join(champions) if champions else "none: run `workbench promote` first"
+    raise WorkbenchError(f"--model: say which model to use, e.g. --model models:/NAME@champion "
+                         f"(registered models with a champion: {known})")
+
+
+def registered_champions(client) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models() if "champion" in (m.aliases or {}))
+
+
+def load_model(uri: str) -> LoadedModel:
+    """The Keras model behind a URI, with the classes and input size it was logged with."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.keras.load_model(uri)
+    except (MlflowException, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WorkbenchError(f"--model {uri}: cannot load it ({first[:200]}); check the name, alias and "
+                             "--tracking-uri") from None
+    metadata = info.metadata or {}
+    classes = metadata.get("classes")
+    if not classes and info.run_id:
+        try:  # models logged before metadata carried the classes keep them beside the run
+            classes = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_labels.json")["classes"]
+        except (MlflowException, OSError, KeyError):
+            classes = None
+    if not classes:
+        raise WorkbenchError(f"--model {uri}: its metadata names no classes and its run has no "
+                             "model_labels.json; it was not logged by workbench")
+    shape = model.input_shape
+    image_size = int(metadata.get("image_size") or shape[1])
+    if int(model.output_shape[-1]) != len(classes):
+        raise WorkbenchError(f"--model {uri}: {model.output_shape[-1]} outputs but {len(classes)} classes "
+                             "in its metadata; the model and its labels disagree")
+    return LoadedModel(uri=uri, model=model, classes=tuple(classes), image_size=image_size, run_id=info.run_id)
+
+
+def probabilities(model, batch: np.ndarray) -> np.ndarray:
+    if len(batch) == 0:
+        return np.zeros((0, int(model.output_shape[-1])), dtype="float32")
+    return np.concatenate([np.asarray(model.predict_on_batch(batch[i:i + BATCH]), dtype="float32")
+                           for i in range(0, len(batch), BATCH)])
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A BGR uint8 image, or a one-line error naming the file."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"{path}: no such file")
+    # imdecode from bytes, not imread: it copes with any path (non-ASCII names included).
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise WorkbenchError(f"{path}: not an image OpenCV can read (corrupt, empty or an unsupported format)")
+    return image
+
+
+def to_input(bgr: np.ndarray, size: int) -> np.ndarray:
+    """One image as the model takes it: RGB, size x size, float32 pixels in [0, 255]."""
+    import cv2
+
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA).astype("float32")
+
+
+def face_detector():
+    import cv2
+
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise WorkbenchError(f"--detect-faces: OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 moved "
+                             "CascadeClassifier out); install opencv-python-headless<5")
+    detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    if detector.empty():
+        raise WorkbenchError(f"--detect-faces: cannot load {cv2.data.haarcascades}haarcascade_frontalface_default.xml; "
+                             "reinstall opencv-python-headless")
+    return detector
+
+
+def detect_faces(bgr: np.ndarray, detector) -> list[tuple[int, int, int, int]]:
+    """Frontal face boxes (x, y, width, height), largest first."""
+    import cv2
+
+    gray = cv2.equalizeHist(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    smallest = max(24, round(0.08 * min(gray.shape)))
+    found = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
+    boxes = [tuple(int(v) for v in box) for box in (found if len(found) else [])]
+    return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+
+def face_crop(bgr: np.ndarray, box: tuple[int, int, int, int], margin: float = FACE_MARGIN) -> np.ndarray:
+    """A square crop around the box, widened by `margin` of its size on each side and shifted
+    (not squeezed) to stay inside the image."""
+    height, width = bgr.shape[:2]
+    x, y, w, h = box
+    side = min(int(round(max(w, h) * (1 + 2 * margin))), width, height)
+    cx, cy = x + w / 2, y + h / 2
+    left = int(round(min(max(cx - side / 2, 0), width - side)))
+    top = int(round(min(max(cy - side / 2, 0), height - side)))
+    return bgr[top:top + side, left:left + side]
+
+
+def read_images(files: list[str | Path]) -> list[np.ndarray]:
+    """Every file read before any model is loaded, so a typo fails in a second, not after it."""
+    return [read_image(path) for path in files]
+
+
+def predict_images(loaded: LoadedModel, images: list[np.ndarray], names: list[str], *, detector=None,
+                   margin: float = FACE_MARGIN) -> list[ImageResult]:
+    """One result per image: the whole image's class or, given a `face_detector()`, one
+    prediction per face found."""
+    inputs, owners, boxes = [], [], []
+    notes: dict[int, str] = {}
+    for index, image in enumerate(images):
+        if detector is None:
+            inputs.append(to_input(image, loaded.image_size))
+            owners.append(index)
+            boxes.append(None)
+            continue
+        faces = detect_faces(image, detector)
+        if not faces:
+            notes[index] = "no face found"
+        for box in faces:
+            inputs.append(to_input(face_crop(image, box, margin), loaded.image_size))
+            owners.append(index)
+            boxes.append(box)
+    batch = np.stack(inputs) if inputs else np.zeros((0, loaded.image_size, loaded.image_size, 3), "float32")
+    scores = probabilities(loaded.model, batch)
+    per_image: list[list[Prediction]] = [[] for _ in images]
+    for owner, box, row in zip(owners, boxes, scores):
+        per_image[owner].append(Prediction(label=loaded.classes[int(np.argmax(row))], box=box,
+                                           probabilities={c: float(p) for c, p in zip(loaded.classes, row)}))
+    return [ImageResult(image=str(name), predictions=per_image[i], note=notes.get(i)) for i, name in enumerate(names)]

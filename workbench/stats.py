@@ -1,0 +1,132 @@
+"""The statistics behind "is the winner really better?": McNemar's paired test on two classifiers'
+per-image correctness, a bootstrap confidence interval of macro-F1, and the Pareto front of two
+competing objectives (accuracy up, latency down).
+
+Values in, values out: arrays of labels or booleans, no pandas, no MLflow, so every number can
+be checked by hand in a test. Both paired procedures assume the caller lined the arrays up image
+by image (same test set, same order); `workbench.compare` does that from the runs' logged
+`evaluation/test_predictions.csv`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+# Below this many discordant pairs the chi-square approximation is poor; use the exact binomial test.
+EXACT_BELOW = 25
+# Resamples are processed in blocks so a large test set does not need resamples x images memory at once.
+BLOCK_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    b: int             # images A got right and B got wrong
+    c: int             # images A got wrong and B got right
+    statistic: float   # exact: min(b, c); chi2: (|b - c| - 1)^2 / (b + c)
+    p_value: float     # two-sided
+    method: str        # "exact" or "chi2"
+
+
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool], exact_below: int = EXACT_BELOW) -> McNemarResult:
+    """McNemar's test of whether two classifiers scored on the same images err equally often.
+
+    Only the discordant images count: b (A right, B wrong) and c (A wrong, B right). With
+    b + c < `exact_below` the p-value is the exact two-sided binomial one,
+    min(1, 2 * P[X <= min(b, c)]) for X ~ Binomial(b + c, 1/2); otherwise the chi-square
+    statistic with continuity correction (|b - c| - 1)^2 / (b + c) on one degree of freedom.
+    No discordant pair at all means no evidence of a difference: p = 1.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b_ = np.asarray(correct_b, dtype=bool)
+    if a.shape != b_.shape or a.ndim != 1:
+        raise ValueError(f"correctness arrays must be 1-D and the same length, got {a.shape} and {b_.shape}")
+    b = int(np.sum(a & ~b_))
+    c = int(np.sum(~a & b_))
+    n = b + c
+    if n < exact_below:
+        if n == 0:
+            return McNemarResult(b, c, 0.0, 1.0, "exact")
+        low = min(b, c)
+        p = min(1.0, 2.0 * float(scipy_stats.binom.cdf(low, n, 0.5)))
+        return McNemarResult(b, c, float(low), p, "exact")
+    statistic = (abs(b - c) - 1) ** 2 / n
+    return McNemarResult(b, c, float(statistic), float(scipy_stats.chi2.sf(statistic, 1)), "chi2")
+
+
+def _encode(y_true, y_pred, labels) -> tuple[np.ndarray, np.ndarray, int]:
+    index = {label: i for i, label in enumerate(labels)}
+    if len(labels) == 0 or len(index) != len(labels):
+        raise ValueError(f"labels must be non-empty and distinct, got {list(labels)}")
+    y_true, y_pred = list(y_true), list(y_pred)
+    if len(y_true) != len(y_pred) or not y_true:
+        raise ValueError(f"need as many predictions as labels, and at least one: got {len(y_true)} and {len(y_pred)}")
+    unknown = sorted({str(v) for v in (*y_true, *y_pred) if v not in index})
+    if unknown:
+        raise ValueError(f"values {unknown} are not among labels {list(labels)}")
+    return (np.array([index[v] for v in y_true]), np.array([index[v] for v in y_pred]), len(labels))
+
+
+def _f1_macro_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Macro-F1 of a stack of confusion matrices (..., k, k), rows true and columns predicted.
+
+    A class with no true and no predicted images scores 0, as sklearn's zero_division=0 does and
+    as the logged test_f1_macro (averaged over every class of the run) does."""
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1).astype(float)
+    denominator = confusion.sum(axis=-1) + confusion.sum(axis=-2)  # 2tp + fn + fp
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return f1.mean(axis=-1)
+
+
+def f1_macro(y_true, y_pred, labels: Sequence) -> float:
+    """Macro-F1 over `labels` (every class counts, present or not)."""
+    t, p, k = _encode(y_true, y_pred, labels)
+    return float(_f1_macro_from_confusion(np.bincount(t * k + p, minlength=k * k).reshape(k, k)))
+
+
+def bootstrap_f1_macro(y_true, y_pred, labels: Sequence, resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro-F1: resample the test images with replacement
+    `resamples` times and take the (1 - level)/2 and (1 + level)/2 quantiles of the scores.
+
+    The resampled image indices depend only on `seed`, `resamples` and the number of images, so
+    two runs scored on the same test set in the same order are resampled identically (paired),
+    and the interval is reproducible."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    t, p, k = _encode(y_true, y_pred, labels)
+    n = len(t)
+    rng = np.random.default_rng(seed)
+    scores = np.empty(resamples)
+    block = max(1, BLOCK_CELLS // n)
+    for start in range(0, resamples, block):
+        size = min(block, resamples - start)
+        picked = rng.integers(0, n, size=(size, n))
+        # One bincount for the whole block: cell (true, pred) of resample r lands at r*k*k + true*k + pred.
+        cells = (np.arange(size)[:, None] * k * k + t[picked] * k + p[picked]).ravel()
+        confusion = np.bincount(cells, minlength=size * k * k).reshape(size, k, k)
+        scores[start:start + size] = _f1_macro_from_confusion(confusion)
+    tail = (1 - level) / 2
+    low, high = np.quantile(scores, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def pareto_front(maximise: Sequence[float], minimise: Sequence[float]) -> np.ndarray:
+    """Which points no other point beats: a boolean mask, True where no point has at least as
+    high a `maximise` value and at most as low a `minimise` value while being strictly better
+    in one. Points with a missing (NaN) value are never on the front."""
+    up = np.asarray(maximise, dtype=float)
+    down = np.asarray(minimise, dtype=float)
+    if up.shape != down.shape or up.ndim != 1:
+        raise ValueError(f"both objectives must be 1-D and the same length, got {up.shape} and {down.shape}")
+    valid = ~(np.isnan(up) | np.isnan(down))
+    front = np.zeros(len(up), dtype=bool)
+    for i in np.flatnonzero(valid):
+        others = valid & (up >= up[i]) & (down <= down[i]) & ((up > up[i]) | (down < down[i]))
+        front[i] = not others.any()
+    return front
