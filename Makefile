@@ -51,6 +51,9 @@ dashboard: $(STAMP)  ## optuna-dashboard on the local study storage, http://127.
 	$(BIN)/pip install --quiet optuna-dashboard
 	$(BIN)/optuna-dashboard $${WORKBENCH_STORAGE:-sqlite:///mlruns/optuna.db} --host 127.0.0.1 --port 8080
 
+bench: $(STAMP)  ## speed and memory benchmarks -> bench/results/latest.json (BENCH_ARGS=--sweep adds the full sweep)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
 ui: $(STAMP)  ## browse runs in the MLflow UI on http://127.0.0.1:$(PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
 

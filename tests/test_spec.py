@@ -134,3 +134,9 @@ def test_backbone_params_apply_only_to_their_backbone(tiny_spec):
     # Without its own size, xception would be below its minimum: the spec says so.
     with pytest.raises(SpecError, match="params.image_size: 64 is below xception's minimum"):
         S.load("tiny", ["backbone=[vgg16, xception]", "image_size=64"])
+
+
+def test_yaml_on_and_off_switches_are_read_as_words(tiny_spec):
+    spec = S.load("tiny", ["xla=off", "mixed_precision=on"])
+    config = S.single_config(spec)
+    assert (config.xla, config.mixed_precision) == ("off", "on")

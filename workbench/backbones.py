@@ -37,10 +37,11 @@ class Backbone:
 
 
 def _simple_cnn(input_shape, weights, cfg: TrialConfig) -> keras.Model:
-    """The S3/S4 baseline: conv blocks with batch norm, each halving the resolution."""
+    """The S3/S4 baseline: conv blocks with batch norm, each halving the resolution (four blocks
+    of 16 to 128 filters: small enough to train at hundreds of images a second on two cores)."""
     inputs = keras.Input(input_shape)
     x = inputs
-    for filters in (32, 64, 128):
+    for filters in (16, 32, 64, 128):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=SCRATCH_BN_MOMENTUM)(x)
         x = keras.layers.Activation("relu")(x)

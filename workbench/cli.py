@@ -316,6 +316,8 @@ _register_ship(app)
 
 
 def main() -> None:
+    # Progress lines must reach CI logs and `tee` as they happen, not when a buffer fills.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         app()
     except WorkbenchError as err:

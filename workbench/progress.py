@@ -62,5 +62,6 @@ class SweepProgress:
                 params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
                 line = (f"[{done}/{self.total}] trial {t.number} {t.state.name.lower()} {self.metric}={value} "
                         f"(best {best}; {counts}; {elapsed:.0f}s elapsed, eta {eta})  {params}")
-                self.console.print(line + (f"  error: {reason}" if reason else ""), highlight=False, markup=False)
+                self.console.print(line + (f"  error: {reason}" if reason else ""), highlight=False, markup=False,
+                                   soft_wrap=True)
         self.bar.update(self.task, completed=done, description=f"{counts or 'starting'} | best {best}")

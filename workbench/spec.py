@@ -116,6 +116,8 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0, strict=False)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
+# YAML reads a bare `on` / `off` as a boolean; accept both spellings.
+Switch = Annotated[Literal[SWITCHES], BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v)]
 Alpha = Literal[0.35, 0.5, 0.75, 1.0, 1.3, 1.4]  # the widths Keras' MobileNetV2 accepts
 
 
@@ -181,8 +183,8 @@ class Params(BaseModel):
     schedule: _dimension(Literal[SCHEDULES], rangeable=False) = "constant"
     early_stopping: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
     restore_best: _dimension(bool, rangeable=False) = False
-    mixed_precision: _dimension(Literal[SWITCHES], rangeable=False) = "auto"
-    xla: _dimension(Literal[SWITCHES], rangeable=False) = "auto"
+    mixed_precision: _dimension(Switch, rangeable=False) = "auto"
+    xla: _dimension(Switch, rangeable=False) = "auto"
     schedule_options: ScheduleOptions = ScheduleOptions()
     augmentation_options: AugmentationOptions = AugmentationOptions()
 

@@ -1,0 +1,112 @@
+"""The team set-up, for real: a throwaway PostgreSQL server and an `mlflow server` on 127.0.0.1,
+and a two-worker sweep against them. `.ci/run` installs PostgreSQL where it is missing; the test
+starts its own cluster in a temporary folder (as the `postgres` user, since initdb refuses root)
+so it never touches a system database."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import workbench_cli
+
+BIN = Path(sys.executable).parent
+
+
+def pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_postgres(*cmd: str) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    if not pg_bin("initdb") or not pg_bin("pg_ctl"):
+        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs them)")
+    folder = tmp_path / "pg"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        os.chmod(tmp_path, 0o755)
+    data, port = folder / "data", free_port()
+    subprocess.run(as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"),
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run(as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                               f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"),
+                   check=True, capture_output=True, timeout=120)
+    try:
+        for db in ("optuna", "mlflow"):
+            subprocess.run(as_postgres(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db),
+                           check=True, capture_output=True, timeout=60)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
+                       capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"{postgres}/mlflow",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"],
+                              stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow server did not come up: " + (tmp_path / "mlflow.log").read_text()[-2000:])
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir, postgres, mlflow_server):
+    storage = f"{postgres}/optuna"
+    result = workbench_cli("sweep", "tiny", "--trials", "3", "--workers", "2", "--storage", storage,
+                           "--tracking-uri", mlflow_server, "--set", "epochs=1",
+                           "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}", cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 3 and len({t.number for t in complete}) == 3
+    client = MlflowClient(mlflow_server)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in complete)
+    assert all(r.info.status == "FINISHED" for r in children)
+    # Artifacts went through the server: a trial's model loads back over HTTP.
+    files = {f.path for f in client.list_artifacts(children[0].info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in files
