@@ -194,3 +194,19 @@ def test_render_face_rejects_bad_size():
 def test_fake_attributes_must_name_region_and_level():
     with pytest.raises(ValueError, match="fake_region"):
         render_face(0, 0, FaceAttributes(mask=False, old=False, fake=True), 32)
+
+
+def test_cli_generates_the_same_bytes_and_rejects_bad_options(tmp_path):
+    from conftest import workbench_cli
+
+    outs = []
+    for name in ("a", "b"):
+        result = workbench_cli("data", "synth", "--task", "mask2", "--size", "32", "--count", "40", "--seed", "5",
+                               "--out", str(tmp_path / name), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "wrote 40 images" in result.stdout and "with_mask 20" in result.stdout
+        outs.append((tmp_path / name / "manifest.csv").read_text())
+    assert outs[0] == outs[1]
+    bad = workbench_cli("data", "synth", "--task", "mask9", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "task" in bad.stderr

@@ -83,9 +83,11 @@ def data_synth(
     from workbench import synth
     from workbench.dataset import synthetic_root
 
+    from pydantic import ValidationError
+
     try:
         options = specs_module.SyntheticData(task=task, size=size, count=count)
-    except Exception as err:  # pydantic's message names the option
+    except ValidationError as err:  # pydantic's message names the option
         raise WorkbenchError(f"data synth: {specs_module.describe_validation_error(err)}") from None
     target = out or synthetic_root(options, seed)
     manifest = synth.generate(target, task=task, seed=seed, size=size, count=count)

@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from workbench import stats, tracking
 from workbench.errors import TrackingError, WorkbenchError
 
-AXES = ("backbone", "balance", "augmentation", "learning_rate", "batch_size", "epochs", "image_size")
+AXES = ("backbone", "balance", "augmentation", "learning_rate", "batch_size")
 # The registry's axes: what a study is about, always the first columns after the run.
 REGISTRY_AXES = ("backbone", "balance", "augmentation")
 # Always shown (unless --only-diff drops a constant one); any other training param appears only
@@ -76,7 +76,8 @@ def leaderboard(runs: pd.DataFrame, metric: str = "test_f1_macro", top: int | No
         if column in runs and (len(runs) == 1 or runs[column].nunique(dropna=False) > 1):
             table[axis] = _numeric_if_possible(runs[column])
     metric_columns = ["metrics.objective", "metrics.test_accuracy", "metrics.test_f1_macro",
-                      *sorted(c for c in runs.columns if c.startswith("metrics.test_f1_") and c != "metrics.test_f1_macro")]
+                      *sorted(c for c in runs.columns if c.startswith("metrics.test_f1_")
+                              and c not in ("metrics.test_f1_macro", "metrics.test_f1_weighted"))]
     for column in metric_columns:
         if column in runs:
             table[column.removeprefix("metrics.")] = runs[column]

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 # Bump whenever a change alters any rendered pixel: cached datasets and tracked runs record it.
-GENERATOR_VERSION = "synth-2"
+GENERATOR_VERSION = "synth-4"
 
 TASKS: dict[str, list[str]] = {
     "mask2": ["with_mask", "without_mask"],
@@ -72,11 +72,11 @@ class Knobs:
     # louder, so that at 64 px, with fakes as rare as in S1 (~8 % of images), a small CNN can
     # learn them at all from ~100 training examples: the quickstart's best trial lands at a
     # test macro-F1 of about 0.8-0.9, with hard fakes still missed (see README).
-    fake_level_probs: tuple[float, float, float] = (0.4, 0.4, 0.2)   # easy, mid, hard
+    fake_level_probs: tuple[float, float, float] = (0.45, 0.4, 0.15)   # easy, mid, hard
     fake_levels: dict[str, FakeLevel] = field(default_factory=lambda: {
-        "easy": FakeLevel(tone=100.0, scale_error=0.2, offset_error=0.09, feather=0.03, seam=0.85),
-        "mid": FakeLevel(tone=80.0, scale_error=0.14, offset_error=0.06, feather=0.05, seam=0.7),
-        "hard": FakeLevel(tone=12.0, scale_error=0.05, offset_error=0.02, feather=0.2, seam=0.05),
+        "easy": FakeLevel(tone=110.0, scale_error=0.2, offset_error=0.09, feather=0.03, seam=0.9),
+        "mid": FakeLevel(tone=95.0, scale_error=0.14, offset_error=0.06, feather=0.05, seam=0.8),
+        "hard": FakeLevel(tone=30.0, scale_error=0.08, offset_error=0.03, feather=0.15, seam=0.2),
     })
     old_fraction: float = 0.35            # share of old faces where age is not part of the class
     # Scene nuisances. They matter as much as fake visibility: with all of them near zero the same

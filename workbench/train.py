@@ -50,10 +50,13 @@ class TrainResult:
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Adds `val_f1_macro` and the learning rate to each epoch's logs and keeps the full history.
+    """Scores the validation split once per epoch, adding `val_loss`, `val_accuracy`,
+    `val_f1_macro` and the learning rate to the epoch's logs, and keeps the full history.
 
-    It must come first among callbacks: later ones (MLflow logging, Optuna pruning, early
-    stopping) read the same logs dict and so see what it adds."""
+    One prediction pass gives all three validation figures, so Keras' own validation pass (a
+    second sweep over the data and a third compiled function) is not needed. It must come first
+    among callbacks: later ones (MLflow logging, Optuna pruning, early stopping, plateau
+    schedules) read the same logs dict and so see what it adds."""
 
     def __init__(self, val_ds, y_val: np.ndarray, num_classes: int):
         super().__init__()
@@ -66,7 +69,11 @@ class EpochRecorder(keras.callbacks.Callback):
             # Fail loudly: a diverged trial must be recorded as failed, not as a bad score.
             raise FloatingPointError(f"training loss became {logs['loss']} at epoch {epoch + 1} "
                                      "(learning rate too high?)")
-        predicted = self.model.predict(self.val_ds, verbose=0).argmax(axis=1)
+        probabilities = self.model.predict(self.val_ds, verbose=0)
+        predicted = probabilities.argmax(axis=1)
+        chosen = np.clip(probabilities[np.arange(len(self.y_val)), self.y_val], 1e-7, 1.0)
+        logs["val_loss"] = float(-np.log(chosen).mean())  # Keras' sparse categorical cross-entropy
+        logs["val_accuracy"] = float((predicted == self.y_val).mean())
         logs["val_f1_macro"] = f1_macro(self.y_val, predicted, self.num_classes)
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         for key, value in logs.items():
@@ -116,7 +123,7 @@ def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Ca
             stopping = [keras.callbacks.EarlyStopping(
                 monitor=monitor, mode="min" if monitor.endswith("loss") else "max",
                 patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
+        model.fit(train_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
                   class_weight=balanced.class_weight, shuffle=False, verbose=0,  # tf.data shuffles
                   callbacks=[recorder, *callbacks, *schedule_callbacks(config, learning_rate, epochs, first_epoch),
                              *stopping])
