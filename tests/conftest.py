@@ -24,6 +24,22 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def fresh_keras_state():
+    """Each test starts from a clean Keras/TensorFlow state, whatever the previous test built:
+    one worker process runs many test files, and model-building state would otherwise pile up."""
+    yield
+    import sys
+
+    if "keras" in sys.modules:
+        import gc
+
+        import keras
+
+        keras.backend.clear_session()
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def shared_data(tmp_path_factory) -> Path:
     """One data folder for the session: the synthetic set is generated once, then reused."""

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from conftest import workbench_cli
 from workbench import spec as S, sweep as sweeps, tracking
+from workbench.errors import WorkbenchError
 from workbench.sweep import run_sweep
 
 
@@ -174,3 +175,12 @@ def test_the_latency_objective_records_a_pareto_front(tiny_spec, stores):
     assert parent.data.metrics["pareto_size"] >= 1
     files = {a.path for a in client.list_artifacts(result.parent_run_id, "sweep")}
     assert {"sweep/trials.csv", "sweep/pareto_front.csv", "sweep/study.html"} <= files
+
+
+def test_a_sweep_whose_every_trial_fails_stops_with_the_reason(tiny_spec, stores):
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "optimizer=sgd", "learning_rate={low: 1.0e+7, high: 1.0e+8, log: true}"])
+    with pytest.raises(WorkbenchError, match="3 trials in a row failed.*FloatingPointError"):
+        run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3

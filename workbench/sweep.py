@@ -44,6 +44,8 @@ RUN_ATTR = "mlflow_run_id"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 LATENCY = "latency_ms_batch1"
+# Failed trials do not count towards the budget; a sweep whose every trial fails must still end.
+MAX_FAILURES_IN_A_ROW = 3
 
 
 
@@ -259,12 +261,18 @@ def work(sweep: Sweep, total: int,
         if on_trial and "budget" not in trial.user_attrs:
             on_trial(study_, trial)
 
-    ran = 0
+    ran, failed_in_a_row = 0, 0
     while count(study, LIVE) < total and not _grid_exhausted(study, spec) and not budget_reached:
         before = count(study, DONE)
         study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=True,
                        catch=(TrialFailure, BudgetReached))
-        ran += count(study, DONE) - before
+        finished = count(study, DONE) - before
+        ran += finished
+        failed_in_a_row = 0 if finished or budget_reached else failed_in_a_row + 1
+        if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            last = study.trials[-1].user_attrs.get("error", "see the trial runs' error.txt")
+            raise WorkbenchError(f"{failed_in_a_row} trials in a row failed, so the sweep stops (failed trials do "
+                                 f"not count towards --trials); last error: {last}")
     return ran
 
 

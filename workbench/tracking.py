@@ -144,8 +144,7 @@ def log_result(result, config, classes) -> dict[str, float]:
     mlflow.log_dict(evaluation.confusion_json(), "evaluation/confusion_matrix.json")
     mlflow.log_dict(evaluation.report, "evaluation/classification_report.json")
     mlflow.log_dict(result.history, "evaluation/history.json")
-    example = load_images(list(result.test_frame["file"].iloc[:1]), config.image_size).astype("float32")
-    log_model(result.model, config, classes, example)
+    log_model(result.model, config, classes)
     return metrics
 
 
@@ -178,17 +177,19 @@ def load_images(files: list[str], size: int):
     return np.stack(images) if images else np.zeros((0, size, size, 3), dtype="uint8")
 
 
-def log_model(model, config, classes, example) -> None:
-    """The Keras model with its signature and one real test image as input example."""
+def log_model(model, config, classes) -> None:
+    """The Keras model with its signature: float32 RGB pixels in [0, 255] -> class probabilities."""
     import keras
+    import numpy as np
     import tensorflow as tf
     from mlflow.models import infer_signature
 
+    example = np.zeros((1, config.image_size, config.image_size, 3), dtype="float32")
     signature = infer_signature(example, model.predict(example, verbose=0))
     # Explicit requirements: MLflow's inference would re-load the model in a subprocess (slow).
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
-    mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
-                           pip_requirements=requirements,
+    # No input_example: MLflow 3.17's Keras flavour fails to save one for image tensors.
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=requirements,
                            metadata={"classes": list(classes), "image_size": config.image_size})
     mlflow.log_dict({"classes": list(classes)}, "model_labels.json")
 
