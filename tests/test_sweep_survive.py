@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -33,9 +34,25 @@ def children(uri, result):
                                          f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_completes(tiny_spec, stores):
+def diverge_above(monkeypatch, threshold: float) -> None:
+    """Make every epoch of a trial with a learning rate above `threshold` report a NaN loss, as a
+    diverging network does (batch norm keeps the tiny CNN from diverging for real)."""
+    import workbench.train as train_module
+
+    original = train_module.EpochRecorder.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) > threshold:
+            logs["loss"] = float("nan")
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", on_epoch_end)
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_completes(tiny_spec, stores, monkeypatch):
     storage, uri = stores
-    spec = S.load("tiny", ["epochs=1", "optimizer=sgd", "learning_rate={low: 1.0e-3, high: 1.0e+8, log: true}",
+    diverge_above(monkeypatch, 1.0)
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e+8, log: true}",
                            "enqueue=[{learning_rate: 1.0e+8}, {learning_rate: 0.001}, {learning_rate: 0.002}]"])
     result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
     states = [t.state for t in result.study.trials]
@@ -177,9 +194,10 @@ def test_the_latency_objective_records_a_pareto_front(tiny_spec, stores):
     assert {"sweep/trials.csv", "sweep/pareto_front.csv", "sweep/study.html"} <= files
 
 
-def test_a_sweep_whose_every_trial_fails_stops_with_the_reason(tiny_spec, stores):
+def test_a_sweep_whose_every_trial_fails_stops_with_the_reason(tiny_spec, stores, monkeypatch):
     storage, uri = stores
-    spec = S.load("tiny", ["epochs=1", "optimizer=sgd", "learning_rate={low: 1.0e+7, high: 1.0e+8, log: true}"])
+    diverge_above(monkeypatch, 1.0)
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e+7, high: 1.0e+8, log: true}"])
     with pytest.raises(WorkbenchError, match="3 trials in a row failed.*FloatingPointError"):
         run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
     study = optuna.load_study(study_name="tiny", storage=storage)

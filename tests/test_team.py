@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -44,11 +45,11 @@ def as_postgres(*cmd: str) -> list[str]:
 def postgres(tmp_path):
     if not pg_bin("initdb") or not pg_bin("pg_ctl"):
         pytest.skip("PostgreSQL server binaries not installed (.ci/run installs them)")
-    folder = tmp_path / "pg"
-    folder.mkdir()
+    # Outside pytest's private (0700) temp tree, so the postgres user can reach it.
+    folder = Path(tempfile.mkdtemp(prefix="workbench-pg-"))
+    os.chmod(folder, 0o755)
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-        os.chmod(tmp_path, 0o755)
     data, port = folder / "data", free_port()
     subprocess.run(as_postgres(pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"),
                    check=True, capture_output=True, timeout=120)
@@ -59,10 +60,11 @@ def postgres(tmp_path):
         for db in ("optuna", "mlflow"):
             subprocess.run(as_postgres(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db),
                            check=True, capture_output=True, timeout=60)
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}"
     finally:
         subprocess.run(as_postgres(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"),
                        capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
