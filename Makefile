@@ -17,7 +17,7 @@ SERVE_PORT ?= 5001
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dashboard]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install workbench with its test extras
@@ -40,7 +40,7 @@ compare: $(STAMP)  ## compare the latest SPEC sweep's trials; every format under
 report: $(STAMP)  ## interactive HTML report on the latest SPEC sweep (reports/$(SPEC)-report.html)
 	$(BIN)/workbench report --experiment $(SPEC) --sweep latest
 
-promote: $(STAMP)  ## register SPEC's best finished run as models:/$(NAME)@champion
+promote: $(STAMP)  ## register SPEC's best finished run (by validation objective) as models:/$(NAME)@champion
 	$(BIN)/workbench promote --name $(NAME) --experiment $(SPEC) --tracking-uri $(TRACKING_URI)
 
 serve: $(STAMP)  ## serve models:/$(NAME)@champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations)
@@ -48,7 +48,6 @@ serve: $(STAMP)  ## serve models:/$(NAME)@champion on http://127.0.0.1:$(SERVE_P
 		-m models:/$(NAME)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 dashboard: $(STAMP)  ## optuna-dashboard on the local study storage, http://127.0.0.1:8080
-	$(BIN)/pip install --quiet optuna-dashboard
 	$(BIN)/optuna-dashboard $${WORKBENCH_STORAGE:-sqlite:///mlruns/optuna.db} --host 127.0.0.1 --port 8080
 
 bench: $(STAMP)  ## speed and memory benchmarks -> bench/results/latest.json (BENCH_ARGS=--sweep adds the full sweep)

@@ -72,16 +72,16 @@ def bench_memory(workdir: Path, trials: int) -> dict:
     os.environ["WORKBENCH_DATA"] = str(workdir / "data")
     from workbench import spec as S
     from workbench.dataset import prepare
+    from workbench import record
     from workbench.run import tracked_run
-    from workbench import tracking
 
     raw = {"name": "membench", "dataset": {"source": "synthetic", "task": "mask3_fake", "count": 120, "size": 32},
            "params": {"image_size": 32, "epochs": 1, "batch_size": 16, "dense_units": 8}, "seed": 1}
     spec = S.validate(raw)
     data = prepare(spec)
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
-    client = tracking.connect(uri)
-    experiment = tracking.ensure_experiment(client, spec.name, uri)
+    client = record.connect(uri)
+    experiment = record.ensure_experiment(client, spec.name, uri)
     after = []
     for _ in range(trials):
         tracked_run(spec, S.single_config(spec), data, experiment_id=experiment)
@@ -108,9 +108,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time the full quickstart sweep (minutes)")
     parser.add_argument("--memory-trials", type=int, default=30)
     args = parser.parse_args()
-    from workbench import tracking
+    from workbench.cli.common import quiet_environment
 
-    tracking.quiet_environment()
+    quiet_environment()
     import tensorflow as tf
 
     results = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {

@@ -34,13 +34,37 @@ def test_every_backbone_builds_and_trains_one_step_at_its_minimum_size(name):
     keras.backend.clear_session()
 
 
+def test_the_default_head_keeps_where_in_the_image_a_feature_is():
+    """A mask sits below the nose, a transplanted patch over the eyes: the scratch CNN's default
+    head must tell the same mark in two places apart. Global average pooling cannot (the conv
+    base is shift-equivariant, so a mark moved by the base's total stride pools to the same
+    vector); Flatten, the default for simple_cnn, can."""
+    keras.utils.set_random_seed(0)
+    image = np.zeros((2, 64, 64, 3), dtype="float32")
+    image[0, 20:28, 20:28] = 255.0   # the mark, top left ...
+    image[1, 36:44, 36:44] = 255.0   # ... and moved by 16 px (four 2x poolings) down and right
+
+    def features(pooling):
+        model = backbones.build_model(config(image_size=64, pooling=pooling), 2)
+        return keras.Model(model.input, model.get_layer("pool").output).predict(image, verbose=0)
+
+    assert S.single_config(S.validate({"name": "x"})).pooling == "flatten"
+    default = features("auto")
+    assert default.shape[1] > 128  # a flattened map, not one value per channel
+    assert not np.allclose(default[0], default[1], atol=1e-3)
+    pooled = features("gap")
+    assert np.abs(pooled[0] - pooled[1]).max() < 0.05 * np.abs(pooled).max()
+    # Pretrained bases keep global average pooling by default.
+    assert S.single_config(S.validate({"name": "x", "params": {"backbone": "vgg16"}})).pooling == "gap"
+
+
 def test_heads_follow_the_spec():
     s1 = backbones.build_model(config(pooling="flatten", dense_layers=2, dense_units=16, dropout=0.5), 3)
     names = [layer.name for layer in s1.layers]
     assert isinstance(s1.get_layer("pool"), keras.layers.Flatten)
     assert names[-6:] == ["head_dense_1", "head_dropout_1", "head_dense_2", "head_dropout_2", "probabilities"][-6:] or \
         names[-5:] == ["head_dense_1", "head_dropout_1", "head_dense_2", "head_dropout_2", "probabilities"]
-    bn = backbones.build_model(config(batch_norm=True, dropout=0.2), 2)
+    bn = backbones.build_model(config(pooling="gap", batch_norm=True, dropout=0.2), 2)
     assert isinstance(bn.get_layer("pool"), keras.layers.GlobalAveragePooling2D)
     assert isinstance(bn.get_layer("head_bn_1"), keras.layers.BatchNormalization)
 

@@ -10,8 +10,6 @@ is trained; one test compares the real runs of a 2-trial sweep, through the comm
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from html.parser import HTMLParser
 from io import StringIO
@@ -23,7 +21,7 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 
 from conftest import workbench_cli
-from workbench import compare, report, stats, tracking
+from workbench import compare, report, stats, record
 from workbench.errors import WorkbenchError
 
 CLASSES = ["fake", "real", "with_mask"]
@@ -66,11 +64,11 @@ RUNS = {  # name: (backbone, balance, learning_rate, f1_macro, accuracy, latency
 
 def log_run(client, experiment_id, name, *, role, parent=None, trial=None, backbone="vgg16", balance="none",
             learning_rate=0.001, f1=None, accuracy=None, latency=None, state="finished", predictions=None):
-    tags = {tracking.ROLE: role, tracking.STATE: state, "workbench.dataset_digest": "d1"}
+    tags = {record.ROLE: role, record.STATE: state, "workbench.dataset_digest": "d1"}
     if parent:
         tags["mlflow.parentRunId"] = parent
     if trial is not None:
-        tags[tracking.TRIAL] = str(trial)
+        tags[record.TRIAL] = str(trial)
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     params = {"backbone": backbone, "balance": balance, "augmentation": "none", "learning_rate": learning_rate,
@@ -92,10 +90,10 @@ def log_run(client, experiment_id, name, *, role, parent=None, trial=None, backb
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
                      tags=[RunTag("mlflow.runName", name)])
     if predictions is not None:
-        client.log_text(run_id, predictions, tracking.PREDICTIONS)
+        client.log_text(run_id, predictions, record.Artifacts.PREDICTIONS)
         client.log_dict(run_id, {"classes": CLASSES, "matrix": [[18, 1, 1], [2, 16, 2], [0, 1, 19]],
                                  "matrix_normalized": [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0, 0.05, 0.95]]},
-                        report.CONFUSION)
+                        record.Artifacts.CONFUSION)
     client.set_terminated(run_id)
     return run_id
 
@@ -105,9 +103,9 @@ def store(tmp_path_factory):
     """Experiment "cmp": a sweep with trials A-E and, outside it, one single run F."""
     folder = tmp_path_factory.mktemp("compare-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = tracking.connect(uri)
-    experiment_id = tracking.ensure_experiment(client, "cmp", uri)
-    sweep = client.create_run(experiment_id, run_name="cmp-sweep", tags={tracking.ROLE: "sweep"}).info.run_id
+    client = record.connect(uri)
+    experiment_id = record.ensure_experiment(client, "cmp", uri)
+    sweep = client.create_run(experiment_id, run_name="cmp-sweep", tags={record.ROLE: "sweep"}).info.run_id
     ids = {}
     for trial, (name, (backbone, balance, lr, f1, accuracy, latency, state)) in enumerate(RUNS.items()):
         csv = None
@@ -124,7 +122,7 @@ def store(tmp_path_factory):
 @pytest.fixture
 def client(store):
     # Other test files point MLflow's global URI elsewhere; search_runs reads it.
-    return tracking.connect(store["uri"])
+    return record.connect(store["uri"])
 
 
 def select(store, **kwargs) -> compare.Selection:
@@ -206,6 +204,48 @@ def test_sorting_best_first_with_direction_by_column(store, client):
     assert len(run_compare(store, top=2, stats=False).table) == 2
 
 
+AGREE = {  # metric: its value in runs a, b, c; the winner is the smallest where smaller is better
+    "test_log_loss": (0.3, 0.2, 0.5), "test_ece": (0.02, 0.09, 0.05), "latency_ms_batch1": (4.0, 9.0, 2.0),
+    "model_size_mb": (9.0, 3.0, 5.0), "total_params": (900.0, 300.0, 500.0), "train_seconds": (30.0, 10.0, 20.0),
+    "test_accuracy": (0.8, 0.9, 0.7), "test_f1_macro": (0.75, 0.7, 0.8), "test_roc_auc_ovr": (0.95, 0.85, 0.9),
+    "objective": (0.4, 0.6, 0.5),  # the runs optimised val_loss: smaller is better
+}
+
+
+def test_compare_and_promote_pick_the_same_winner_for_every_metric(tmp_path):
+    """One rule (`record.better`) ranks runs for every command: for losses, calibration, latency,
+    size, parameters and seconds the smallest wins, for accuracy, F1 and AUC the largest, and the
+    objective goes the way the spec's metric goes."""
+    from workbench import promote
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = record.connect(uri)
+    experiment_id = record.ensure_experiment(client, "agree", uri)
+    ids = []
+    for i, name in enumerate("abc"):
+        run = client.create_run(experiment_id, run_name=name, tags={record.ROLE: "trial", record.STATE: "finished"})
+        run_id = run.info.run_id
+        client.log_batch(run_id, metrics=[Metric(k, v[i], 0, 0) for k, v in AGREE.items()],
+                         params=[Param(record.OBJECTIVE_PARAM, "val_loss")])
+        client.log_text(run_id, "flavors: {}\n", "model/MLmodel")  # promote needs a logged model
+        client.set_terminated(run_id)
+        ids.append(run_id)
+    runs = compare.select_runs(client, tracking_uri=uri, experiment="agree").runs
+    for metric, values in AGREE.items():
+        lower = record.lower_is_better(metric, "val_loss")
+        expected = ids[values.index(min(values) if lower else max(values))]
+        by_compare = compare.compare(runs, sort=metric, stats=False).table["run_id"].iloc[0]
+        by_promote = promote.select(client, metric=metric, experiment="agree").run_id
+        assert by_compare == by_promote == expected, metric
+    assert [record.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "model_size_mb",
+                                                "total_params", "train_seconds", "test_accuracy", "test_f1_macro",
+                                                "test_roc_auc_ovr", "train_images_per_second")] == [True] * 6 + [False] * 4
+    # The default ranks by the validation objective (here a loss: run a has the lowest), never by a
+    # test figure (run c has the best test macro-F1).
+    assert promote.select(client, experiment="agree").run_id == ids[0]
+    assert compare.compare(runs, stats=False).table["run_id"].iloc[0] == ids[0]
+
+
 def test_objective_sorts_the_way_the_spec_optimised_it():
     runs = pd.DataFrame({"run_id": ["a", "b"], "metrics.objective": [0.3, 0.2],
                          "params.objective": ["val_loss", "val_loss"]})
@@ -230,10 +270,10 @@ def test_only_diff_hides_columns_equal_in_every_row(store, client):
 def test_group_by_pools_runs_into_mean_std_and_count(store, client):
     result = run_compare(store, group_by=["backbone"])
     table = result.table.set_index("backbone")
-    assert result.grouped and result.sort == "test_f1_macro_mean"
+    assert result.grouped and result.sort == "objective_mean"  # the validation objective, by default
     assert list(table.index) == ["vgg16", "mobilenet_v2"]  # best mean first
     # The pruned vgg16 run has no macro-F1, so it is neither pooled nor counted.
-    assert table.loc["vgg16", "count"] == 2 and table.loc["mobilenet_v2", "count"] == 2
+    assert table.loc["vgg16", "count"] == 2 and table.loc["mobilenet_v2", "count"] == 2  # pruned: no objective
     assert table.loc["vgg16", "test_f1_macro_mean"] == pytest.approx(0.85)
     assert table.loc["vgg16", "test_f1_macro_std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))
     assert table.loc["mobilenet_v2", "latency_ms_batch1_mean"] == pytest.approx(2.0)
@@ -264,6 +304,16 @@ def test_mcnemar_and_bootstrap_against_the_best_on_the_same_test_set(store, clie
     low, high = json.loads(best["f1_macro_ci"])
     assert (low, high) == pytest.approx(stats.bootstrap_f1_macro(*sorted_pairs(frame), CLASSES), abs=1e-4)
     assert low < stats.f1_macro(frame["true"], frame["predicted"], CLASSES) < high
+    # The paired difference in macro-F1 against the best, with its interval: C is clearly worse.
+    f1 = {name: stats.f1_macro(*sorted_pairs(pd.read_csv(StringIO(predictions_csv(CORRECT[name])))), CLASSES)
+          for name in "ABC"}
+    assert exact["f1_diff_vs_best"] == pytest.approx(f1["B"] - f1["A"])
+    assert chi2["f1_diff_vs_best"] == pytest.approx(f1["C"] - f1["A"])
+    low, high = json.loads(chi2["f1_diff_ci"])
+    assert low < chi2["f1_diff_vs_best"] < high < 0
+    # Holm: two runs were compared with the best, so the smaller p-value is doubled.
+    assert chi2["p_holm"] == pytest.approx(2 * 0.002663, abs=2e-6) and exact["p_holm"] == pytest.approx(0.125)
+    assert pd.isna(other["p_holm"]) and pd.isna(best["p_holm"])
 
 
 def sorted_pairs(frame):
@@ -374,7 +424,7 @@ def test_report_is_one_offline_page_with_every_section_logged_to_the_sweep(store
     assert "class='missing'" not in page  # every section drew its figure
     assert "trial-000" in page and "0.125" in page
     logged = [a.path for a in store["client"].list_artifacts(store["sweep"], "report")]
-    assert logged == [report.ARTIFACT]
+    assert logged == [record.Artifacts.SWEEP_REPORT]
     with pytest.raises(WorkbenchError, match="--runs 0+: no such run"):
         report.make_report(store["client"], selection, board, runs=["0" * 32], out=tmp_path / "x.html")
 
@@ -388,13 +438,7 @@ def test_report_figures_say_why_when_there_is_nothing_to_draw():
 # --- the command line, and real runs ---------------------------------------------------------------
 
 def compare_cli(*args: str, cwd: Path):
-    from workbench import cli
-
-    if any(command.name == "compare" for command in cli.app.registered_commands):
-        return workbench_cli(*args, cwd=cwd)
-    # Until cli.py calls cli_compare.register(app): the same app and main(), commands added by hand.
-    return subprocess.run([sys.executable, "-m", "workbench.cli_compare", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return workbench_cli(*args, cwd=cwd)
 
 
 def test_cli_unknown_experiment_is_one_line_and_non_zero(store, tmp_path):
@@ -413,7 +457,7 @@ def test_compare_and_report_on_a_real_two_trial_sweep(tiny_spec, workdir):
     uri = f"sqlite:///{mlruns / 'mlflow.db'}"
     result = run_sweep(S.load("tiny", ["epochs=1"]), storage=f"sqlite:///{mlruns / 'optuna.db'}",
                        tracking_uri=uri, trials=2)
-    client = tracking.connect(uri)
+    client = record.connect(uri)
     selection = compare.select_runs(client, tracking_uri=uri, experiment="tiny", sweep="latest")
     assert selection.sweep_run_id == result.parent_run_id
     table = compare.compare(selection.runs, predictions_for=lambda ids: compare.load_predictions(client, ids)).table

@@ -6,9 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from workbench import balance, spec as S
-from workbench.dataset import prepare
-from workbench.split import assign_splits, class_counts
+from workbench import dataset, spec as S
+from workbench.dataset import assign_splits, class_counts, prepare
 
 
 @pytest.fixture
@@ -42,8 +41,8 @@ def test_groups_never_span_two_splits():
 
 def test_none_and_class_weight_keep_the_training_split(tiny):
     train = tiny.part("train")
-    assert balance.rebalance(train, "none", tiny.classes, 0).train is train
-    weighted = balance.rebalance(train, "class_weight", tiny.classes, 0)
+    assert dataset.balanced(tiny, "none").train.equals(train)
+    weighted = dataset.balanced(tiny, "class_weight")
     counts = train["label"].value_counts()
     weights = weighted.class_weight
     # The rarest class weighs most, and weight x count is the same for every class.
@@ -54,7 +53,7 @@ def test_none_and_class_weight_keep_the_training_split(tiny):
 
 def test_undersample_cuts_every_class_to_the_smallest(tiny):
     train = tiny.part("train")
-    out = balance.rebalance(train, "undersample", tiny.classes, 0).train
+    out = dataset.balanced(tiny, "undersample").train
     assert out["label"].value_counts().nunique() == 1
     assert len(out) == len(tiny.classes) * train["label"].value_counts().min()
     assert set(out["file"]) <= set(train["file"])
@@ -62,7 +61,7 @@ def test_undersample_cuts_every_class_to_the_smallest(tiny):
 
 def test_oversample_tops_up_from_training_images_only_and_is_cached(tiny):
     train = tiny.part("train")
-    first = balance.rebalance(train, "oversample", tiny.classes, 0).train
+    first = dataset.balanced(tiny, "oversample").train
     counts = first["label"].value_counts()
     assert counts.nunique() == 1 and counts.iloc[0] == train["label"].value_counts().max()
     copies = first[first["augmented_from"].notna() & (first["augmented_from"] != "")]
@@ -70,8 +69,8 @@ def test_oversample_tops_up_from_training_images_only_and_is_cached(tiny):
     # Every copy keeps its source's group, and every source is a training image.
     assert set(copies["augmented_from"]) <= set(train["sha256"])
     assert set(copies["group_id"]) <= set(train["group_id"])
-    assert set(copies["augmentation"]) <= set(balance.RECIPE)
-    second = balance.rebalance(train, "oversample", tiny.classes, 0).train
+    assert set(copies["augmentation"]) <= set(dataset.RECIPE)
+    second = dataset.balanced(tiny, "oversample").train
     assert list(second["sha256"]) == list(first["sha256"])  # same seed, same copies
 
 
@@ -79,8 +78,8 @@ def test_a_balance_target_cuts_large_classes_and_grows_small_ones(tiny):
     train = tiny.part("train")
     counts = train["label"].value_counts()
     target = int((counts.min() + counts.max()) // 2)
-    out = balance.rebalance(train, "oversample", tiny.classes, 0, target=target).train
+    out = dataset.balanced(tiny, "oversample", target=target).train
     assert (out["label"].value_counts() == target).all()
-    under = balance.rebalance(train, "undersample", tiny.classes, 0, target=target).train
+    under = dataset.balanced(tiny, "undersample", target=target).train
     assert under["label"].value_counts().max() == target
     assert under["label"].value_counts()["fake"] == counts["fake"]  # smaller classes stay whole

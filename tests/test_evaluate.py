@@ -211,10 +211,16 @@ def test_learning_curves_figures():
 def test_confusion_figures(hand):
     mpl, fig = figures.confusion(hand)
     assert len(mpl.axes) == 2
-    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
-    assert np.array(fig.data[0].z).tolist() == hand.confusion.tolist()
-    assert list(fig.data[1].text[0]) == ["75%", "25%", "0%"]
+    # One heatmap: colour is the share of the true class, text the count and the share.
+    assert [t.type for t in fig.data] == ["heatmap"]
+    assert np.array(fig.data[0].customdata).tolist() == hand.confusion.tolist()
+    assert np.allclose(np.array(fig.data[0].z), hand.confusion_normalized)
+    assert list(fig.data[0].text[0]) == ["3<br>75%", "1<br>25%", "0<br>0%"]
     assert all(trace.texttemplate for trace in fig.data)
+    # The report's side-by-side matrices are the same builder, one panel per run.
+    both = figures.confusion_heatmaps({"run a": hand.confusion_json(), "run b": hand.confusion_json(), "none": None})
+    assert [t.type for t in both.data] == ["heatmap", "heatmap"]
+    assert [a.text for a in both.layout.annotations] == ["run a", "run b"]
 
 
 def test_mistakes_grid_titles_and_empty_case():

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from workbench import leakage
-from workbench.balance import augment
+from workbench.dataset import augment
 from workbench.leakage import LeakReport, check, near_duplicate_groups, size_stats
-from workbench.split import assign_splits
+from workbench.dataset import assign_splits
 
 
 def test_groups_are_transitive_and_keyed_by_their_smallest_member():

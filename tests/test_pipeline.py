@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench import augment, pipeline, spec as S
+from workbench import pipeline, spec as S
 from workbench.dataset import prepare
 
 
@@ -30,7 +30,7 @@ def test_training_batches_are_augmented_and_evaluation_batches_never(tiny_spec):
 
 @pytest.mark.parametrize("name", S.AUGMENTATIONS)
 def test_every_policy_builds(name):
-    policy = augment.build_policy(name, seed=0, options={"rotation": 15, "flip": True, "brightness": 0.2})
+    policy = pipeline.build_policy(name, seed=0, options={"rotation": 15, "flip": True, "brightness": 0.2})
     if name == "none":
         assert policy is None
     else:
@@ -41,7 +41,7 @@ def test_every_policy_builds(name):
 
 
 def test_custom_policy_takes_its_layers_from_the_spec():
-    policy = augment.build_policy("custom", seed=0, options={"rotation": 10, "zoom": 0.1, "flip": True})
+    policy = pipeline.build_policy("custom", seed=0, options={"rotation": 10, "zoom": 0.1, "flip": True})
     kinds = [type(layer).__name__ for layer in policy.layers]
     assert kinds == ["RandomFlip", "RandomRotation", "RandomZoom"]
-    assert augment.build_policy("custom", seed=0, options={}) is None
+    assert pipeline.build_policy("custom", seed=0, options={}) is None

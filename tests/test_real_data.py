@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import workbench_cli, write_spec
-from workbench import spec as S, tracking
+from workbench import spec as S, record
 from workbench.dataset import prepare
 from workbench.run import tracked_run
 from workbench.synth import FaceAttributes, render_face
@@ -112,9 +112,9 @@ def test_a_run_on_merged_data_logs_its_lineage(ingested, monkeypatch):
     spec = S.load("s1mini")
     data = prepare(spec)
     uri = f"sqlite:///{ingested / 'mlruns' / 'mlflow.db'}"
-    client = tracking.connect(uri)
+    client = record.connect(uri)
     outcome = tracked_run(spec, S.single_config(spec), data,
-                          experiment_id=tracking.ensure_experiment(client, spec.name, uri))
+                          experiment_id=record.ensure_experiment(client, spec.name, uri))
     run = MlflowClient(uri).get_run(outcome.run_id)
     dataset = run.inputs.dataset_inputs[0].dataset
     assert dataset.digest == data.digest and dataset.name == "fm12k+yonsei"

@@ -10,9 +10,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
-from workbench import spec as S, tracking
+from workbench import spec as S, record
+from workbench import dataset, paths
 from workbench.dataset import prepare
 from workbench.run import tracked_run
 from workbench.train import train
@@ -26,7 +26,12 @@ def store(workdir) -> str:
 def test_train_returns_history_and_test_evaluation_without_any_tracking(tiny_spec):
     spec = S.load("tiny", ["balance=oversample", "augmentation=flip"])
     data = prepare(spec)
-    result = train(S.single_config(spec), data)
+    config = S.single_config(spec)
+    # Data are materialised before training (oversampled copies written once, cached); train() only reads.
+    balanced = dataset.balanced(data, config.balance, config.balance_target, config.seed)
+    before = sorted(paths.data_dir().rglob("*"))
+    result = train(config, data, balanced)
+    assert sorted(paths.data_dir().rglob("*")) == before  # train() wrote nothing
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         assert len(result.history[key]) == 2, key
     metrics = result.evaluation.metrics
@@ -37,19 +42,24 @@ def test_train_returns_history_and_test_evaluation_without_any_tracking(tiny_spe
     assert result.evaluation.confusion.sum() == len(data.part("test"))
     # Oversampling evens out the training classes.
     assert result.train_images == 3 * data.part("train")["label"].value_counts().max()
+    # Everything the run records comes back as values: the cost probes and the mistakes to show.
+    assert result.cost["total_params"] >= result.cost["trainable_params"] > 0 and result.cost["latency_ms_batch1"] > 0
+    wrong = np.flatnonzero(result.evaluation.probabilities.argmax(axis=1) != result.evaluation.y_true)
+    assert set(result.mistakes) <= set(wrong) and len(result.mistakes) == min(len(wrong), 16)
+    assert result.mistake_images.shape == (len(result.mistakes), 32, 32, 3)
 
 
 def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_spec, store):
     spec = S.load("tiny")
     config = S.single_config(spec)
     data = prepare(spec)
-    client = tracking.connect(store)
-    experiment_id = tracking.ensure_experiment(client, spec.name, store)
+    client = record.connect(store)
+    experiment_id = record.ensure_experiment(client, spec.name, store)
     outcome = tracked_run(spec, config, data, experiment_id=experiment_id)
 
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[tracking.ROLE] == "run" and run.data.tags[tracking.STATE] == "finished"
+    assert run.data.tags[record.ROLE] == "run" and run.data.tags[record.STATE] == "finished"
     assert run.data.tags["workbench.seed"] == "7"
     for key, value in config.model_dump().items():
         assert run.data.params[key] == str(value)

@@ -7,7 +7,6 @@ so the tests do not depend on each other's order."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from conftest import TINY, write_spec
-from workbench import export, predict, promote as P, spec as S, synth, tracking
+from workbench import export, predict, promote as P, spec as S, synth, record
 from workbench.errors import WorkbenchError
 from workbench.sweep import run_sweep
 
@@ -40,7 +39,7 @@ class Yard:
     uri: str
     client: MlflowClient
     sweep_id: str
-    trials: list[str]       # the sweep's trial run ids, best test_f1_macro first
+    trials: list[str]       # the sweep's trial run ids, best validation objective first
     broken: dict[str, str]  # refusal cases in experiment "broken": kind -> run id
     classes: tuple[str, ...]
 
@@ -58,20 +57,20 @@ def yard(tmp_path_factory, shared_data) -> Yard:
         spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
         uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
         result = run_sweep(spec, storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}", tracking_uri=uri, trials=2)
-        client = tracking.connect(uri)
+        client = record.connect(uri)
         runs = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
-        assert len(runs) == 2 and all(r.data.tags[tracking.STATE] == "finished" for r in runs)
-        trials = [r.info.run_id for r in sorted(runs, key=lambda r: -r.data.metrics["test_f1_macro"])]
+        assert len(runs) == 2 and all(r.data.tags[record.STATE] == "finished" for r in runs)
+        trials = [r.info.run_id for r in sorted(runs, key=lambda r: -r.data.metrics["objective"])]
         yield Yard(root, uri, client, result.parent_run_id, trials, broken_runs(client, uri),
                    tuple(runs[0].data.params["classes"].split(",")))
 
 
 def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
     """One run per way a run can be unfit to ship, alone in their own experiment."""
-    experiment_id = tracking.ensure_experiment(client, "broken", uri)
+    experiment_id = record.ensure_experiment(client, "broken", uri)
 
     def run(tags: dict, status: str | None, metrics: dict | None = None) -> str:
-        created = client.create_run(experiment_id, tags={tracking.ROLE: "run", **tags})
+        created = client.create_run(experiment_id, tags={record.ROLE: "run", **tags})
         for key, value in (metrics or {}).items():
             client.log_metric(created.info.run_id, key, value)
         if status:
@@ -80,9 +79,9 @@ def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
 
     return {
         "running": run({}, None),
-        "failed": run({tracking.STATE: "failed", "workbench.error": "FloatingPointError: loss is NaN"}, "FAILED"),
-        "pruned": run({tracking.STATE: "pruned"}, "FINISHED", {"val_f1_macro": 0.2}),
-        "no_model": run({tracking.STATE: "finished"}, "FINISHED", {"test_f1_macro": 0.99}),
+        "failed": run({record.STATE: "failed", "workbench.error": "FloatingPointError: loss is NaN"}, "FAILED"),
+        "pruned": run({record.STATE: "pruned"}, "FINISHED", {"val_f1_macro": 0.2}),
+        "no_model": run({record.STATE: "finished"}, "FINISHED", {"test_f1_macro": 0.99}),
     }
 
 
@@ -93,24 +92,16 @@ def champion(yard) -> predict.LoadedModel:
     return predict.load_model("models:/faces@champion")
 
 
-@functools.cache
-def console_script_has_ship() -> bool:
-    return subprocess.run([str(BIN / "workbench"), "promote", "--help"], capture_output=True).returncode == 0
-
-
 def ship_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The user's command line: the console script once workbench.cli registers the ship
-    commands, `python -m workbench.cli_ship` (the same app plus them) until then."""
-    head = [str(BIN / "workbench")] if console_script_has_ship() else [sys.executable, "-m", "workbench.cli_ship"]
-    return subprocess.run([*head, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+    """The user's command line: the console script."""
+    return subprocess.run([str(BIN / "workbench"), *args], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
 
 
 def in_process_cli(*args: str):
-    from workbench import cli, cli_ship
+    from workbench.cli import app
 
-    cli_ship.register(cli.app)
-    return CliRunner().invoke(cli.app, list(args))
+    return CliRunner().invoke(app, list(args))
 
 
 def versions(client: MlflowClient, name: str) -> list:
@@ -131,12 +122,13 @@ def test_promote_registers_the_best_finished_run_as_champion_with_tags_and_a_mod
     run = yard.client.get_run(yard.trials[0])
     tags = version.tags
     assert tags["workbench.run_id"] == yard.trials[0] and tags["workbench.sweep_run_id"] == yard.sweep_id
-    assert tags["workbench.spec_hash"] == run.data.tags[tracking.SPEC_HASH]
+    assert tags["workbench.spec_hash"] == run.data.tags[record.SPEC_HASH]
     assert tags["workbench.dataset_digest"] == run.data.tags["workbench.dataset_digest"]
     assert tags["workbench.classes"] == ",".join(yard.classes)
     assert float(tags["test_f1_macro"]) == pytest.approx(run.data.metrics["test_f1_macro"], rel=1e-5)
     card = version.description
     for part in ("## Data", "## Test metrics", "## Limits", "synthetic faces", "Overfit gap", "Not tested on",
+                 "selected by `objective` (val_f1_macro on the validation split)", "an honest estimate",
                  "split sizes: train 108, val 36, test 36", *(f"| {c} |" for c in yard.classes)):
         assert part in card, part
 
@@ -161,7 +153,7 @@ def test_promoting_another_run_keeps_the_old_champion_as_previous_and_rollback_s
 
 
 def test_lower_is_better_for_losses_calibration_and_latency():
-    assert [P.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "test_f1_macro")] == \
+    assert [record.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "test_f1_macro")] == \
         [True, True, True, False]
     runs = [P.Candidate(run_id=str(i), run_name="", experiment_id="1", status="FINISHED", state="finished",
                         has_model=True, metrics={"test_log_loss": loss, "test_f1_macro": f1})
@@ -183,7 +175,7 @@ def test_unfit_runs_are_refused_with_one_line(yard, kind, says):
 
 
 def test_a_scope_without_eligible_runs_a_low_score_and_no_previous_are_refused(yard):
-    with pytest.raises(WorkbenchError, match=r"experiment broken has no finished run with a model and test_f1_macro "
+    with pytest.raises(WorkbenchError, match=r"experiment broken has no finished run with a model and objective "
                                              r"\(4 runs: .*1 running.*\)"):
         P.promote(yard.client, "refused", experiment="broken")
     with pytest.raises(WorkbenchError, match=r"under --min-score 1.01: not promoted"):
@@ -354,7 +346,7 @@ def test_mlflow_serves_the_champion_over_http(yard, champion, tmp_path):
 def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(yard, champion, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(yard.root)  # the run's test images are found under WORKBENCH_DATA, as a user's are
-        result = export.export(champion, quantize="none", out_dir=tmp_path / "tflite")
+        result = export.export(yard.client, champion, quantize="none", out_dir=tmp_path / "tflite")
     assert result.passed and result.agreement >= 0.995, result
     assert result.images == 36 and "the run's test split" in result.images_source
     assert result.tflite_path.stat().st_size > 0 and 0 < result.size_mb < 5
@@ -369,7 +361,7 @@ def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(y
 
 def test_an_export_under_the_bar_fails_and_logs_no_artifacts(yard, tmp_path):
     other = predict.load_model(f"runs:/{yard.trials[1]}/model")
-    result = export.export(other, out_dir=tmp_path / "out", images_dir=None, min_agreement=1.5)
+    result = export.export(yard.client, other, out_dir=tmp_path / "out", images_dir=None, min_agreement=1.5)
     assert not result.passed and result.agreement <= 1.0
     assert yard.client.list_artifacts(yard.trials[1], "tflite") == []
     assert yard.client.get_run(yard.trials[1]).data.metrics["tflite_agreement"] == pytest.approx(result.agreement)

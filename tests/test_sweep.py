@@ -3,11 +3,13 @@ up to the study's total, and driven from the command line as `make sweep` drives
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import workbench_cli
-from workbench import spec as S, tracking
+from workbench import spec as S, record
 from workbench.errors import SpecError
 from workbench.sweep import run_sweep
 
@@ -29,12 +31,15 @@ def test_two_trial_sweep_is_one_parent_with_two_children_and_resumes_to_the_tota
     client = MlflowClient(uri)
 
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.tags[tracking.ROLE] == "sweep" and parent.info.status == "FINISHED"
-    assert client.get_experiment(result.experiment_id).name == "tiny"
+    assert parent.data.tags[record.ROLE] == "sweep" and parent.info.status == "FINISHED"
+    experiment = client.get_experiment(result.experiment_id)
+    assert experiment.name == "tiny"
+    # A model-training experiment: the MLflow UI opens it on runs and charts, not its GenAI view.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = children(client, result)
     assert len(runs) == 2
-    assert sorted(r.data.tags[tracking.TRIAL] for r in runs) == ["0", "1"]
-    assert all(r.data.tags[tracking.ROLE] == "trial" and r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.tags[record.TRIAL] for r in runs) == ["0", "1"]
+    assert all(r.data.tags[record.ROLE] == "trial" and r.info.status == "FINISHED" for r in runs)
     # Each trial's run holds the learning rate Optuna sampled for it.
     for trial in result.study.trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
@@ -58,8 +63,49 @@ def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):
     result = workbench_cli("sweep", "tiny", "--trials", "2", "--set", "epochs=1",
                            "--set", "balance=[none, oversample]", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    assert "[1/2] trial 0 complete" in result.stdout and "[2/2] trial 1 complete" in result.stdout
+    assert "[1/2] trial 0 complete" in result.stdout and re.search(r"\[2/2\] trial \d+ complete", result.stdout)
+    # Two values to choose from: the second trial runs the other one, never the first one again.
+    assert "balance=oversample" in result.stdout and "balance=none" in result.stdout
     assert "tiny: sweep run" in result.stdout and "f1_macro" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
     assert (workdir / "mlruns" / "mlflow.db").is_file() and (workdir / "mlruns" / "optuna.db").is_file()
     board = workbench_cli("leaderboard", "tiny", cwd=workdir)
     assert board.returncode == 0 and "f1_fake" in board.stdout
+
+
+def test_the_dashboard_is_installed_and_serves_the_study_storage_on_loopback(workdir):
+    """`make dashboard` needs nothing from the network: optuna-dashboard comes with the install."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import optuna
+
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    optuna.create_study(study_name="seen", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    server = subprocess.Popen([str(exe), storage, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    studies = json.load(answer)["study_summaries"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["seen"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import workbench_cli
-from workbench import spec as S, sweep as sweeps, tracking
+from workbench import spec as S, sweep as sweeps, record
 from workbench.errors import WorkbenchError
 from workbench.sweep import run_sweep
 
@@ -60,7 +60,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_completes(tiny_sp
     failed = result.study.trials[0]
     assert "FloatingPointError" in failed.user_attrs["error"]
     run = MlflowClient(uri).get_run(failed.user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED" and run.data.tags[tracking.STATE] == "failed"
+    assert run.info.status == "FAILED" and run.data.tags[record.STATE] == "failed"
     assert "loss became" in run.data.tags["workbench.error"]
     assert any(a.path == "error.txt" for a in MlflowClient(uri).list_artifacts(run.info.run_id))
 
@@ -75,7 +75,7 @@ def test_pruning_stops_a_weak_trial_and_its_run_keeps_its_curves(tiny_spec, stor
     assert weak.state == TrialState.PRUNED, [t.intermediate_values for t in result.study.trials]
     client = MlflowClient(uri)
     run = client.get_run(weak.user_attrs["mlflow_run_id"])
-    assert run.data.tags[tracking.STATE] == "pruned"
+    assert run.data.tags[record.STATE] == "pruned"
     assert 1 <= len(client.get_metric_history(run.info.run_id, "val_f1_macro")) < 3
     assert "test_f1_macro" not in run.data.metrics
 
@@ -112,41 +112,95 @@ def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, mo
     assert len(finished) == 3 and client.get_run(parent_id).info.status == "FINISHED"
 
 
-def test_a_killed_worker_leaves_no_run_stuck_in_running(tiny_spec, stores, workdir, monkeypatch):
+def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configuration(tiny_spec, stores, workdir):
+    """kill -9 during the second trial, then the same command again: one line says what was found,
+    the killed configuration runs first, the budget is met with no configuration trained twice,
+    only new trials are printed, and no run is left RUNNING."""
     storage, uri = stores
-    monkeypatch.setenv("WORKBENCH_HEARTBEAT", "1")
-    monkeypatch.setenv("WORKBENCH_HEARTBEAT_GRACE", "3")
-    args = ["sweep", "tiny", "--trials", "2", "--set", "epochs=3"]
+    args = ["sweep", "tiny", "--trials", "4", "--set", "epochs=3",
+            "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"]
     exe = os.path.join(os.path.dirname(sys.executable), "workbench")
     worker = subprocess.Popen([exe, *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             try:
-                running = optuna.load_study(study_name="tiny", storage=storage).get_trials(states=(TrialState.RUNNING,))
-            except (KeyError, Exception):
-                running = []
-            if running and "mlflow_run_id" in running[0].user_attrs:
+                study = optuna.load_study(study_name="tiny", storage=storage)
+                running = study.get_trials(states=(TrialState.RUNNING,))
+                done = study.get_trials(states=(TrialState.COMPLETE,))
+            except Exception:  # the study does not exist yet
+                running, done = [], []
+            # Mid-trial: its run has logged an epoch of three, so the kill lands inside it.
+            if done and running and "mlflow_run_id" in running[0].user_attrs and \
+                    len(MlflowClient(uri).get_metric_history(running[0].user_attrs["mlflow_run_id"], "loss")) == 1:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         else:
-            pytest.fail("the worker never started a trial")
+            pytest.fail("the worker never reached its second trial")
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
     finally:
         if worker.poll() is None:
             worker.kill()
-    lost_run = running[0].user_attrs["mlflow_run_id"]
+    # Read what the kill left behind (a trial may have finished between the last look and the kill).
+    left = optuna.load_study(study_name="tiny", storage=storage)
+    (killed,) = left.get_trials(states=(TrialState.RUNNING,))
+    done = left.get_trials(states=(TrialState.COMPLETE,))
+    lost_run = killed.user_attrs["mlflow_run_id"]
     assert MlflowClient(uri).get_run(lost_run).info.status == "RUNNING"
-    time.sleep(4)  # past the grace period: the lost trial's heartbeat is stale
 
-    result = run_sweep(S.load("tiny", ["epochs=3"]), storage=storage, tracking_uri=uri, trials=2)
-    lost = result.study.trials[running[0].number]
-    assert lost.state == TrialState.FAIL
-    run = MlflowClient(uri).get_run(lost_run)
-    assert run.info.status == "KILLED" and run.data.tags[tracking.STATE] == "failed"
-    assert "no heartbeat" in run.data.tags["workbench.error"]
-    assert sweeps.count(result.study) == 2
+    again = workbench_cli(*args, cwd=workdir)
+    assert again.returncode == 0, again.stdout + again.stderr
+    first_line = again.stdout.splitlines()[0]
+    assert first_line == (f"resuming tiny: {len(done)} complete, 1 killed by a lost worker or an interrupt; "
+                          f"{4 - len(done)} to run (1 killed configuration retried first)"), again.stdout
+    assert f"trial {done[0].number} complete" not in again.stdout  # old trials are not shown as new
+
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 4
+    configurations = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(configurations)) == 4  # nothing trained twice
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].number == killed.number + 1  # retried first, before anything new
+    client = MlflowClient(uri)
+    run = client.get_run(lost_run)
+    assert run.info.status == "KILLED" and run.data.tags[record.STATE] == "failed"
+    assert "worker lost" in run.data.tags["workbench.error"]
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_stale_heartbeat_from_another_machine_ends_the_trial(tiny_spec, stores, monkeypatch):
+    """A worker on another machine cannot be asked whether it lives: its silence is the sign."""
+    storage, uri = stores
+    monkeypatch.setenv("WORKBENCH_HEARTBEAT", "1")
+    monkeypatch.setenv("WORKBENCH_HEARTBEAT_GRACE", "2")
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+    sweep = sweeps.open_sweep(spec, storage=storage, tracking_uri=uri)
+    trial = sweep.study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
+    trial.set_user_attr(sweeps.WORKER_ATTR, "elsewhere:12345")
+    sweep.study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(3)
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    assert result.found.killed == 1 and result.found.retries == 1
+    assert result.study.trials[trial.number].state == TrialState.FAIL
+    retried = [t for t in result.study.trials if t.user_attrs.get("retry_of") == trial.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+
+
+def test_a_second_worker_started_later_continues_the_search(tiny_spec, stores):
+    """The same seed in a new process must not replay the sequence the first process drew."""
+    storage, uri = stores
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+    first = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    later = run_sweep(spec, storage=storage, tracking_uri=uri, trials=4)
+    assert later.ran == 2
+    rates = [t.params["learning_rate"] for t in later.study.trials if t.state == TrialState.COMPLETE]
+    assert len(rates) == 4 and len(set(rates)) == 4
+    assert first.study.trials[0].params != later.study.trials[2].params
 
 
 def test_two_workers_share_one_study_without_duplicate_or_lost_trials(tiny_spec, workdir, stores):

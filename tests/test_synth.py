@@ -1,5 +1,5 @@
-"""The synthetic face generator: byte-for-byte determinism, exact class proportions, the manifest
-format shared with the real-dataset adapters, and attributes that actually change the pixels."""
+"""The synthetic face generator: byte-for-byte determinism, exact class proportions, a raw folder in
+the `folders` layout the real-dataset adapters read, and attributes that actually change the pixels."""
 
 import csv
 import hashlib
@@ -12,14 +12,18 @@ import pytest
 from workbench import synth
 from workbench.synth import FaceAttributes, generate, plan, render_face
 
-COLUMNS = ["path", "sha256", "width", "height", "channels", "format", "label", "source",
-           "original_split", "group_id", "mask", "age", "authenticity", "difficulty"]
+COLUMNS = ["path", "label", "mask", "age", "authenticity", "difficulty"]
 
 
-def read_manifest(manifest: Path) -> tuple[list[str], list[dict]]:
-    with manifest.open(newline="", encoding="utf-8") as fh:
+def read_rows(root: Path) -> tuple[list[str], list[dict]]:
+    """The generator's attributes.csv, each row with its image's sha256 and index added."""
+    with (root / synth.ATTRIBUTES).open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        return list(reader.fieldnames), list(reader)
+        columns, rows = list(reader.fieldnames), list(reader)
+    for row in rows:
+        row["sha256"] = hashlib.sha256((root / row["path"]).read_bytes()).hexdigest()
+        row["index"] = int(Path(row["path"]).stem.split("_")[-1])
+    return columns, rows
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -35,34 +39,30 @@ def small_fake_set(tmp_path_factory) -> Path:
 
 def test_same_arguments_give_identical_files(tmp_path, small_fake_set):
     again = generate(tmp_path / "again", "mask3_fake", seed=7, size=32, count=60)
-    assert again.read_bytes() == small_fake_set.read_bytes()
-    assert file_hashes(again.parent) == file_hashes(small_fake_set.parent)
-    _, rows = read_manifest(again)
-    for row in rows:
-        data = (again.parent / row["path"]).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+    assert file_hashes(again) == file_hashes(small_fake_set)
+    assert len(file_hashes(again)) == 60 + 2  # the images, dataset.json and attributes.csv
 
 
 def test_different_seed_gives_different_images(tmp_path):
     a = generate(tmp_path / "a", "mask2", seed=0, size=32, count=10)
     b = generate(tmp_path / "b", "mask2", seed=1, size=32, count=10)
-    hashes_a = {r["sha256"] for r in read_manifest(a)[1]}
-    hashes_b = {r["sha256"] for r in read_manifest(b)[1]}
+    hashes_a = {r["sha256"] for r in read_rows(a)[1]}
+    hashes_b = {r["sha256"] for r in read_rows(b)[1]}
     assert not hashes_a & hashes_b
     attrs = FaceAttributes(mask=False, old=False, fake=False)
     assert not np.array_equal(render_face(0, 3, attrs, 32), render_face(1, 3, attrs, 32))
 
 
 def test_image_i_does_not_depend_on_count(tmp_path):
-    short = read_manifest(generate(tmp_path / "20", "mask3_fake", seed=3, size=32, count=20))[1]
-    long = read_manifest(generate(tmp_path / "40", "mask3_fake", seed=3, size=32, count=40))[1]
-    by_group = {r["group_id"]: r for r in long}
-    same_class = [r for r in short if by_group[r["group_id"]]["label"] == r["label"]]
+    short = read_rows(generate(tmp_path / "20", "mask3_fake", seed=3, size=32, count=20))[1]
+    long = read_rows(generate(tmp_path / "40", "mask3_fake", seed=3, size=32, count=40))[1]
+    by_index = {r["index"]: r for r in long}
+    same_class = [r for r in short if by_index[r["index"]]["label"] == r["label"]]
     # Exact class counts at every count rule out full prefix stability; the plan keeps most
     # labels, and wherever the label is kept the image (and its name, hash) is the same.
     assert len(same_class) >= 14
     for row in same_class:
-        assert by_group[row["group_id"]] == row
+        assert by_index[row["index"]] == row
     short_plan, long_plan = plan("mask3_fake", 20, 3), plan("mask3_fake", 40, 3)
     for (label_s, attrs_s), (label_l, attrs_l) in zip(short_plan, long_plan):
         if label_s == label_l:
@@ -103,20 +103,20 @@ def test_plan_is_shuffled_and_attributes_match_the_class():
         assert not attrs.fake
 
 
-def test_files_manifest_and_dataset_json(small_fake_set):
-    root = small_fake_set.parent
-    columns, rows = read_manifest(small_fake_set)
+def test_files_attributes_and_dataset_json(small_fake_set):
+    from PIL import Image
+
+    root = small_fake_set
+    columns, rows = read_rows(root)
     assert columns == COLUMNS
     assert len(rows) == 60
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
     assert {r["label"] for r in rows} == set(synth.TASKS["mask3_fake"])
-    assert len({r["group_id"] for r in rows}) == 60
+    assert len({r["index"] for r in rows}) == 60
     for row in rows:
-        assert row["path"].split("/")[0] == row["label"]
-        assert (root / row["path"]).is_file()
-        assert (row["width"], row["height"], row["channels"], row["format"]) == ("32", "32", "3", "jpeg")
-        assert (row["source"], row["original_split"]) == ("synthetic", "")
-        assert row["group_id"].startswith("synthetic:")
+        assert row["path"].split("/")[0] == row["label"]  # the `folders` layout: <class>/<file>
+        with Image.open(root / row["path"]) as img:
+            assert (img.size, img.mode, img.format) == ((32, 32), "RGB", "JPEG")
         assert row["mask"] == ("yes" if row["label"] == "with_mask" else "no")
         assert row["age"] in ("young", "old")
         assert row["authenticity"] == ("fake" if row["label"] == "fake" else "real")
@@ -130,10 +130,10 @@ def test_files_manifest_and_dataset_json(small_fake_set):
 
 
 def test_fake_files_are_named_like_yonsei(small_fake_set):
-    _, rows = read_manifest(small_fake_set)
+    _, rows = read_rows(small_fake_set)
     for row in rows:
         name = row["path"].split("/")[1]
-        index = int(row["group_id"].split(":")[1])
+        index = row["index"]
         if row["label"] == "fake":
             assert row["difficulty"] in ("easy", "mid", "hard")
             assert name == f"{row['difficulty']}_{index:05d}.jpg"
@@ -205,7 +205,7 @@ def test_cli_generates_the_same_bytes_and_rejects_bad_options(tmp_path):
                                "--out", str(tmp_path / name), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "wrote 40 images" in result.stdout and "with_mask 20" in result.stdout
-        outs.append((tmp_path / name / "manifest.csv").read_text())
+        outs.append(file_hashes(tmp_path / name))
     assert outs[0] == outs[1]
     bad = workbench_cli("data", "synth", "--task", "mask9", "--out", str(tmp_path / "c"), cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr

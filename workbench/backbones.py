@@ -1,42 +1,75 @@
-"""The backbone registry: every network a spec can name, built with one signature.
+"""Models: the backbone registry built into classifiers, and the runtime they train on.
 
-Like `keras.applications`, each entry is a function `(input_shape, weights, options) -> base`
-returning a headless feature extractor; `build_model` puts the backbone's own input
-preprocessing in front and a classification head behind, so the saved model takes raw RGB
-pixels in [0, 255] and nothing outside it needs to know which backbone it is. Adding a
-backbone is one entry in `BACKBONES`; the custom CNN is just another entry of the same shape.
-`weights` is `none`, `imagenet` (from Keras' cache under `$KERAS_HOME`, downloaded when online)
-or a path to a local weights file.
+Every network a spec can name is an entry of `spec.BACKBONES` and is built here with one
+signature, like `keras.applications`: `build_base(config)` returns a headless feature extractor,
+and `build_model` puts the backbone's own input preprocessing in front and a classification head
+behind, so the saved model takes raw RGB pixels in [0, 255] and nothing outside it needs to know
+which backbone it is. Adding a backbone is one registry entry; the custom CNN is just another
+entry of the same shape. `weights` is `none`, `imagenet` (from Keras' cache under `$KERAS_HOME`,
+downloaded when online) or a path to a local weights file.
+
+The runtime is decided once per run: on a GPU, mixed precision and XLA are on by default
+(`auto`); on a CPU both stay off, since float16 math is emulated there and XLA compilation costs
+more than it saves on small models. A spec can force either with `on` / `off`.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from workbench import spec as spec_module
 from workbench.errors import WeightsError
-from workbench.spec import TrialConfig
-
+from workbench.spec import BACKBONES, TrialConfig
 
 SCRATCH_BN_MOMENTUM = 0.9
 
 
+# --- the runtime ------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
-class Backbone:
-    build: Callable[..., keras.Model]
-    # How the ImageNet weights expect pixels: "tf" scales to [-1, 1], "torch" standardises with
-    # ImageNet statistics, "caffe" flips to BGR and subtracts the mean, "raw" leaves [0, 255]
-    # (EfficientNet rescales inside the network), "unit" scales to [0, 1] (our own CNN).
-    preprocessing: str
+class Runtime:
+    device: str           # "GPU: NVIDIA H100 80GB HBM3" or "CPU: <model name>"
+    gpus: int
+    mixed_precision: bool
+    xla: bool
 
 
-def _simple_cnn(input_shape, weights, cfg: TrialConfig) -> keras.Model:
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def detect_runtime(mixed_precision: str = "auto", xla: str = "auto") -> Runtime:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        device = f"GPU: {details.get('device_name', gpus[0].name)}"
+    else:
+        device = f"CPU: {_cpu_name()}"
+
+    def switch(value: str) -> bool:
+        return value == "on" or (value == "auto" and bool(gpus))
+
+    runtime = Runtime(device=device, gpus=len(gpus), mixed_precision=switch(mixed_precision), xla=switch(xla))
+    # The global dtype policy must be set before the model is built (Keras reads it at layer creation).
+    keras.mixed_precision.set_global_policy("mixed_float16" if runtime.mixed_precision else "float32")
+    return runtime
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+def _simple_cnn(input_shape, weights) -> keras.Model:
     """The S3/S4 baseline: conv blocks with batch norm, each halving the resolution (four blocks
     of 16 to 128 filters: small enough to train at hundreds of images a second on two cores)."""
     inputs = keras.Input(input_shape)
@@ -54,26 +87,14 @@ def _simple_cnn(input_shape, weights, cfg: TrialConfig) -> keras.Model:
     return model
 
 
-def _application(factory: Callable, **fixed) -> Callable[..., keras.Model]:
-    def build(input_shape, weights, cfg: TrialConfig) -> keras.Model:
-        return factory(include_top=False, weights=weights, input_shape=input_shape, **fixed)
-    return build
+def _construct(cfg: TrialConfig, input_shape, weights) -> keras.Model:
+    entry = BACKBONES[cfg.backbone]
+    if entry.application is None:
+        return _simple_cnn(input_shape, weights)
+    factory = getattr(keras.applications, entry.application)
+    options = {name: getattr(cfg, name) for name in entry.options}
+    return factory(include_top=False, weights=weights, input_shape=input_shape, **options)
 
-
-def _mobilenet_v2(input_shape, weights, cfg: TrialConfig) -> keras.Model:
-    return keras.applications.MobileNetV2(
-        include_top=False, weights=weights, input_shape=input_shape, alpha=cfg.alpha)
-
-
-BACKBONES: dict[str, Backbone] = {
-    "simple_cnn": Backbone(_simple_cnn, "unit"),
-    "vgg16": Backbone(_application(keras.applications.VGG16), "caffe"),
-    "mobilenet_v2": Backbone(_mobilenet_v2, "tf"),
-    "xception": Backbone(_application(keras.applications.Xception), "tf"),
-    "densenet169": Backbone(_application(keras.applications.DenseNet169), "torch"),
-    "efficientnet_b0": Backbone(_application(keras.applications.EfficientNetB0), "raw"),
-}
-assert set(BACKBONES) == set(spec_module.BACKBONES), "spec.BACKBONES and the registry disagree"
 
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255.0
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255.0
@@ -117,11 +138,10 @@ def resolve_weights(name: str, weights: str) -> str | None:
 
 
 def build_base(cfg: TrialConfig) -> keras.Model:
-    entry = BACKBONES[cfg.backbone]
     weights = resolve_weights(cfg.backbone, cfg.weights)
     shape = (cfg.image_size, cfg.image_size, 3)
     try:
-        base = entry.build(shape, weights, cfg)
+        base = _construct(cfg, shape, weights)
     except WeightsError:
         raise
     except Exception as err:  # Keras raises bare Exceptions for a failed download
@@ -164,10 +184,9 @@ def _looks_like_download_failure(err: Exception) -> bool:
 
 def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
     """Raw pixels -> backbone preprocessing -> backbone -> pooling -> dense head -> softmax."""
-    entry = BACKBONES[cfg.backbone]
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = inputs
-    for layer in preprocessing_layers(entry.preprocessing):
+    for layer in preprocessing_layers(BACKBONES[cfg.backbone].preprocessing):
         x = layer(x)
     base = build_base(cfg)
     transfer = cfg.freeze_base or cfg.fine_tune_epochs > 0
@@ -176,7 +195,8 @@ def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
     # In transfer learning the base's batch norm stays in inference mode, even once unfrozen for
     # fine-tuning, so a few small batches cannot wreck its ImageNet statistics (Keras' guidance).
     x = base(x, training=False) if transfer else base(x)
-    x = (keras.layers.GlobalAveragePooling2D if cfg.pooling == "gap" else keras.layers.Flatten)(name="pool")(x)
+    pooling = BACKBONES[cfg.backbone].pooling if cfg.pooling == "auto" else cfg.pooling
+    x = (keras.layers.GlobalAveragePooling2D if pooling == "gap" else keras.layers.Flatten)(name="pool")(x)
     for i in range(cfg.dense_layers):
         x = keras.layers.Dense(cfg.dense_units, activation="relu", name=f"head_dense_{i + 1}")(x)
         if cfg.batch_norm:

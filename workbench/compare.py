@@ -1,14 +1,16 @@
-"""Reading runs back out of MLflow and comparing them: the leaderboard a sweep ends with, and the
-`workbench compare` table (axes, hyperparameters, test metrics and cost side by side, sorted,
-filtered to what differs, grouped, and tested for whether the winner is really better).
+"""Reading runs back out of MLflow and comparing them: the `workbench compare` table (axes,
+hyperparameters, the validation objective, test metrics and cost side by side, sorted best first,
+filtered to what differs, grouped, and tested for whether the winner is really better), and the
+leaderboard a sweep ends with, which is a narrower view of the same table.
 
-Everything here starts from the tracking store, not from in-process state, so the same table
-can be rebuilt at any time for any sweep, on any machine that can reach the store. MLflow is
-touched only by `select_runs` and `load_predictions`; the rest are pure functions over the
-frame `mlflow.search_runs` returns, so every column can be checked in a test on runs built by
-hand. The table keeps raw numbers (csv and json carry them as they are); the human formats
-(terminal, markdown, html, latex) go through `display_frame`, which rounds and joins a group's
-mean and std into "mean ± std".
+Everything here starts from the tracking store, not from in-process state, so the same table can
+be rebuilt at any time for any sweep, on any machine that can reach the store. MLflow is touched
+only by `select_runs` and `load_predictions`; the rest are pure functions over the frame
+`mlflow.search_runs` returns, so every column can be checked in a test on runs built by hand.
+Runs are ranked by the validation objective unless told otherwise (choosing by test figures
+would make the reported test figure of the winner optimistic), by `record.better`'s directions.
+The table keeps raw numbers (csv and json carry them as they are); the human formats go through
+`display_frame`, which rounds and joins a group's mean and std into "mean ± std".
 """
 
 from __future__ import annotations
@@ -25,66 +27,24 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from workbench import stats, tracking
+from workbench import record, stats
 from workbench.errors import TrackingError, WorkbenchError
+from workbench.record import Artifacts
 
-AXES = ("backbone", "balance", "augmentation", "learning_rate", "batch_size")
 # The registry's axes: what a study is about, always the first columns after the run.
 REGISTRY_AXES = ("backbone", "balance", "augmentation")
 # Always shown (unless --only-diff drops a constant one); any other training param appears only
 # when it varies, since a column of 25 identical defaults says nothing.
 HYPERPARAMETERS = ("learning_rate", "batch_size", "epochs", "dropout", "dense_units", "optimizer",
                    "image_size", "weights", "alpha", "pooling", "dense_layers")
-# Params that describe the data or the sweep, not the model: never hyperparameter columns.
-NOT_HYPERPARAMETERS = {"classes", "dataset_digest", "objective", "images_train", "images_val", "images_test",
-                       "spec", "direction", "trials"}
-QUALITY = ("objective", "test_accuracy", "test_f1_macro")  # then test_f1_<class>, then QUALITY_AFTER
-QUALITY_AFTER = ("test_f1_weighted", "test_roc_auc_ovr", "test_log_loss", "test_ece", "best_epoch", "overfit_gap")
-COST = ("total_params", "trainable_params", "model_size_mb", "train_seconds", "latency_ms_batch1",
-        "latency_ms_per_image_batch32")
-INTEGER_METRICS = ("total_params", "trainable_params", "best_epoch")
 IDENTITY = ("run_id", "run_name", "state")
-STATS_COLUMNS = ("f1_macro_ci", "mcnemar_b", "mcnemar_c", "p_vs_best", "note")
-# Substrings of column names where smaller is better; every other number sorts descending.
-LOWER_IS_BETTER = ("loss", "latency", "size", "ece", "params", "seconds", "overfit_gap", "p_vs_best")
-DEFAULT_SORT = "test_f1_macro"
+STATS_COLUMNS = ("f1_macro_ci", "f1_diff_vs_best", "f1_diff_ci", "mcnemar_b", "mcnemar_c", "p_vs_best",
+                 "p_holm", "note")
+DEFAULT_SORT = record.DEFAULT_SELECTION
 STATS_TOP = 5
 STATS_MAX_ROWS = 20
 FORMATS = ("table", "csv", "markdown", "html", "latex", "json")
 SUFFIXES = {"table": ".txt", "csv": ".csv", "markdown": ".md", "html": ".html", "latex": ".tex", "json": ".json"}
-
-
-# --- the leaderboard a sweep ends with -------------------------------------------------------------
-
-def sweep_runs(experiment_id: str, parent_run_id: str) -> pd.DataFrame:
-    """The trial runs nested under one sweep run, one row each."""
-    return mlflow.search_runs(experiment_ids=[experiment_id], output_format="pandas",
-                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
-
-
-def leaderboard(runs: pd.DataFrame, metric: str = "test_f1_macro", top: int | None = 10) -> pd.DataFrame:
-    """Trials ranked by `metric` (best first), with the axes that vary and per-class test F1."""
-    if runs.empty:
-        return pd.DataFrame()
-    table = pd.DataFrame({
-        "trial": pd.to_numeric(runs.get(f"tags.{tracking.TRIAL}"), errors="coerce"),
-        "state": runs.get(f"tags.{tracking.STATE}", pd.Series("?", index=runs.index)).fillna("running"),
-    })
-    for axis in AXES:
-        column = f"params.{axis}"
-        # Only the axes that differ between trials say anything about why one trial won.
-        if column in runs and (len(runs) == 1 or runs[column].nunique(dropna=False) > 1):
-            table[axis] = _numeric_if_possible(runs[column])
-    metric_columns = ["metrics.objective", "metrics.test_accuracy", "metrics.test_f1_macro",
-                      *sorted(c for c in runs.columns if c.startswith("metrics.test_f1_")
-                              and c not in ("metrics.test_f1_macro", "metrics.test_f1_weighted"))]
-    for column in metric_columns:
-        if column in runs:
-            table[column.removeprefix("metrics.")] = runs[column]
-    table["run_id"] = runs["run_id"]
-    if metric in table:
-        table = table.sort_values(metric, ascending=False, na_position="last")
-    return table.head(top).reset_index(drop=True) if top else table.reset_index(drop=True)
 
 
 def _numeric_if_possible(column: pd.Series) -> pd.Series:
@@ -104,37 +64,20 @@ class Selection:
     description: str            # "tiny, sweep run 1a2b…": for titles and error messages
 
 
-def select_runs(client, *, tracking_uri: str, experiment: str | None = None, sweep: str | None = None,
+def select_runs(client, *, tracking_uri: str | None = None, experiment: str | None = None, sweep: str | None = None,
                 tags: Sequence[str] = (), filter_string: str | None = None) -> Selection:
     """The runs to compare: one sweep's trials (`sweep` = a sweep run id, or "latest" with an
     experiment), or every trial and single run of an experiment (sweep parents left out), narrowed
     by `tags` ("key=value", all must hold) and an MLflow filter expression."""
     if not experiment and not sweep:
         raise WorkbenchError("choose the runs: --experiment NAME (all its runs) or --sweep RUN_ID (one sweep's trials)")
-    if experiment:
-        found = client.get_experiment_by_name(experiment)
-        if found is None or found.lifecycle_stage == "deleted":
-            known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-            raise WorkbenchError(f"--experiment {experiment}: no such experiment in {tracking_uri} "
-                                 f"(known: {', '.join(known) or 'none; run a sweep first'})")
-        experiment_id = found.experiment_id
+    if sweep == "latest" and not experiment:
+        raise WorkbenchError("--sweep latest needs --experiment NAME to say whose latest sweep")
+    experiment_id = record.find_experiment(client, experiment, tracking_uri).experiment_id if experiment else None
     if sweep == "latest":
-        if not experiment:
-            raise WorkbenchError("--sweep latest needs --experiment NAME to say whose latest sweep")
-        latest = client.search_runs([experiment_id], f"tags.`{tracking.ROLE}` = 'sweep'",
-                                    order_by=["attributes.start_time DESC"], max_results=1)
-        if not latest:
-            raise WorkbenchError(f"--sweep latest: experiment {experiment} has no sweep runs")
-        sweep = latest[0].info.run_id
+        sweep = record.latest_sweep(client, experiment, tracking_uri)
     if sweep:
-        try:
-            parent = client.get_run(sweep)
-        except MlflowException:
-            raise WorkbenchError(f"--sweep {sweep}: no such run in {tracking_uri}") from None
-        role = parent.data.tags.get(tracking.ROLE)
-        if role != "sweep":
-            raise WorkbenchError(f"--sweep {sweep}: run is {'a ' + role if role else 'not a workbench'} run, "
-                                 "not a sweep (pass the sweep's parent run id)")
+        parent = record.sweep_of(client, sweep, tracking_uri)
         name = client.get_experiment(parent.info.experiment_id).name
         if experiment and name != experiment:
             raise WorkbenchError(f"--sweep {sweep}: that sweep belongs to experiment {name}, not {experiment}")
@@ -143,16 +86,16 @@ def select_runs(client, *, tracking_uri: str, experiment: str | None = None, swe
     clauses += [_tag_clause(tag) for tag in tags]
     if filter_string and filter_string.strip():
         clauses.append(filter_string.strip())
-    mlflow.set_tracking_uri(tracking_uri)  # search_runs reads the global URI; make sure it is this store
     try:
         runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=" AND ".join(clauses),
                                   output_format="pandas")
     except MlflowException as err:
         raise TrackingError(f"--filter/--tag: MLflow rejects {' AND '.join(clauses)!r}: "
                             f"{str(err).splitlines()[0]}") from None
-    role_column = f"tags.{tracking.ROLE}"
-    if not sweep and role_column in runs:
-        runs = runs[runs[role_column].fillna("") != "sweep"]
+    role_column = f"tags.{record.ROLE}"
+    if role_column in runs:
+        # Sweep parents, repeats (their trial stands for them) and evaluations are not configurations.
+        runs = runs[~runs[role_column].fillna("").isin(("sweep", "repeat", "evaluation", "matrix"))]
     description = f"{experiment}, sweep run {sweep}" if sweep else f"experiment {experiment}"
     if runs.empty:
         narrowed = [f"--tag {t}" for t in tags] + ([f"--filter {filter_string!r}"] if filter_string else [])
@@ -175,7 +118,7 @@ def load_predictions(client, run_ids: Iterable[str]) -> dict[str, pd.DataFrame |
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in run_ids:
             try:
-                path = client.download_artifacts(run_id, tracking.PREDICTIONS, str(Path(tmp) / run_id))
+                path = client.download_artifacts(run_id, Artifacts.PREDICTIONS, str(Path(tmp) / run_id))
                 found[run_id] = pd.read_csv(path, dtype={"sha256": str, "path": str, "true": str, "predicted": str})
             except (MlflowException, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
                 found[run_id] = None
@@ -197,20 +140,21 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         "run_id": runs["run_id"],
         "run_name": runs.get("tags.mlflow.runName", blank),
         # Runs not made by workbench have no state tag: MLflow's own status stands in.
-        "state": runs.get(f"tags.{tracking.STATE}", blank).fillna(status),
+        "state": runs.get(f"tags.{record.STATE}", blank).fillna(status),
     })
     params = [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
-    extra = sorted(p for p in params if p not in (*REGISTRY_AXES, *HYPERPARAMETERS, *NOT_HYPERPARAMETERS)
+    extra = sorted(p for p in params if p not in (*REGISTRY_AXES, *HYPERPARAMETERS, *record.NOT_HYPERPARAMETERS)
                    and runs[f"params.{p}"].nunique(dropna=False) > 1)
     for name in (*REGISTRY_AXES, *HYPERPARAMETERS, *extra):
         if name in params:
             table[name] = _numeric_if_possible(runs[f"params.{name}"])
-    for name in (*QUALITY, *[f"test_f1_{c}" for c in _classes(runs)], *QUALITY_AFTER, *COST):
+    for name in (*record.QUALITY, *[f"test_f1_{c}" for c in _classes(runs)], *record.QUALITY_AFTER,
+                 *record.COST):
         column = runs.get(f"metrics.{name}")
         if column is None:
             continue
         column = pd.to_numeric(column, errors="coerce")
-        if name in INTEGER_METRICS and (column.dropna() % 1 == 0).all():
+        if name in record.INTEGER_METRICS and (column.dropna() % 1 == 0).all():
             column = column.round().astype("Int64")
         table[name] = column
     return table.reset_index(drop=True)
@@ -226,11 +170,6 @@ def _classes(runs: pd.DataFrame) -> list[str]:
     return [c for c in ordered if c in metric_names] + sorted(metric_names - set(ordered))
 
 
-def lower_is_better(column: str) -> bool:
-    base = column.removesuffix("_mean").removesuffix("_std")
-    return any(word in base for word in LOWER_IS_BETTER)
-
-
 def resolve_column(table: pd.DataFrame, column: str, option: str = "--sort") -> str:
     """A column of `table`, accepting a metric without its "test_" prefix (f1_macro)."""
     for candidate in (column, f"test_{column}"):
@@ -240,27 +179,26 @@ def resolve_column(table: pd.DataFrame, column: str, option: str = "--sort") -> 
 
 
 def default_sort(table: pd.DataFrame) -> str:
-    for candidate in (DEFAULT_SORT, "objective", "test_accuracy"):
+    for candidate in (DEFAULT_SORT, "test_f1_macro", "test_accuracy"):
         if candidate in table.columns and table[candidate].notna().any():
             return candidate
     return "run_name"
 
 
-def sort_table(table: pd.DataFrame, column: str, order: str | None = None) -> pd.DataFrame:
-    """Best first: descending for scores, ascending for losses, latency, size and cost (and for
-    text); `order` ("asc" or "desc") overrides. Runs without a value go last."""
+def sort_table(table: pd.DataFrame, column: str, order: str | None = None, objective: str | None = None) -> pd.DataFrame:
+    """Best first by `record.better`: descending for scores, ascending for losses, latency, size
+    and cost (and for text); `objective` names what the `objective` column stands for; `order`
+    ("asc" or "desc") overrides. Runs without a value go last."""
     if order not in (None, "asc", "desc"):
         raise WorkbenchError(f"--order {order}: choose asc or desc")
     numeric = pd.api.types.is_numeric_dtype(table[column])
-    ascending = (order == "asc") if order else (not numeric or lower_is_better(column))
+    ascending = (order == "asc") if order else (not numeric or record.lower_is_better(column, objective))
     return table.sort_values(column, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
-def objective_order(runs: pd.DataFrame) -> str | None:
-    """The `objective` metric is whatever the spec optimised (its name is the `objective` param):
-    ascending when that is a loss or a latency, by the same rule as every other column."""
-    names = runs.get("params.objective", pd.Series(dtype=object)).dropna().unique()
-    return "asc" if len(names) == 1 and lower_is_better(str(names[0])) else None
+def objective_of(runs: pd.DataFrame) -> str | None:
+    """The metric the runs' `objective` stands for (their `objective` param), if they agree."""
+    return record.objective_of(runs.get(f"params.{record.OBJECTIVE_PARAM}", pd.Series(dtype=object)).dropna())
 
 
 def only_differences(table: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
@@ -273,14 +211,15 @@ def only_differences(table: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFr
     return table[kept]
 
 
-def group_table(table: pd.DataFrame, by: Sequence[str], sort: str, order: str | None = None) -> pd.DataFrame:
+def group_table(table: pd.DataFrame, by: Sequence[str], sort: str, order: str | None = None,
+                objective: str | None = None) -> pd.DataFrame:
     """Runs pooled per combination of `by` (e.g. backbone, balance): `count` runs and, for every
     metric and cost column, `<column>_mean` and `<column>_std` (sample std; blank for one run).
     When sorting by a metric, only runs that have it (finished ones) are pooled and counted."""
     keys = [resolve_column(table, key.strip(), "--group-by") for key in by if key.strip()]
     if not keys:
         raise WorkbenchError("--group-by: name at least one column, e.g. --group-by backbone,balance")
-    measured = [c for c in table.columns if _is_measure(c) and c not in keys
+    measured = [c for c in table.columns if is_measure(c) and c not in keys
                 and pd.api.types.is_numeric_dtype(table[c])]
     pooled = table[table[sort].notna()] if sort in measured else table
     grouped = pooled.groupby(keys, dropna=False, sort=False)
@@ -293,11 +232,11 @@ def group_table(table: pd.DataFrame, by: Sequence[str], sort: str, order: str | 
     target = sort if sort in keys else f"{sort}_mean"
     if target not in out.columns:
         raise WorkbenchError(f"--sort {sort}: cannot rank groups by it (sort by a metric or a --group-by column)")
-    return sort_table(out, target, order)
+    return sort_table(out, target, order, objective)
 
 
-def _is_measure(column: str) -> bool:
-    return column in (*QUALITY, *QUALITY_AFTER, *COST) or column.startswith("test_f1_")
+def is_measure(column: str) -> bool:
+    return column in (*record.QUALITY, *record.QUALITY_AFTER, *record.COST) or column.startswith("test_f1_")
 
 
 # --- is the winner really better? (pure, given the predictions) ------------------------------------
@@ -327,13 +266,17 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
                      resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """For the first `top` rows (the table is sorted, the first is the best): a bootstrap 95 %
     interval of macro-F1 (`f1_macro_ci`, "[low, high]") and, against the best run on the same
-    test set, McNemar's test (`mcnemar_b`: images the best got right and this run wrong,
-    `mcnemar_c`: the reverse, `p_vs_best`). `note` says which test was used, or why a run was
-    not compared. Resampling is paired: every run on the same test set is resampled with the
-    same image indices."""
+    test set, the difference in macro-F1 with its paired bootstrap interval (`f1_diff_vs_best`,
+    `f1_diff_ci`) and McNemar's test (`mcnemar_b`: images the best got right and this run wrong,
+    `mcnemar_c`: the reverse, `p_vs_best`), its p-value Holm-corrected across the runs compared
+    (`p_holm`: the top-5 comparison is several tests at once). `note` says which test was used,
+    or why a run was not compared. Resampling is paired: every run on the same test set is
+    resampled with the same image indices."""
     out = table.copy()
     n = len(out)
     ci: list[str | None] = [None] * n
+    diff_ci: list[str | None] = [None] * n
+    diff = [math.nan] * n
     b = pd.array([pd.NA] * n, dtype="Int64")
     c = pd.array([pd.NA] * n, dtype="Int64")
     p = [math.nan] * n
@@ -359,13 +302,20 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
             note[i] = (f"different test set (digest {mine.digest}, {len(mine.frame)} images; "
                        f"best {best.digest}, {len(best.frame)} images): not compared")
         else:
+            labels = sorted(set(best.labels) | set(mine.labels))
+            diff[i], low, high = stats.bootstrap_f1_macro_difference(
+                mine.frame["true"], mine.frame["predicted"], best.frame["predicted"], labels,
+                resamples=resamples, seed=seed)
+            diff_ci[i] = f"[{low:+.4f}, {high:+.4f}]"
             result = stats.mcnemar((best.frame["true"] == best.frame["predicted"]).to_numpy(),
                                    (mine.frame["true"] == mine.frame["predicted"]).to_numpy())
             b[i], c[i], p[i] = result.b, result.c, result.p_value
             note[i] = ("McNemar exact binomial" if result.method == "exact"
                        else "McNemar chi-square, continuity-corrected")
     out["f1_macro_ci"] = pd.Series(ci, dtype=object)
-    out["mcnemar_b"], out["mcnemar_c"], out["p_vs_best"], out["note"] = b, c, p, note
+    out["f1_diff_vs_best"], out["f1_diff_ci"] = diff, pd.Series(diff_ci, dtype=object)
+    out["mcnemar_b"], out["mcnemar_c"], out["p_vs_best"] = b, c, p
+    out["p_holm"], out["note"] = stats.holm(p), note
     return out
 
 
@@ -388,12 +338,11 @@ def compare(runs: pd.DataFrame, *, sort: str | None = None, order: str | None = 
     (no statistics then: they compare runs), and reduced to the columns that differ."""
     table = comparison_table(runs)
     column = resolve_column(table, sort) if sort else default_sort(table)
-    if column == "objective" and order is None:
-        order = objective_order(runs)
-    table = sort_table(table, column, order)
+    objective = objective_of(runs)
+    table = sort_table(table, column, order, objective)
     group_by = [g for g in group_by if g.strip()]
     if group_by:
-        table = group_table(table, group_by, column, order)
+        table = group_table(table, group_by, column, order, objective)
         ranked_by = column if column in table.columns else f"{column}_mean"
     else:
         ranked_by = column
@@ -407,6 +356,22 @@ def compare(runs: pd.DataFrame, *, sort: str | None = None, order: str | None = 
     if only_diff:
         table = only_differences(table, keep=(ranked_by, *[g.strip() for g in group_by]))
     return Comparison(table.reset_index(drop=True), ranked_by, bool(group_by))
+
+
+# --- the leaderboard a sweep ends with ---------------------------------------------------------------
+
+def leaderboard(runs: pd.DataFrame, top: int | None = 10, sort: str | None = None) -> pd.DataFrame:
+    """The comparison table narrowed to what a sweep's closing lines need: the run, the registry
+    axes that vary, the validation objective it was chosen by, and its test figures beside."""
+    if runs.empty:
+        return pd.DataFrame()
+    ranked = compare(runs, sort=sort, top=top, stats=False).table
+    keep = ["run_name", "state",
+            *[a for a in (*REGISTRY_AXES, "learning_rate") if a in ranked and (len(ranked) == 1 or
+                                                                              ranked[a].nunique(dropna=False) > 1)],
+            *[m for m in ranked.columns if m in record.QUALITY or (m.startswith("test_f1_") and m != "test_f1_weighted")],
+            "run_id"]
+    return ranked[[c for c in keep if c in ranked]]
 
 
 # --- formats ---------------------------------------------------------------------------------------
@@ -480,14 +445,6 @@ def to_html_table(table: pd.DataFrame) -> str:
     return display_frame(table).to_html(index=False, border=0, classes="compare", escape=True)
 
 
-TABLE_STYLE = """
-table.compare { border-collapse: collapse; font-size: 13px; }
-table.compare th, table.compare td { padding: 3px 8px; border-bottom: 1px solid #ddd; white-space: nowrap; }
-table.compare th { background: #f3f3f3; position: sticky; top: 0; }
-table.compare tbody tr:hover { background: #f7fbff; }
-"""
-
-
 def render(table: pd.DataFrame, fmt: str, title: str | None = None) -> str:
     """The table in one of FORMATS. csv and json keep raw values (json: a list of records, NaN as
     null); markdown, html (a whole page) and latex (a tabular) show the display text."""
@@ -498,12 +455,9 @@ def render(table: pd.DataFrame, fmt: str, title: str | None = None) -> str:
     if fmt == "markdown":
         return to_markdown(table)
     if fmt == "html":
-        from html import escape
+        from workbench.figures import Section, page
 
-        heading = f"<h2>{escape(title)}</h2>" if title else ""
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title or 'workbench compare')}"
-                f"</title><style>{TABLE_STYLE}</style></head><body style='font-family:sans-serif'>{heading}"
-                f"{to_html_table(table)}</body></html>\n")
+        return page(title or "workbench compare", [Section("", html=to_html_table(table))])
     if fmt == "latex":
         right = _right_aligned(table)
         shown = display_frame(table)

@@ -1,18 +1,25 @@
-"""From a spec's `dataset` block to a split manifest the pipeline can read.
+"""From a spec's `dataset` block to the images a run trains, validates and tests on.
 
-A `Dataset` is a manifest frame (one row per image: its file, label, source, group and split) plus
-the class list and a digest that changes whenever the images, labels or split assignment change,
-so two runs can be seen to have trained on the same data. Two kinds of source:
+Every image arrives the same way: through an ingested manifest (`workbench data ingest`). The
+embedded synthetic faces are no exception: they are generated once as a raw folder of class
+folders under `data/synthetic/`, then ingested like any photo folder, so one manifest schema and
+one loader serve both. `prepare(spec)` merges the spec's manifests (mapping their labels to the
+experiment's classes and regrouping duplicates *across* datasets), splits them by group, and
+returns a `Dataset`: a manifest frame, the class list and a digest that changes whenever the
+images, labels or split assignment change. `balanced(data, config)` then materialises what one
+configuration trains on (S1's oversampled copies are written here, once, and cached), so that
+`train()` only ever reads.
 
-- `synthetic`, the embedded default, generated here on first use under `data/synthetic/`
-  (atomically, so an interrupted or concurrent generation never leaves a half-written folder);
-- `manifests`, datasets ingested from the user's disk (`workbench data ingest`), merged with the
-  spec's class mapping and regrouped across datasets, so an image two datasets share can never
-  sit in train through one and in test through the other.
+Splits are assigned by *group*, never image by image: exact and near duplicates, a picture two
+datasets share, and every augmented copy of one source image share a group, and a group lands in
+one split. Within a class, groups are shuffled with the spec's seed and filled into the splits by
+the requested ratios (stratification). Balancing touches the training split only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -20,22 +27,26 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from workbench import ingest, leakage, paths, synth
 from workbench.errors import DataError
-from workbench.spec import ManifestData, Spec, Split, SyntheticData
-from workbench.split import SPLITS, assign_splits, class_counts
+from workbench.spec import ManifestSource, Spec, Split, SyntheticData
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    source: str             # where the images came from, for lineage (a folder)
+    source: str             # where the images came from, for lineage (the manifests folder)
     frame: pd.DataFrame     # manifest rows plus `file` (absolute path to read) and `split`
     classes: tuple[str, ...]
     digest: str
+    synthetic: bool = False  # generated faces, not photographs
 
     def part(self, split: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == split].reset_index(drop=True)
@@ -49,69 +60,126 @@ class Dataset:
         return pd.crosstab(self.frame["label"], self.frame["source"], margins=True, margins_name="total")
 
 
-# --- synthetic ------------------------------------------------------------------------------------
+# --- building things once ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created if missing): concurrent workers of one machine build a
+    shared artefact once, the others wait and then find it ready."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(target: Path, done: str, build: Callable[[Path], None]) -> Path:
+    """Make folder `target` with `build(staging)` unless `target/done` already exists. The build
+    happens in a staging folder renamed into place when complete, so an interrupted build never
+    leaves a half-written folder that looks finished."""
+    if (target / done).exists():
+        return target
+    with _locked(target.parent / f".{target.name}.lock"):
+        if (target / done).exists():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(staging)
+            if target.exists():  # a leftover without its completion mark
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+def synthetic_name(data: SyntheticData, seed: int) -> str:
+    return f"{data.task}-{data.size}px-n{data.count}-seed{seed}"
+
 
 def synthetic_root(data: SyntheticData, seed: int) -> Path:
-    return paths.data_dir() / "synthetic" / f"{data.task}-{data.size}px-n{data.count}-seed{seed}"
+    """The generated raw folder (class folders of JPEGs), like a downloaded dataset's."""
+    return paths.data_dir() / "synthetic" / synthetic_name(data, seed)
 
 
-def ensure_synthetic(data: SyntheticData, seed: int) -> Path:
-    """Generate the synthetic set once; a finished folder is recognised by its dataset.json."""
+def ensure_synthetic(data: SyntheticData, seed: int) -> str:
+    """Generate the synthetic faces and ingest them, each once; returns the manifest's name."""
     root = synthetic_root(data, seed)
-    if (root / "dataset.json").is_file() and (root / "manifest.csv").is_file():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        synth.generate(staging, task=data.task, seed=seed, size=data.size, count=data.count)
-        try:
-            os.rename(staging, root)
-        except OSError:
-            if not (root / "dataset.json").is_file():  # not a concurrent worker's finished copy
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    build_once(root, "dataset.json",
+               lambda staging: synth.generate(staging, task=data.task, seed=seed, size=data.size, count=data.count))
+    name = synthetic_name(data, seed)
+    manifests = paths.manifests_dir()
+    if not (manifests / f"{name}.json").is_file():
+        with _locked(manifests / f".{name}.lock"):
+            if not (manifests / f"{name}.json").is_file():
+                ingest.ingest("folders", root, name, manifests, paths.decoded_dir(),
+                              extra={"synthetic": json.loads((root / "dataset.json").read_text())})
+    return name
 
 
-def _synthetic_frame(data: SyntheticData, seed: int) -> tuple[pd.DataFrame, str]:
-    root = ensure_synthetic(data, seed)
-    path = root / "manifest.csv"
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot read manifest ({err})") from None
-    frame["file"] = [str((root / p).resolve()) for p in frame["path"]]
-    return frame, str(root.resolve())
+def files(frame: pd.DataFrame, manifests_dir: Path | None = None) -> list[str]:
+    """Where to read each row's image: the normalised copy ingest made for files TensorFlow cannot
+    decode as they are, else the raw file. Rows need `source` (the manifest name), `path` and
+    `decoded`; this is the one rule training, evaluation and export all use."""
+    manifests_dir = manifests_dir or paths.manifests_dir()
+    sidecars: dict[str, dict] = {}
+    out = []
+    for source, path, decoded in zip(frame["source"], frame["path"], frame.get("decoded", [""] * len(frame))):
+        if source not in sidecars:
+            sidecars[source] = ingest.read_sidecar(source, manifests_dir)
+        sidecar = sidecars[source]
+        # `decoded` is relative to the folder holding the dataset's interim copies.
+        out.append(str(Path(sidecar["interim_root"]).parent / decoded) if decoded
+                   else str(Path(sidecar["raw_root"]) / path))
+    return out
 
 
-# --- ingested manifests ---------------------------------------------------------------------------
-
-def _manifest_frame(data: ManifestData) -> tuple[pd.DataFrame, str]:
+def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int = 4) -> pd.DataFrame:
+    """The manifests merged, labels mapped, and duplicate groups joined across datasets."""
     parts = []
-    for source in data.manifests:
-        frame, sidecar = ingest.read_manifest(source.name, paths.manifests_dir())
+    for source in sources:
+        frame, _ = ingest.read_manifest(source.name, paths.manifests_dir())
         unknown = set(source.classes) - set(frame["label"])
         if unknown:
             raise DataError(f"dataset.manifests[{source.name}].classes: no label(s) {', '.join(sorted(unknown))} "
                             f"in that manifest (it has: {', '.join(sorted(set(frame['label'])))})")
         frame["original_label"] = frame["label"]
         frame["label"] = frame["label"].map(lambda label: source.classes.get(label, label))
-        frame = frame[frame["label"].notna()].copy()
-        raw_root = Path(sidecar["raw_root"])
-        # Images TensorFlow cannot read as they are were normalised at ingest (`decoded` is
-        # relative to the folder that holds the dataset's interim_root); read those copies.
-        decoded_base = Path(sidecar["interim_root"]).parent
-        frame["file"] = [str(decoded_base / d) if d else str(raw_root / p)
-                         for p, d in zip(frame["path"], frame["decoded"])]
-        parts.append(frame)
+        parts.append(frame[frame["label"].notna()].copy())
     frame = pd.concat(parts, ignore_index=True).fillna("")
-    frame["group_id"] = leakage.merged_group_ids(frame, data.near_duplicate_distance)
-    # Lineage points at the manifests (which name their raw folders), a path MLflow can resolve.
-    return frame, str(paths.manifests_dir().resolve())
+    if frame.empty:
+        raise DataError(f"dataset.manifests: the class mapping leaves no images "
+                        f"(every label of {', '.join(s.name for s in sources)} is mapped to null)")
+    frame["file"] = files(frame)
+    frame["group_id"] = leakage.merged_group_ids(frame, near_duplicate_distance)
+    return frame
 
 
-# --- splitting and the whole ----------------------------------------------------------------------
+# --- splitting ------------------------------------------------------------------------------------
+
+def assign_splits(manifest: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
+    """A split name for every row of `manifest` (needs `label` and `group_id` columns)."""
+    rng = np.random.default_rng(seed)
+    # A group whose images carry different labels is stratified under its most common label.
+    group_label = manifest.groupby("group_id")["label"].agg(lambda s: s.value_counts().index[0])
+    group_size = manifest.groupby("group_id").size()
+    cut_points = np.cumsum([ratios[name] for name in SPLITS])
+    split_of_group: dict[str, str] = {}
+    for label in sorted(group_label.unique()):
+        groups = sorted(group_label.index[group_label == label])
+        order = rng.permutation(len(groups))
+        sizes = group_size.loc[groups].to_numpy()[order]
+        # Each group goes where the middle of its images falls on the cumulative scale, so the
+        # splits get their share of images even when groups differ in size.
+        centres = (np.cumsum(sizes) - sizes / 2) / sizes.sum()
+        for idx, centre in zip(order, centres):
+            split_of_group[groups[idx]] = SPLITS[int(np.searchsorted(cut_points, centre, side="right"))]
+    return manifest["group_id"].map(split_of_group).rename("split")
+
 
 def split_frame(frame: pd.DataFrame, split: Split, seed: int) -> pd.Series:
     """The split of every row: the spec's ratios by group, or the dataset's own where kept."""
@@ -122,25 +190,134 @@ def split_frame(frame: pd.DataFrame, split: Split, seed: int) -> pd.Series:
     return assigned
 
 
-def prepare(spec: Spec) -> Dataset:
-    """Materialise the spec's data and split it; the same spec always gives the same Dataset."""
-    if isinstance(spec.dataset, SyntheticData):
-        frame, source = _synthetic_frame(spec.dataset, spec.seed)
-        name = Path(source).name
-    else:
-        frame, source = _manifest_frame(spec.dataset)
-        name = "+".join(m.name for m in spec.dataset.manifests)
-    frame["split"] = split_frame(frame, spec.split, spec.seed)
-    classes = tuple(sorted(frame["label"].unique()))
-    for split in SPLITS:
-        absent = set(classes) - set(frame.loc[frame["split"] == split, "label"])
-        if absent:
-            raise DataError(f"{source}: split '{split}' has no images of class(es) "
-                            f"{', '.join(sorted(absent))}; use more images or other split ratios")
-    return Dataset(name=name, source=source, frame=frame, classes=classes, digest=digest(frame))
+def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows) and split (columns), with totals: what runs log and users read."""
+    table = pd.crosstab(frame["label"], frame["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    table["total"] = table.sum(axis=1)
+    return table
 
 
 def digest(frame: pd.DataFrame) -> str:
     """Content identity of a split dataset: image bytes, labels and split assignment."""
     rows = sorted(zip(frame["sha256"], frame["label"], frame["split"]))
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def prepare(spec: Spec) -> Dataset:
+    """Materialise the spec's data and split it; the same spec always gives the same Dataset."""
+    if isinstance(spec.dataset, SyntheticData):
+        name = ensure_synthetic(spec.dataset, spec.seed)
+        sources, distance = [ManifestSource(name=name)], 4
+    else:
+        sources, distance = spec.dataset.manifests, spec.dataset.near_duplicate_distance
+        name = "+".join(m.name for m in sources)
+    frame = load_manifests(sources, distance)
+    frame["split"] = split_frame(frame, spec.split, spec.seed)
+    classes = tuple(sorted(frame["label"].unique()))
+    if len(classes) < 2:
+        raise DataError(f"dataset {name}: only one class ({', '.join(classes)}); a classifier needs at least two")
+    for split in SPLITS:
+        absent = set(classes) - set(frame.loc[frame["split"] == split, "label"])
+        if absent:
+            raise DataError(f"dataset {name}: split '{split}' has no images of class(es) "
+                            f"{', '.join(sorted(absent))}; use more images or other split ratios")
+    synthetic = all(ingest.read_sidecar(s.name, paths.manifests_dir()).get("synthetic") for s in sources)
+    return Dataset(name=name, source=str(paths.manifests_dir().resolve()), frame=frame, classes=classes,
+                   digest=digest(frame), synthetic=synthetic)
+
+
+# --- balancing the training split -----------------------------------------------------------------
+
+# Offline copies for `oversample`: S1's OpenCV recipe.
+RECIPE = ("rotate_cw", "rotate_acw", "hflip", "noise", "blur")
+RECIPE_VERSION = "s1-v1"  # bump when the augmentation code changes, so caches are rebuilt
+
+
+@dataclass(frozen=True)
+class Balanced:
+    train: pd.DataFrame
+    class_weight: dict[int, float] | None = None
+
+
+def balanced(data: Dataset, strategy: str, target: int = 0, seed: int = 0) -> Balanced:
+    """The training split under one balance strategy (validation and test keep the real class
+    mix, so every strategy is judged on the same data). `target` is the images per class to
+    reach (0: the smallest class for `undersample`, the largest for `oversample`); with a target,
+    `oversample` also cuts larger classes down to it, as S1 did (5,000 a class: `real`
+    undersampled, `fake` grown by augmentation)."""
+    train = data.part("train")
+    counts = train["label"].value_counts().reindex(data.classes, fill_value=0)
+    if strategy == "none":
+        return Balanced(train)
+    if strategy == "class_weight":
+        # Inverse frequency, scaled so a balanced dataset gets weight 1 everywhere.
+        total, k = counts.sum(), len(data.classes)
+        return Balanced(train, {i: float(total / (k * counts[c])) for i, c in enumerate(data.classes)})
+    if strategy == "undersample":
+        return Balanced(_cut(train, target or int(counts.min()), seed))
+    if strategy == "oversample":
+        target = target or int(counts.max())
+        return Balanced(oversample(_cut(train, target, seed), target=target, seed=seed))
+    raise ValueError(f"unknown balance strategy {strategy!r}")
+
+
+def _cut(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
+    """Randomly keep at most `target` images of every class (smaller classes stay whole)."""
+    parts = [group.sample(n=min(target, len(group)), random_state=seed) for _, group in train.groupby("label")]
+    return pd.concat(parts).sort_values("file").reset_index(drop=True)
+
+
+def oversample(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
+    """Top every class up to `target` images with augmented copies of its own training images.
+    Each copy keeps its source's group id, so it can never sit in another split than its
+    original; copies are deterministic by seed and written once per (images, seed, target,
+    recipe) under `data/interim/oversample/`, then reused by every trial that asks for them."""
+    key = hashlib.sha256("|".join([RECIPE_VERSION, str(seed), str(target),
+                                   *sorted(train["sha256"] + train["label"])]).encode()).hexdigest()[:16]
+    cache = build_once(paths.data_dir() / "interim" / "oversample" / key, "copies.csv",
+                       lambda staging: _write_copies(train, target, seed, staging))
+    copies = pd.read_csv(cache / "copies.csv", dtype=str, keep_default_na=False)
+    copies["file"] = [str(cache / name) for name in copies["file"]]
+    return pd.concat([train, copies], ignore_index=True)
+
+
+def _write_copies(train: pd.DataFrame, target: int, seed: int, staging: Path) -> None:
+    import cv2
+
+    rows = []
+    for label, group in sorted(train.groupby("label"), key=lambda kv: kv[0]):
+        sources = group.sort_values("file").reset_index(drop=True)
+        missing = target - len(sources)
+        rng = np.random.default_rng([seed, len(rows), missing])
+        for k in range(max(missing, 0)):
+            src = sources.iloc[k % len(sources)]  # round-robin: every source used evenly
+            image = cv2.imread(src["file"], cv2.IMREAD_COLOR)
+            operation = RECIPE[int(rng.integers(len(RECIPE)))]
+            name = f"{label}/{Path(src['file']).stem}_{operation}_{k:05d}.png"
+            (staging / label).mkdir(exist_ok=True)
+            cv2.imwrite(str(staging / name), augment(image, operation, rng))
+            rows.append({**{c: src[c] for c in train.columns if c not in ("file", "sha256")},
+                         "file": name, "sha256": hashlib.sha256((staging / name).read_bytes()).hexdigest(),
+                         "augmented_from": src["sha256"], "augmentation": operation})
+    pd.DataFrame(rows, columns=[*[c for c in train.columns if c != "file"], "file", "augmented_from",
+                                "augmentation"]).to_csv(staging / "copies.csv", index=False)
+
+
+def augment(image: np.ndarray, operation: str, rng: np.random.Generator) -> np.ndarray:
+    """One step of S1's OpenCV recipe, with its strength drawn from `rng`."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if operation in ("rotate_cw", "rotate_acw"):
+        angle = float(rng.uniform(10, 25)) * (-1 if operation == "rotate_cw" else 1)
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        return cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    if operation == "hflip":
+        return cv2.flip(image, 1)
+    if operation == "noise":
+        noise = rng.normal(0, rng.uniform(5, 15), image.shape)
+        return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    if operation == "blur":
+        k = int(rng.choice([3, 5]))
+        return cv2.GaussianBlur(image, (k, k), 0)
+    raise ValueError(f"unknown augmentation {operation!r}")

@@ -1,16 +1,20 @@
-"""Scoring a trained classifier on held-out data: metrics, calibration, confusion matrix, report.
+"""Scoring a trained classifier: quality on held-out data, and what the model costs.
 
 Values in, values out: `evaluate()` takes true labels and predicted probabilities and returns an
 `Evaluation` whose `metrics` are plain floats ready to log; `training_summary()` condenses a
 per-epoch history into the few numbers a study compares (best epoch, overfitting gap);
-`most_confident_mistakes()` picks the errors worth looking at. Nothing here knows about MLflow,
-plotly or the filesystem, so every number can be checked in a test without a tracking store;
-the figures live in `workbench.figures`.
+`most_confident_mistakes()` picks the errors worth looking at; `cost()` measures parameters,
+size and inference latency on the machine that trained the model (latency is the median of a
+few timed calls after a warm-up call, so one-off graph tracing is not counted). Nothing here
+knows about MLflow, plotly or the filesystem, so every number can be checked in a test without a
+tracking store; the figures live in `workbench.figures`.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import dataclass, field
 
 import matplotlib
@@ -21,7 +25,6 @@ from sklearn.metrics import (  # noqa: E402
     accuracy_score,
     classification_report,
     confusion_matrix,
-    f1_score,
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -55,10 +58,6 @@ class Evaluation:
         return {"classes": list(self.classes), "matrix": self.confusion.tolist(),
                 "matrix_normalized": self.confusion_normalized.tolist(),
                 "rows": "true", "columns": "predicted"}
-
-
-def f1_macro(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    return float(f1_score(y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0))
 
 
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -201,3 +200,30 @@ def most_confident_mistakes(y_true: np.ndarray, probabilities: np.ndarray, k: in
     confidence = probabilities[wrong, y_pred[wrong]]
     order = np.argsort(-confidence, kind="stable")
     return [int(i) for i in wrong[order][:max(k, 0)]]
+
+
+# --- cost -------------------------------------------------------------------------------------------
+
+def cost(model, image_size: int) -> dict[str, float]:
+    """Parameters, size and latency per image at batch 1 (an app classifying camera frames) and
+    batch 32 (bulk scoring). The size is the weights' bytes: what a saved model holds, to within
+    its few kilobytes of configuration, measured without writing the model to disk again."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    total = model.count_params()
+    size = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    return {"total_params": total, "trainable_params": trainable, "frozen_params": total - trainable,
+            "model_size_mb": size / 2**20,
+            "latency_ms_batch1": latency_ms(model, image_size, 1),
+            "latency_ms_per_image_batch32": latency_ms(model, image_size, 32, repeats=3)}
+
+
+def latency_ms(model, image_size: int, batch: int, repeats: int = 5) -> float:
+    """Median milliseconds per image for one `predict_on_batch` call of `batch` images."""
+    images = np.random.default_rng(0).uniform(0, 255, (batch, image_size, image_size, 3)).astype("float32")
+    model.predict_on_batch(images)  # warm-up: traces and compiles the predict function
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.predict_on_batch(images)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times) / batch

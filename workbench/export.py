@@ -2,10 +2,9 @@
 
 A TFLite file is only worth shipping if it decides like the model it came from, so every export
 is scored on real images: by default the source run's own test split, read back from the run's
-`data/manifest.csv` and found under the local data folder (a synthetic set under
-`data/synthetic/<dataset>/`, an ingested one through its manifest in `data/manifests/`), each
-file checked against the manifest's sha256 so the images are exactly those the run was tested
-on. `--images DIR` scores any folder instead; when neither is available the check runs on random
+`data/manifest.csv` and found through the datasets' manifests in `data/manifests/` (synthetic or
+photographed, by the same rule training used), each file checked against the manifest's sha256 so
+the images are exactly those the run was tested on. `--images DIR` scores any folder instead; when neither is available the check runs on random
 pixels and says so. The figure is the share of images whose predicted class is the same; under
 the bar (99.5 % by default) the export fails. It is logged on the source run as `tflite_agreement`
 with `tflite_size_mb`, and a passing export's `model.tflite` and `labels.txt` go under `tflite/`.
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench import paths
+from workbench import paths, record
 from workbench.errors import WorkbenchError
+from workbench.record import Artifacts
 from workbench.predict import LoadedModel, probabilities, read_image, to_input
 
 QUANTIZE = ("none", "dynamic", "float16")
@@ -146,62 +146,50 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def locate_test_files(manifest, dataset: str) -> list[Path]:
-    """The run's test images on this machine, each checked against its sha256; missing or changed
-    files are left out. Synthetic sets live under data/synthetic/<dataset>/, ingested ones are
-    found through their manifests."""
-    from workbench import ingest
+def locate_test_files(manifest) -> list[Path]:
+    """The run's test images on this machine (read through the datasets' own manifests, the same
+    rule training used), each raw file checked against the sha256 the run logged; missing or
+    changed files are left out."""
+    from workbench import dataset, ingest
 
-    test = manifest[manifest["split"] == "test"]
-    synthetic_root = paths.data_dir() / "synthetic" / dataset
-    sidecars: dict[str, tuple[dict, dict] | None] = {}
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     found = []
-    for row in test.itertuples(index=False):
-        source = str(getattr(row, "source", "synthetic"))
-        if source == "synthetic":
-            raw = read = synthetic_root / row.path
-        else:
-            if source not in sidecars:
-                try:
-                    frame, sidecar = ingest.read_manifest(source, paths.manifests_dir())
-                    sidecars[source] = (sidecar, dict(zip(frame["path"], frame["decoded"]))
-                                        if "decoded" in frame else {})
-                except WorkbenchError:
-                    sidecars[source] = None
-            if sidecars[source] is None:
-                continue
-            sidecar, decoded = sidecars[source]
-            raw = Path(sidecar["raw_root"]) / row.path
-            # Images TensorFlow could not read as they were have normalised copies (see ingest).
-            read = Path(sidecar["interim_root"]).parent / decoded[row.path] if decoded.get(row.path) else raw
-        if raw.is_file() and read.is_file() and _sha256(raw) == row.sha256:
-            found.append(read)
+    for source, rows in test.groupby("source", sort=False):
+        try:
+            frame, sidecar = ingest.read_manifest(str(source), paths.manifests_dir())
+        except WorkbenchError:
+            continue  # that dataset is not ingested on this machine
+        decoded = dict(zip(frame["path"], frame["decoded"]))
+        rows = rows.assign(decoded=[decoded.get(p, "") for p in rows["path"]])
+        for raw_path, read, sha in zip(rows["path"], dataset.files(rows), rows["sha256"]):
+            raw = Path(sidecar["raw_root"]) / raw_path
+            if raw.is_file() and Path(read).is_file() and _sha256(raw) == sha:
+                found.append(Path(read))
     return found
 
 
-def run_test_images(run_id: str, image_size: int, limit: int = MAX_IMAGES) -> ParityImages | None:
+def run_test_images(client, run_id: str, image_size: int, limit: int = MAX_IMAGES) -> ParityImages | None:
     """The source run's test split, or None when its manifest or files are not on this machine."""
-    import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
     try:
-        dataset = mlflow.get_run(run_id).data.params.get("dataset", "")
+        name = client.get_run(run_id).data.params.get(record.DATASET, "")
         with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="data/manifest.csv", dst_path=tmp)
+            local = client.download_artifacts(run_id, Artifacts.MANIFEST, tmp)
             manifest = pd.read_csv(local, dtype=str, keep_default_na=False)
     except (MlflowException, OSError, pd.errors.ParserError):
         return None
-    if not {"path", "sha256", "split"} <= set(manifest.columns):
+    if not {"path", "sha256", "split", "source"} <= set(manifest.columns):
         return None
     total = int((manifest["split"] == "test").sum())
-    files = locate_test_files(manifest, dataset)
+    files = locate_test_files(manifest)
     if not files:
         return None
     files = files[:limit]
     images = np.stack([to_input(read_image(f), image_size) for f in files])
     kept = f" (first {len(files)} of {total})" if len(files) < total else ""
-    return ParityImages(images, f"the run's test split: {len(files)} images of {dataset}{kept}")
+    return ParityImages(images, f"the run's test split: {len(files)} images of {name}{kept}")
 
 
 def folder_images(folder: Path, image_size: int, limit: int = MAX_IMAGES) -> ParityImages:
@@ -226,10 +214,10 @@ def default_out_dir(uri: str) -> Path:
     """exports/<model name> for registry URIs, exports/<run id> for runs:/ URIs."""
     rest = uri.split(":/", 1)[-1].strip("/")
     head = rest.split("/")[0].split("@")[0]
-    return Path("exports") / (head or "model")
+    return paths.exports_dir() / (head or "model")
 
 
-def export(loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None, images_dir: Path | None = None,
+def export(client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None, images_dir: Path | None = None,
            min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES, log_to_run: bool = True) -> ExportResult:
     """Convert, write model.tflite + labels.txt, measure agreement with Keras, log it on the source run."""
     out_dir = out_dir or default_out_dir(loaded.uri)
@@ -242,24 +230,22 @@ def export(loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None 
     if images_dir is not None:
         parity = folder_images(images_dir, loaded.image_size, max_images)
     else:
-        parity = (run_test_images(loaded.run_id, loaded.image_size, max_images) if loaded.run_id else None
+        parity = (run_test_images(client, loaded.run_id, loaded.image_size, max_images) if loaded.run_id else None
                   ) or random_images(loaded.image_size)
     share = agreement(probabilities(loaded.model, parity.images), tflite_probabilities(content, parity.images))
     size_mb = len(content) / 2**20
     passed = share >= min_agreement
     if log_to_run and loaded.run_id:
-        _log(loaded.run_id, share, size_mb, quantize, parity.source, (tflite_path, labels_path) if passed else ())
+        _log(client, loaded.run_id, share, size_mb, quantize, parity.source,
+             (tflite_path, labels_path) if passed else ())
     return ExportResult(out_dir, tflite_path, labels_path, size_mb, share, len(parity.images), parity.source,
                         loaded.run_id, quantize, passed)
 
 
-def _log(run_id: str, share: float, size_mb: float, quantize: str, source: str, files) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
+def _log(client, run_id: str, share: float, size_mb: float, quantize: str, source: str, files) -> None:
     client.log_metric(run_id, "tflite_agreement", share)
     client.log_metric(run_id, "tflite_size_mb", size_mb)
     client.set_tag(run_id, "workbench.tflite_quantize", quantize)
     client.set_tag(run_id, "workbench.tflite_parity_images", source[:500])
     for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="tflite")
+        client.log_artifact(run_id, str(path), artifact_path=Artifacts.TFLITE)

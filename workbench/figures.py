@@ -1,17 +1,26 @@
-"""The pictures a run leaves behind, each built twice: matplotlib for a PNG, plotly for interactive HTML.
+"""Every picture workbench draws, and the one HTML page writer that shows them.
 
-Every public builder returns `(matplotlib_figure, plotly_figure)` from plain values (a history
-dict, an `Evaluation`, image arrays) and draws nothing on screen; `figure_pairs()` gathers the
-standard set under artifact names and `write_html_page()` is the one function that touches disk,
-writing a self-contained HTML with plotly.js inlined so it opens on machines without internet.
-The caller logs the figures and closes the matplotlib ones; nothing here closes figures globally.
+A run's figures are built twice, matplotlib for a PNG and plotly for interactive HTML: learning
+curves, the confusion matrix and the most confident mistakes (`figure_pairs()` gathers them under
+artifact names). The report's figures compare runs (curves overlaid, confusion matrices side by
+side, the objective by registry axis, parallel coordinates, accuracy against latency, the
+cross-dataset matrix), a sweep's are Optuna's own study plots, and the run page and the report
+share the same curve and confusion builders. Builders take plain values (histories, confusion
+dicts, frames) and draw nothing on screen; `page()` renders sections into one self-contained
+page with a Jinja2 template, plotly.js inlined once so it opens without internet. The caller
+closes the matplotlib figures; nothing here closes figures globally.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+import jinja2
+import markupsafe
 
 import matplotlib
 
@@ -25,6 +34,8 @@ from plotly.subplots import make_subplots  # noqa: E402
 from workbench.evaluate import Evaluation, most_confident_mistakes  # noqa: E402
 
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
 PANELS = (("loss", "loss"), ("accuracy", "accuracy"), ("f1_macro", "macro-F1"))
 NO_MISTAKES = "no mistakes: every prediction is correct"
 
@@ -76,22 +87,57 @@ def learning_curves_matplotlib(history: dict[str, list[float]], boundary: int | 
 
 
 def learning_curves_plotly(history: dict[str, list[float]], boundary: int | None = None) -> go.Figure:
-    panels = _panels(history)
-    boundary = _boundary_x(history, boundary)
+    """One run's curves: the shared builder below with train and validation in their own colours."""
+    return overlaid_curves({"": history}, boundary=_boundary_x(history, boundary))
+
+
+def _points(values) -> list[tuple[float, float]]:
+    """A series as (epoch, value) pairs: lists of values count epochs from 1, MLflow's metric
+    history already carries its steps."""
+    if not isinstance(values, (list, tuple, np.ndarray)) or not len(values):
+        return []
+    first = values[0]
+    if isinstance(first, (list, tuple)) and len(first) == 2:
+        return [(float(s), float(v)) for s, v in values]
+    return [(i + 1.0, float(v)) for i, v in enumerate(values)]
+
+
+def overlaid_curves(histories: dict[str, dict], boundary: float | None = None) -> go.Figure | None:
+    """Learning curves of one or more runs, a panel per metric (loss, accuracy, macro-F1 where
+    recorded): train solid, validation dashed. One run gets the train / validation colours;
+    several runs get a colour each, and one legend entry per run toggles all its lines."""
+    panels = [(metric, title) for metric, title in PANELS
+              if any(_points(h.get(key)) for h in histories.values() for key in (metric, f"val_{metric}"))]
+    if not panels:
+        return None
+    single = len(histories) == 1
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for _, title in panels])
-    for col, (metric, _) in enumerate(panels, start=1):
-        for key, label, color in ((metric, "train", TRAIN_COLOR), (f"val_{metric}", "validation", VAL_COLOR)):
-            values = _series(history, key)
-            if values:
-                # One legend entry per series, shared by all panels (legendgroup toggles them together).
-                fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=values, mode="lines+markers",
-                                         name=label, legendgroup=label, showlegend=col == 1,
-                                         line=dict(color=color)), row=1, col=col)
+    for i, (label, history) in enumerate(histories.items()):
+        run_color = PALETTE[i % len(PALETTE)]
+        shown = False
+        for col, (metric, _) in enumerate(panels, start=1):
+            for key, series in ((metric, "train"), (f"val_{metric}", "validation")):
+                points = _points(history.get(key))
+                if not points:
+                    continue
+                x, y = zip(*points)
+                name = series if single else label
+                legend = (col == 1) if single else not shown
+                fig.add_trace(go.Scatter(
+                    x=list(x), y=list(y), mode="lines+markers", name=name,
+                    legendgroup=series if single else label, showlegend=legend,
+                    line=dict(color=(TRAIN_COLOR if series == "train" else VAL_COLOR) if single else run_color,
+                              dash="solid" if series == "train" or single else "dash"),
+                    hovertemplate=f"{label + ' ' if label else ''}{key} epoch %{{x}}: %{{y:.4f}}<extra></extra>"),
+                    row=1, col=col)
+                shown = True
         if boundary is not None:
-            fig.add_vline(x=boundary, line_dash="dash", line_color="grey", row=1, col=col,
-                          annotation_text="fine-tuning" if col == 1 else None)
-        fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=col)
-    fig.update_layout(title="Learning curves", height=420, width=420 * len(panels), hovermode="x unified")
+            for col in range(1, len(panels) + 1):
+                fig.add_vline(x=boundary, line_dash="dash", line_color="grey", row=1, col=col,
+                              annotation_text="fine-tuning" if col == 1 else None)
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_layout(title="Learning curves", height=420, hovermode="x unified" if single else "closest",
+                      margin=dict(t=70))
     return fig
 
 
@@ -129,24 +175,38 @@ def confusion_matplotlib(evaluation: Evaluation, title: str = "Confusion matrix 
 
 
 def confusion_plotly(evaluation: Evaluation, title: str = "Confusion matrix (test)") -> go.Figure:
-    counts, share = evaluation.confusion, evaluation.confusion_normalized
-    names = list(evaluation.classes)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.15,
-                        subplot_titles=("counts", "share of true class (row-normalised)"))
-    fig.add_trace(go.Heatmap(z=counts, x=names, y=names, colorscale="Blues", showscale=False,
-                             text=counts, texttemplate="%{text}",
-                             hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"),
-                  row=1, col=1)
-    fig.add_trace(go.Heatmap(z=share, x=names, y=names, colorscale="Blues", zmin=0, zmax=1, showscale=False,
-                             text=[[f"{v:.0%}" for v in row] for row in share],
-                             texttemplate="%{text}",
-                             hovertemplate="true %{y}<br>predicted %{x}<br>%{z:.1%} of true<extra></extra>"),
-                  row=1, col=2)
-    # Heatmaps grow upwards by default; a confusion matrix reads with the first class on top.
-    fig.update_yaxes(autorange="reversed", title_text="true")
-    fig.update_xaxes(title_text="predicted")
-    side = 80 * len(names) + 220
-    fig.update_layout(title=title, height=side, width=2 * side)
+    """One run's confusion matrix through the shared builder below."""
+    fig = confusion_heatmaps({"": evaluation.confusion_json()})
+    fig.update_layout(title=title)
+    return fig
+
+
+def confusion_heatmaps(confusions: dict[str, dict | None]) -> go.Figure | None:
+    """Confusion matrices side by side, one panel per run (`confusion_matrix.json` dicts):
+    colour is the share of the true class (rows normalised, so rare classes read as clearly as
+    common ones), text the counts and shares."""
+    shown = {label: c for label, c in confusions.items() if c and c.get("matrix")}
+    if not shown:
+        return None
+    fig = make_subplots(rows=1, cols=len(shown), subplot_titles=list(shown) if len(shown) > 1 else None,
+                        horizontal_spacing=0.08)
+    for col, confusion in enumerate(shown.values(), start=1):
+        counts = np.asarray(confusion["matrix"], dtype=float)
+        totals = counts.sum(axis=1, keepdims=True)
+        share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        names = [str(c) for c in (confusion.get("classes") or range(len(counts)))]
+        text = [[f"{int(n)}<br>{s:.0%}" for n, s in zip(row_n, row_s)] for row_n, row_s in zip(counts, share)]
+        fig.add_trace(go.Heatmap(z=share, x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
+                                 showscale=col == len(shown), text=text, texttemplate="%{text}",
+                                 customdata=counts.astype(int),
+                                 hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images, "
+                                               "%{z:.0%} of true<extra></extra>"), row=1, col=col)
+        # Heatmaps grow upwards by default; a confusion matrix reads with the first class on top.
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+        fig.update_xaxes(title_text="predicted", row=1, col=col)
+    fig.update_yaxes(title_text="true", row=1, col=1)
+    side = 70 * max(len(c["matrix"]) for c in shown.values()) + 200
+    fig.update_layout(height=max(side, 360), margin=dict(t=70))
     return fig
 
 
@@ -171,18 +231,25 @@ def _as_uint8_rgb(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _mistakes(images, y_true, probabilities, classes, k):
+def _mistakes(images, y_true, probabilities, classes, k, picked=None):
+    """The images and titles of the mistakes to show. `picked` (rows of y_true / probabilities,
+    as `train()` already chose them) comes with `images` holding just those images, in order;
+    without it, the k surest mistakes are picked here from images of every row."""
     images = _as_uint8_rgb(images)
     probabilities = np.asarray(probabilities, dtype=float)
-    if not len(images) == len(y_true) == len(probabilities):
-        raise ValueError(f"{len(images)} images, {len(y_true)} labels and {len(probabilities)} "
-                         "probability rows must line up")
-    picked = most_confident_mistakes(y_true, probabilities, k)
+    if picked is None:
+        if not len(images) == len(y_true) == len(probabilities):
+            raise ValueError(f"{len(images)} images, {len(y_true)} labels and {len(probabilities)} "
+                             "probability rows must line up")
+        picked = most_confident_mistakes(y_true, probabilities, k)
+        images = images[picked]
+    elif len(images) != len(picked):
+        raise ValueError(f"{len(images)} images for {len(picked)} picked mistakes")
     titles = []
     for i in picked:
         pred = int(probabilities[i].argmax())
         titles.append(f"true {classes[int(y_true[i])]} / pred {classes[pred]} ({probabilities[i, pred]:.2f})")
-    return images[picked], titles
+    return images, titles
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -190,8 +257,8 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def mistakes_matplotlib(images, y_true, probabilities, classes, k: int = 16):
-    shown, titles = _mistakes(images, y_true, probabilities, classes, k)
+def mistakes_matplotlib(images, y_true, probabilities, classes, k: int = 16, picked=None):
+    shown, titles = _mistakes(images, y_true, probabilities, classes, k, picked)
     if not titles:
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.text(0.5, 0.5, NO_MISTAKES, ha="center", va="center", fontsize=12)
@@ -210,8 +277,8 @@ def mistakes_matplotlib(images, y_true, probabilities, classes, k: int = 16):
     return fig
 
 
-def mistakes_plotly(images, y_true, probabilities, classes, k: int = 16) -> go.Figure:
-    shown, titles = _mistakes(images, y_true, probabilities, classes, k)
+def mistakes_plotly(images, y_true, probabilities, classes, k: int = 16, picked=None) -> go.Figure:
+    shown, titles = _mistakes(images, y_true, probabilities, classes, k, picked)
     if not titles:
         fig = go.Figure()
         fig.add_annotation(text=NO_MISTAKES, x=0.5, y=0.5, xref="paper", yref="paper",
@@ -233,37 +300,204 @@ def mistakes_plotly(images, y_true, probabilities, classes, k: int = 16) -> go.F
 
 
 def mistakes_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray,
-                  classes: tuple[str, ...], k: int = 16):
+                  classes: tuple[str, ...], k: int = 16, picked: list[int] | None = None):
     """The k wrong predictions the model was surest about, each titled "true X / pred Y (0.97)".
 
     The plotly half is a faceted `px.imshow`, one image trace per mistake; with no mistakes both
     halves are a single panel saying so."""
-    return (mistakes_matplotlib(images, y_true, probabilities, classes, k),
-            mistakes_plotly(images, y_true, probabilities, classes, k))
+    return (mistakes_matplotlib(images, y_true, probabilities, classes, k, picked),
+            mistakes_plotly(images, y_true, probabilities, classes, k, picked))
 
 
 # --- what the caller logs -------------------------------------------------------------------
 
 def figure_pairs(evaluation: Evaluation, history: dict[str, list[float]], images: np.ndarray | None = None,
-                 k: int = 16, phase_boundary: int | None = None) -> dict[str, tuple]:
+                 k: int = 16, phase_boundary: int | None = None, picked: list[int] | None = None) -> dict[str, tuple]:
     """The standard figures of a run by artifact name: {"learning_curves": (mpl, plotly), ...}.
 
-    The mistakes grid needs the test images in the order the evaluation saw them, so it is
-    included only when `images` is given (and the evaluation kept its labels and probabilities)."""
+    The mistakes grid is included when `images` is given: the test images in the evaluation's
+    order, or just the `picked` mistakes' images (what `train()` returns)."""
     pairs = {"learning_curves": learning_curves(history, phase_boundary),
              "confusion_matrix": confusion(evaluation)}
     if images is not None and evaluation.y_true is not None and evaluation.probabilities is not None:
         pairs["most_confident_mistakes"] = mistakes_grid(images, evaluation.y_true, evaluation.probabilities,
-                                                         evaluation.classes, k)
+                                                         evaluation.classes, k, picked)
     return pairs
 
 
-def write_html_page(figures: dict[str, go.Figure], path: str | Path, title: str) -> Path:
-    """Several plotly figures on one self-contained page, plotly.js inlined once (not per figure),
-    so a run's interactive figures cost one ~5 MB file instead of one per figure."""
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures.values())]
+# --- comparing runs (the report) ---------------------------------------------------------------
+
+def objective_by_axis(table, objective: str, axes: list[str]) -> go.Figure | None:
+    """A box per value of each registry axis (backbone, balance, augmentation), every run a dot."""
+    axes = [a for a in axes if a in table and table[a].notna().any()]
+    if objective not in table or not axes:
+        return None
+    scored = table[table[objective].notna()]
+    if scored.empty:
+        return None
+    fig = make_subplots(rows=1, cols=len(axes), shared_yaxes=True, subplot_titles=axes)
+    for col, axis in enumerate(axes, start=1):
+        fig.add_trace(go.Box(x=scored[axis].astype(str), y=scored[objective], name=axis, boxpoints="all",
+                             jitter=0.4, pointpos=0, text=scored["run_name"].astype(str), showlegend=False,
+                             hovertemplate="%{text}<br>%{x}: %{y:.4f}<extra></extra>"), row=1, col=col)
+    fig.update_yaxes(title_text=objective, row=1, col=1)
+    fig.update_layout(height=420, margin=dict(t=60))
+    return fig
+
+
+def parallel_coordinates(table, objective: str, columns: list[str]) -> go.Figure | None:
+    """One line per run across the given parameter columns, ending at the objective (colour)."""
+    if objective not in table:
+        return None
+    scored = table[table[objective].notna()].reset_index(drop=True)
+    if scored.empty:
+        return None
+    dimensions = []
+    for column in [c for c in columns if c in scored]:
+        values = scored[column]
+        if values.dtype.kind in "fiu":
+            dimensions.append(dict(label=column, values=values.astype(float)))
+        else:
+            names = sorted(values.astype(str).unique())
+            codes = values.astype(str).map({n: i for i, n in enumerate(names)})
+            dimensions.append(dict(label=column, values=codes, tickvals=list(range(len(names))), ticktext=names))
+    dimensions.append(dict(label=objective, values=scored[objective].astype(float)))
+    fig = go.Figure(go.Parcoords(line=dict(color=scored[objective].astype(float), colorscale="Viridis",
+                                           showscale=True), dimensions=dimensions))
+    fig.update_layout(height=460, margin=dict(l=80, r=80, t=60))
+    return fig
+
+
+def accuracy_vs_latency(table, front, accuracy: str = "test_accuracy",
+                        latency: str = "latency_ms_batch1") -> go.Figure | None:
+    """Every run by test accuracy and batch-1 latency; `front` (a boolean mask over the rows with
+    both values, from `stats.pareto_front`) is highlighted and joined."""
+    if accuracy not in table or latency not in table:
+        return None
+    points = table[table[accuracy].notna() & table[latency].notna()].reset_index(drop=True)
+    if points.empty:
+        return None
+    front = np.asarray(front, dtype=bool)
+    text = points["run_name"].astype(str) + (" · " + points["backbone"].astype(str) if "backbone" in points else "")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=points.loc[~front, latency], y=points.loc[~front, accuracy], mode="markers",
+                             name="dominated", text=text[~front], marker=dict(color="#9aa5b1", size=9),
+                             hovertemplate="%{text}<br>%{x:.3g} ms, accuracy %{y:.4f}<extra></extra>"))
+    best = points[front].sort_values(latency)
+    fig.add_trace(go.Scatter(x=best[latency], y=best[accuracy], mode="lines+markers", name="Pareto front",
+                             text=text[front].loc[best.index], line=dict(color="#d62728", shape="hv"),
+                             marker=dict(size=12, symbol="star"),
+                             hovertemplate="%{text}<br>%{x:.3g} ms, accuracy %{y:.4f}<extra></extra>"))
+    fig.update_xaxes(title_text=f"{latency} (lower is better)")
+    fig.update_yaxes(title_text=f"{accuracy} (higher is better)")
+    fig.update_layout(height=440, margin=dict(t=40))
+    return fig
+
+
+def study_plots(study, target_name: str, latency: str | None = None) -> dict[str, go.Figure]:
+    """Optuna's plotly figures for whatever a study can show so far (each needs a few finished
+    trials); with a latency objective the first value is the target and a Pareto plot is added."""
+    from optuna import visualization as vis
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}
+    target = (lambda t: t.values[0]) if latency else None
+    builders = {"history": lambda: vis.plot_optimization_history(study, target=target, target_name=target_name),
+                "importances": lambda: vis.plot_param_importances(study, target=target, target_name=target_name),
+                "parallel": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=target_name),
+                "slices": lambda: vis.plot_slice(study, target=target, target_name=target_name)}
+    if latency:
+        builders["pareto"] = lambda: vis.plot_pareto_front(study, target_names=[target_name, latency])
+    plots = {}
+    for key, build in builders.items():
+        try:
+            with warnings.catch_warnings():
+                # Importance evaluators warn about the target's direction, which the plot already states.
+                warnings.simplefilter("ignore", UserWarning)
+                plots[key] = build()
+        except (ValueError, RuntimeError, ZeroDivisionError):  # too few trials for that plot yet
+            continue
+    return plots
+
+
+def matrix_heatmap(table, value: str = "test_f1_macro") -> go.Figure | None:
+    """A train-source x test-source grid of one score (cross-dataset evaluation), with the
+    bootstrap interval in each cell's hover text."""
+    if table is None or table.empty or value not in table:
+        return None
+    grid = table.pivot(index="trained_on", columns="tested_on", values=value)
+    low = table.pivot(index="trained_on", columns="tested_on", values=f"{value}_low") \
+        if f"{value}_low" in table else None
+    high = table.pivot(index="trained_on", columns="tested_on", values=f"{value}_high") \
+        if f"{value}_high" in table else None
+    text = [[("-" if np.isnan(v) else f"{v:.3f}") for v in row] for row in grid.to_numpy(dtype=float)]
+    hover = None
+    if low is not None and high is not None:
+        hover = [[f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(rl, rh)]
+                 for rl, rh in zip(low.to_numpy(dtype=float), high.to_numpy(dtype=float))]
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(dtype=float), x=list(grid.columns), y=list(grid.index),
+                               zmin=0, zmax=1, colorscale="Blues", text=text, texttemplate="%{text}",
+                               customdata=hover,
+                               hovertemplate="trained on %{y}<br>tested on %{x}<br>" + value +
+                                             " %{z:.3f}" + (" %{customdata}" if hover else "") + "<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="trained on")
+    fig.update_xaxes(title_text="tested on")
+    fig.update_layout(title=f"{value} across datasets", height=120 * len(grid) + 220)
+    return fig
+
+
+# --- the one HTML page writer ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    figure: go.Figure | None = None
+    html: str = ""          # trusted markup shown before the figure (a table, say)
+    missing: str = ""       # why there is no figure, shown instead
+
+
+_PAGE = jinja2.Environment(autoescape=True).from_string("""<!doctype html>
+<html><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: sans-serif; margin: 24px; }
+.missing { color: #777; }
+.scroll { overflow-x: auto; max-height: 70vh; }
+table.compare { border-collapse: collapse; font-size: 13px; }
+table.compare th, table.compare td { padding: 3px 8px; border-bottom: 1px solid #ddd; white-space: nowrap; }
+table.compare th { background: #f3f3f3; position: sticky; top: 0; }
+table.compare tbody tr:hover { background: #f7fbff; }
+</style></head><body>
+<h1>{{ title }}</h1>
+{% if subtitle %}<p>{{ subtitle }}</p>{% endif %}
+{% for section in sections %}<section>
+{% if section.title %}<h2>{{ section.title }}</h2>{% endif %}
+{{ section.body }}
+</section>
+{% endfor %}</body></html>
+""")
+
+
+def page(title: str, sections: list[Section], subtitle: str = "") -> str:
+    """A self-contained HTML page: every figure as a fragment, plotly.js inlined into the first
+    one only (about 4.6 MB once, not per figure), so it opens on machines without internet."""
+    inlined, bodies = False, []
+    for section in sections:
+        body = section.html
+        if section.figure is not None:
+            height = section.figure.layout.height or 450
+            body += section.figure.to_html(full_html=False, include_plotlyjs=not inlined,
+                                           default_width="100%", default_height=f"{height}px")
+            inlined = True
+        elif section.missing:
+            body += str(markupsafe.Markup("<p class='missing'>{}</p>").format(section.missing))
+        bodies.append({"title": section.title, "body": markupsafe.Markup(body)})
+    return _PAGE.render(title=title, subtitle=subtitle, sections=bodies)
+
+
+def write_html_page(figures: dict[str, go.Figure], path: str | Path, title: str, subtitle: str = "") -> Path:
+    """Several figures on one page (`page`), written to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-                    f"<body style='font-family:sans-serif'><h2>{title}</h2>{''.join(parts)}</body></html>")
+    path.write_text(page(title, [Section("", fig) for fig in figures.values()], subtitle), encoding="utf-8")
     return path

@@ -283,9 +283,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: Path,
-           near_duplicate_distance: int = 4) -> IngestResult:
+           near_duplicate_distance: int = 4, extra: dict | None = None) -> IngestResult:
     """Turn the raw folder into `out_dir/<name>.csv` (+ `.json` sidecar, `.report.csv` of skipped
-    files) and normalised copies under `interim_dir/<name>/`."""
+    files) and normalised copies under `interim_dir/<name>/`. `extra` is recorded in the sidecar
+    (the synthetic set's generator options, say)."""
     adapter = ADAPTERS.get(source)
     if adapter is None:
         raise DataError(f"unknown dataset source {source!r}; expected one of {', '.join(ADAPTERS)}")
@@ -344,7 +345,7 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
                "interim_root": str(interim_dir / name),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "kept": len(frame), "skipped": len(skipped), "counts": counts,
-               "near_duplicate_distance": near_duplicate_distance}
+               "near_duplicate_distance": near_duplicate_distance, **(extra or {})}
     _write_text(json.dumps(sidecar, indent=2) + "\n", out_dir / f"{name}.json")
     return IngestResult(name=name, manifest_path=manifest_path, report_path=report_path,
                         kept=len(frame), skipped=len(skipped), counts=counts)
@@ -378,20 +379,30 @@ def _replace_folder(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_sidecar(name: str, out_dir: Path) -> dict:
+    """An ingested dataset's sidecar: where its raw and normalised files are, and how it was made."""
+    path = Path(out_dir) / f"{name}.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; ingest the dataset '{name}' first")
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read manifest sidecar ({_one_line(err)})") from None
+    if not isinstance(sidecar, dict) or not {"raw_root", "interim_root"} <= set(sidecar):
+        raise DataError(f"{path}: not a manifest sidecar (no raw_root / interim_root); ingest '{name}' again")
+    return sidecar
+
+
 def read_manifest(name: str, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     """An ingested manifest (every column a string, empty cells as "") and its sidecar."""
-    csv_path, json_path = Path(out_dir) / f"{name}.csv", Path(out_dir) / f"{name}.json"
-    for path in (csv_path, json_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found; ingest the dataset '{name}' first")
+    csv_path = Path(out_dir) / f"{name}.csv"
+    sidecar = read_sidecar(name, out_dir)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: not found; ingest the dataset '{name}' first")
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{csv_path}: cannot read manifest ({_one_line(err)})") from None
-    try:
-        sidecar = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{json_path}: cannot read manifest sidecar ({_one_line(err)})") from None
     missing = set(MANIFEST_COLUMNS) - set(frame.columns)
     if missing:
         raise DataError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")

@@ -27,6 +27,22 @@ def decoded_dir() -> Path:
     return data_dir() / "interim" / "decoded"
 
 
+def raw_dir() -> Path:
+    """Where the reference studies' specs expect downloaded datasets, one folder each (read, never
+    written); `--data DIR` or $WORKBENCH_RAW points elsewhere."""
+    return Path(os.environ.get("WORKBENCH_RAW") or data_dir() / "raw")
+
+
+def reports_dir() -> Path:
+    """`workbench report` pages and `make compare` tables."""
+    return Path(os.environ.get("WORKBENCH_REPORTS", "reports"))
+
+
+def exports_dir() -> Path:
+    """TFLite files written by `workbench export`."""
+    return Path(os.environ.get("WORKBENCH_EXPORTS", "exports"))
+
+
 def mlruns_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_MLRUNS", "mlruns"))
 

@@ -1,7 +1,8 @@
 """Promotion: from tracked runs to a named model that applications load as `models:/NAME@champion`.
 
-`promote` picks the best finished run of a sweep or an experiment by one metric (or takes the run
-the user names), registers its model in the MLflow Model Registry, writes a model card as the
+`promote` picks the best finished run of a sweep or an experiment by one metric (by default the
+validation objective the sweep optimised, never a test figure, so the test figures it reports
+stay honest), or takes the run the user names, and registers its model in the MLflow Model Registry, writes a model card as the
 version's description and the run's figures as its tags, and points the alias `champion` at it,
 keeping the version it replaces as `previous`; `rollback` swaps the two back. Aliases, not the
 deprecated stages, carry the roles. A run is refused, with one line saying why, when it did not
@@ -21,14 +22,14 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from workbench import tracking
+import jinja2
+
+from workbench import record
 from workbench.errors import WorkbenchError
 
 CHAMPION, PREVIOUS = "champion", "previous"
-DEFAULT_METRIC = "test_f1_macro"
+DEFAULT_METRIC = record.DEFAULT_SELECTION
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-# The tags a version carries besides the test metrics: enough to trace it back without MLflow's UI.
-COST_METRICS = ("overfit_gap", "total_params", "model_size_mb", "latency_ms_batch1")
 
 
 class PromotionError(WorkbenchError):
@@ -53,6 +54,11 @@ class Candidate:
     def parent_run_id(self) -> str | None:
         return self.tags.get("mlflow.parentRunId")
 
+    @property
+    def objective(self) -> str | None:
+        """The metric this run's `objective` stands for (val_f1_macro, say)."""
+        return self.params.get(record.OBJECTIVE_PARAM)
+
 
 @dataclass(frozen=True)
 class Promotion:
@@ -67,14 +73,6 @@ class Promotion:
 
 
 # --- choosing a run: values in, values out ----------------------------------------------------------
-
-def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("loss", "ece")) or metric.startswith("latency")
-
-
-def meets(score: float, bar: float, metric: str) -> bool:
-    return score <= bar if lower_is_better(metric) else score >= bar
-
 
 def refusal(candidate: Candidate, metric: str, min_score: float | None = None) -> str | None:
     """Why this run cannot be promoted (one line), or None when it can."""
@@ -97,8 +95,8 @@ def refusal(candidate: Candidate, metric: str, min_score: float | None = None) -
     if score is None or not math.isfinite(score):
         known = ", ".join(sorted(m for m in candidate.metrics if m.startswith("test_"))) or "none"
         return f"{run} has no metric {metric} (its test metrics: {known}); pick one with --metric"
-    if min_score is not None and not meets(score, min_score, metric):
-        side = "above" if lower_is_better(metric) else "under"
+    if min_score is not None and not record.at_least_as_good(score, min_score, metric, candidate.objective):
+        side = "above" if record.lower_is_better(metric, candidate.objective) else "under"
         return (f"{run} has {metric} {score:.4f}, {side} --min-score {min_score:g}: not promoted; "
                 "train a better model or lower the bar")
     return None
@@ -109,7 +107,7 @@ def best(candidates: list[Candidate], metric: str) -> Candidate | None:
     eligible = [c for c in candidates if refusal(c, metric) is None]
     if not eligible:
         return None
-    sign = 1 if lower_is_better(metric) else -1
+    sign = 1 if record.lower_is_better(metric, record.objective_of(c.objective for c in eligible)) else -1
     return min(eligible, key=lambda c: sign * c.metrics[metric])
 
 
@@ -138,14 +136,6 @@ def no_eligible_run(candidates: list[Candidate], metric: str, scope: str) -> str
 
 # --- the model card and tags ----------------------------------------------------------------------
 
-# workbench.dataset names a synthetic set after its folder, `<task>-<size>px-n<count>-seed<seed>`.
-SYNTHETIC_NAME = re.compile(r"^(synthetic|[a-z0-9_]+-\d+px-n\d+-seed\d+$)")
-
-
-def is_synthetic(dataset: str) -> bool:
-    return bool(SYNTHETIC_NAME.match(dataset))
-
-
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
@@ -166,8 +156,8 @@ def version_tags(candidate: Candidate, metric: str, experiment: str) -> dict[str
     tags = {
         "workbench.run_id": candidate.run_id,
         "workbench.experiment": experiment,
-        "workbench.selected_by": metric,
-        "workbench.spec_hash": candidate.tags.get(tracking.SPEC_HASH, ""),
+        record.SELECTED_BY: metric,
+        "workbench.spec_hash": candidate.tags.get(record.SPEC_HASH, ""),
         "workbench.dataset": candidate.params.get("dataset", ""),
         "workbench.dataset_digest": candidate.tags.get("workbench.dataset_digest",
                                                        candidate.params.get("dataset_digest", "")),
@@ -180,83 +170,102 @@ def version_tags(candidate: Candidate, metric: str, experiment: str) -> dict[str
     if commit := candidate.tags.get("workbench.git_commit"):
         tags["workbench.git_commit"] = commit
     for key, value in candidate.metrics.items():
-        if key.startswith("test_") or key in COST_METRICS or key == metric:
+        if key.startswith("test_") or key in record.CARD_COST or key == metric:
             tags[key] = f"{value:.6g}"
     return {k: v for k, v in tags.items() if v != ""}
 
 
+_CARD = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True).from_string("""\
+# {{ name }}: {{ classes | join(", ") or "image" }} classifier
+
+Promoted from run `{{ c.run_id }}` ({{ c.run_name }}) of experiment `{{ experiment }}`
+{%- if c.parent_run_id %}, sweep run `{{ c.parent_run_id }}`{% endif %}; selected by `{{ metric }}`
+{%- if metric == "objective" and c.objective %} ({{ c.objective }} on the validation split){% endif %}
+ = {{ fmt(m.get(metric)) }}{{ " (lower is better)" if lower else "" }}.
+{% if metric.startswith("test_") %}
+Chosen by a test figure: the test metrics below are optimistic, since the test split picked the model.
+{% else %}
+The test split played no part in choosing it: the test metrics below are an honest estimate.
+{% endif %}
+
+## Data
+
+- dataset `{{ p.get("dataset", "?") }}`, digest `{{ p.get("dataset_digest", "?") }}`
+- classes ({{ classes | length }}): {{ classes | join(", ") }}
+- split sizes: train {{ p.get("images_train", "?") }}, val {{ p.get("images_val", "?") }}, test {{ p.get("images_test", "?") }}
+- balance `{{ p.get("balance", "?") }}`, augmentation `{{ p.get("augmentation", "?") }}`
+
+## Model
+
+- backbone `{{ p.get("backbone", "?") }}` (weights `{{ p.get("weights", "?") }}`), input {{ size }}x{{ size }} RGB pixels \
+in [0, 255], output softmax probabilities in the class order above
+- optimizer `{{ p.get("optimizer", "?") }}`, learning rate {{ number(p.get("learning_rate")) }}, \
+{{ p.get("epochs", "?") }} epoch(s), best epoch {{ fmt(m.get("best_epoch")) }}
+- {{ fmt(m.get("total_params")) }} parameters, {{ fmt(m.get("model_size_mb"), 2) }} MB, \
+{{ fmt(m.get("latency_ms_batch1"), 2) }} ms per image at batch 1 on {{ c.tags.get("workbench.device", "?") }}
+
+## Test metrics
+
+| metric | value |
+| --- | --- |
+{% for key in quality if key in m %}
+| {{ key | replace("test_", "", 1) }} | {{ fmt(m[key]) }} |
+{% endfor %}
+
+| class | F1 | precision | recall |
+| --- | --- | --- | --- |
+{% for k in classes %}
+| {{ k }} | {{ fmt(m.get("test_f1_" ~ k)) }} | {{ fmt(m.get("test_precision_" ~ k)) }} | {{ fmt(m.get("test_recall_" ~ k)) }} |
+{% endfor %}
+
+## Limits
+
+{% for line in limits %}
+- {{ line }}
+{% endfor %}
+
+## Provenance
+
+- run `{{ c.run_id }}`, spec `{{ c.tags.get("workbench.spec", experiment) }}` hash `{{ c.tags.get("workbench.spec_hash", "?") }}`, \
+seed {{ p.get("seed", "?") }}
+- git commit `{{ c.tags.get("workbench.git_commit", "unknown") }}`, TensorFlow {{ c.tags.get("workbench.tensorflow_version", "?") }}, \
+Keras {{ c.tags.get("workbench.keras_version", "?") }}
+""")
+CARD_QUALITY = ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_precision_macro", "test_recall_macro",
+                "test_roc_auc_ovr", "test_log_loss", "test_ece")
+
+
 def model_card(candidate: Candidate, metric: str, experiment: str, name: str) -> str:
-    """A markdown model card: what the model is, what it was trained and tested on, how well it
-    did (per class too) and what it was not shown, so a reader can judge where it is fit to use."""
+    """A markdown model card: what the model is, which metric chose it, what it was trained and
+    tested on, how well it did (per class too) and what it was not shown, so a reader can judge
+    where it is fit to use."""
     p, m = candidate.params, candidate.metrics
-    classes = [c for c in p.get("classes", "").split(",") if c]
     dataset = p.get("dataset", "?")
+    limits = []
+    if candidate.tags.get(record.SYNTHETIC) == "true":
+        limits.append("Trained and tested on synthetic faces (stylised renders by `workbench.synth`), never on "
+                      "photographs: its figures say nothing about real faces; do not use it on people.")
     n_test = int(float(p["images_test"])) if p.get("images_test") else None
-    lines = [
-        f"# {name}: {', '.join(classes) or 'image'} classifier",
-        "",
-        f"Promoted from run `{candidate.run_id}` ({candidate.run_name}) of experiment `{experiment}`"
-        + (f", sweep run `{candidate.parent_run_id}`" if candidate.parent_run_id else "")
-        + f"; selected by `{metric}` = {_fmt(m.get(metric))}"
-        + (" (lower is better)." if lower_is_better(metric) else "."),
-        "",
-        "## Data",
-        "",
-        f"- dataset `{dataset}`, digest `{p.get('dataset_digest', '?')}`",
-        f"- classes ({len(classes)}): {', '.join(classes)}",
-        "- split sizes: " + ", ".join(f"{s} {p.get(f'images_{s}', '?')}" for s in ("train", "val", "test")),
-        f"- balance `{p.get('balance', '?')}`, augmentation `{p.get('augmentation', '?')}`",
-        "",
-        "## Model",
-        "",
-        f"- backbone `{p.get('backbone', '?')}` (weights `{p.get('weights', '?')}`), input "
-        f"{p.get('image_size', '?')}x{p.get('image_size', '?')} RGB pixels in [0, 255], output softmax "
-        "probabilities in the class order above",
-        f"- optimizer `{p.get('optimizer', '?')}`, learning rate {_number(p.get('learning_rate'))}, "
-        f"{p.get('epochs', '?')} epoch(s), best epoch {_fmt(m.get('best_epoch'))}",
-        f"- {_fmt(m.get('total_params'))} parameters, {_fmt(m.get('model_size_mb'), 2)} MB, "
-        f"{_fmt(m.get('latency_ms_batch1'), 2)} ms per image at batch 1 on {candidate.tags.get('workbench.device', '?')}",
-        "",
-        "## Test metrics",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-    ]
-    for key in ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_precision_macro", "test_recall_macro",
-                "test_roc_auc_ovr", "test_log_loss", "test_ece"):
-        if key in m:
-            lines.append(f"| {key.removeprefix('test_')} | {_fmt(m[key])} |")
-    lines += ["", "| class | F1 | precision | recall |", "| --- | --- | --- | --- |"]
-    for c in classes:
-        lines.append(f"| {c} | {_fmt(m.get(f'test_f1_{c}'))} | {_fmt(m.get(f'test_precision_{c}'))} | "
-                     f"{_fmt(m.get(f'test_recall_{c}'))} |")
-    lines += ["", "## Limits", ""]
-    if is_synthetic(dataset):
-        lines.append("- Trained and tested on synthetic faces (stylised renders by `workbench.synth`), never on "
-                     "photographs: its figures say nothing about real faces; do not use it on people.")
     if n_test is not None and "test_accuracy" in m:
         acc = m["test_accuracy"]
         half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / max(n_test, 1))
-        lines.append(f"- The test split holds {n_test} images: accuracy {acc:.3f} is known to about "
-                     f"+/-{half:.3f} (95 %); smaller per-class figures are less certain still.")
+        limits.append(f"The test split holds {n_test} images: accuracy {acc:.3f} is known to about "
+                      f"+/-{half:.3f} (95 %); smaller per-class figures are less certain still.")
     if "overfit_gap" in m:
         gap = m["overfit_gap"]
         verdict = "a sign of overfitting" if gap > 0.05 else "no sign of overfitting"
-        lines.append(f"- Overfit gap (final train - validation accuracy): {gap:+.3f}, {verdict}.")
+        limits.append(f"Overfit gap (final train - validation accuracy): {gap:+.3f}, {verdict}.")
     if "test_ece" in m:
-        lines.append(f"- Calibration error (ECE) {m['test_ece']:.3f}: treat probabilities as scores, "
-                     "not as calibrated likelihoods, unless this is small.")
-    lines.append(f"- Not tested on: images from outside `{dataset}` (other cameras, lighting, resolutions, "
-                 "poses or occlusions), several faces per image or faces cropped by a detector "
-                 "(`workbench predict --detect-faces`), per-group fairness (age, skin tone, gender), "
-                 "or deliberately adversarial or spoofed images.")
-    lines += ["", "## Provenance", "",
-              f"- run `{candidate.run_id}`, spec `{candidate.tags.get(tracking.SPEC, experiment)}` "
-              f"hash `{candidate.tags.get(tracking.SPEC_HASH, '?')}`, seed {p.get('seed', '?')}",
-              f"- git commit `{candidate.tags.get('workbench.git_commit', 'unknown')}`, TensorFlow "
-              f"{candidate.tags.get('workbench.tensorflow_version', '?')}, Keras "
-              f"{candidate.tags.get('workbench.keras_version', '?')}"]
-    return "\n".join(lines) + "\n"
+        limits.append(f"Calibration error (ECE) {m['test_ece']:.3f}: treat probabilities as scores, "
+                      "not as calibrated likelihoods, unless this is small.")
+    limits.append(f"Not tested on: images from outside `{dataset}` (other cameras, lighting, resolutions, "
+                  "poses or occlusions), several faces per image or faces cropped by a detector "
+                  "(`workbench predict --detect-faces`), per-group fairness (age, skin tone, gender), "
+                  "or deliberately adversarial or spoofed images.")
+    return _CARD.render(c=candidate, p=p, m=m, name=name, experiment=experiment, metric=metric,
+                        classes=[k for k in p.get("classes", "").split(",") if k], size=p.get("image_size", "?"),
+                        lower=record.lower_is_better(metric, candidate.objective), limits=limits,
+                        quality=CARD_QUALITY, fmt=_fmt, number=_number)
 
 
 # --- the tracking-store edge ------------------------------------------------------------------------
@@ -273,7 +282,7 @@ def _has_model(client: MlflowClient, run) -> bool:
 
 def to_candidate(client: MlflowClient, run) -> Candidate:
     return Candidate(run_id=run.info.run_id, run_name=run.info.run_name or "", experiment_id=run.info.experiment_id,
-                     status=run.info.status, state=run.data.tags.get(tracking.STATE),
+                     status=run.info.status, state=run.data.tags.get(record.STATE),
                      has_model=_has_model(client, run), metrics=dict(run.data.metrics),
                      params=dict(run.data.params), tags=dict(run.data.tags))
 
@@ -292,7 +301,7 @@ def scope_runs(client: MlflowClient, *, experiment: str | None = None, sweep: st
         raise PromotionError("pass --experiment or --sweep, not both")
     if sweep:
         parent = _get_run(client, sweep)
-        role = parent.data.tags.get(tracking.ROLE)
+        role = parent.data.tags.get(record.ROLE)
         if role != "sweep":
             raise PromotionError(f"run {sweep} is a {role or 'plain MLflow run'}, not a sweep: "
                                  f"pass it as --run {sweep}, or give the sweep's run id to --sweep")
@@ -307,26 +316,17 @@ def scope_runs(client: MlflowClient, *, experiment: str | None = None, sweep: st
     else:
         raise PromotionError("say which runs to choose from: --experiment NAME, --sweep RUN_ID or --run RUN_ID")
     runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=5000)
-    return [to_candidate(client, r) for r in runs if r.data.tags.get(tracking.ROLE) != "sweep"], scope
-
-
-def latest_sweep(client: MlflowClient, experiment: str | None) -> str:
-    """`--sweep latest --experiment NAME`: that experiment's most recently started sweep."""
-    if not experiment:
-        raise PromotionError("--sweep latest needs --experiment NAME (whose latest sweep to use)")
-    found = client.get_experiment_by_name(experiment)
-    sweeps = client.search_runs([found.experiment_id], f"tags.`{tracking.ROLE}` = 'sweep'",
-                                order_by=["attributes.start_time DESC"], max_results=1) if found else []
-    if not sweeps:
-        raise PromotionError(f"experiment {experiment} has no sweep runs (run `workbench sweep {experiment}` first)")
-    return sweeps[0].info.run_id
+    return [to_candidate(client, r) for r in runs
+            if r.data.tags.get(record.ROLE) not in ("sweep", "repeat", "evaluation", "matrix")], scope
 
 
 def select(client: MlflowClient, *, metric: str = DEFAULT_METRIC, experiment: str | None = None,
            sweep: str | None = None, run_id: str | None = None, min_score: float | None = None) -> Candidate:
     """The run to promote: the one named by --run (checked), else the best of the scope."""
     if sweep == "latest":
-        sweep, experiment = latest_sweep(client, experiment), None
+        if not experiment:
+            raise PromotionError("--sweep latest needs --experiment NAME (whose latest sweep to use)")
+        sweep, experiment = record.latest_sweep(client, experiment), None
     if run_id:
         candidate = to_candidate(client, _get_run(client, run_id))
         if sweep and candidate.parent_run_id != sweep:

@@ -1,27 +1,37 @@
 """One tracked run: `train()` wrapped in an MLflow run. `workbench run` calls it once; a sweep
-calls it once per trial with the sweep's run as parent.
+calls it once per trial with the sweep's run as parent. This module is the MLflow edge of a run:
+it decides nothing about training and computes nothing about the model, it writes down what
+`train()` returned, under the names `record` gives.
 
-The run records the resolved configuration as params, the dataset's lineage, per-epoch curves
-as they happen, then the test metrics, figures, reports and the model. Whatever happens it ends
-in a definite state, tagged `workbench.state`: `finished`, `pruned` (curves kept, no test
-evaluation) or `failed` (the reason as a tag and an error artefact), and Keras' memory is
-released, so the next trial in the same process starts clean.
+A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
+they happen, then the test metrics, the cost, figures, reports, per-image predictions and the
+model. Whatever happens it ends in a definite state, tagged `workbench.state`: `finished`,
+`pruned` (curves kept, no test evaluation) or `failed` (the reason as a tag and an error
+artefact), and Keras' memory is released, so the next trial in the same process starts clean.
 """
 
 from __future__ import annotations
 
 import gc
+import subprocess
+import tempfile
 import traceback
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import mlflow
 import optuna
 
-from workbench import tracking
+from workbench import dataset, record
 from workbench.dataset import Dataset
+from workbench.record import Artifacts
 from workbench.spec import Spec, TrialConfig
-from workbench.train import train
+from workbench.train import TrainResult, train
+
+# MLflow registers the local-file dataset source twice and then warns that a path is ambiguous.
+warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
 
 
 @dataclass(frozen=True)
@@ -32,47 +42,160 @@ class RunOutcome:
 
 
 def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id: str,
-                parent_run_id: str | None = None, trial_number: int | None = None,
-                callbacks: list = (), on_start: Callable[[str], None] | None = None) -> RunOutcome:
-    role = "trial" if trial_number is not None else "run"
-    tags = {tracking.ROLE: role, tracking.SPEC: spec.name, tracking.SPEC_HASH: spec.content_hash(),
-            "workbench.dataset_digest": data.digest, "workbench.seed": str(config.seed)}
+                parent_run_id: str | None = None, trial_number: int | None = None, role: str | None = None,
+                callbacks: list = (), on_start: Callable[[str], None] | None = None,
+                tags: dict[str, str] | None = None, name: str | None = None) -> RunOutcome:
+    role = role or ("trial" if trial_number is not None else "run")
+    all_tags = {record.ROLE: role, record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash(),
+                record.DATASET_DIGEST: data.digest, record.SEED: str(config.seed),
+                record.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags(), **(tags or {})}
     if trial_number is not None:
-        tags[tracking.TRIAL] = str(trial_number)
-    if commit := tracking.git_commit():
-        tags["workbench.git_commit"] = commit
-    tags.update(tracking.version_tags())
-    name = f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}"
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
+        all_tags[record.TRIAL] = str(trial_number)
+    name = name or (f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}")
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=all_tags)
     try:
         if on_start:
             on_start(run.info.run_id)
-        mlflow.log_params({**config.model_dump(), "dataset": data.name, "dataset_digest": data.digest,
-                           "classes": ",".join(data.classes), "objective": spec.objective.metric})
-        tracking.log_dataset(data)
-        result = train(config, data, callbacks=[tracking.epoch_logger(), *callbacks], monitor=spec.objective.metric)
-        metrics = tracking.log_result(result, config, data.classes)
+        mlflow.log_params({**config.model_dump(), record.DATASET: data.name, record.DATASET_DIGEST_PARAM: data.digest,
+                           record.CLASSES: ",".join(data.classes), record.OBJECTIVE_PARAM: spec.objective.metric})
+        log_dataset(data)
+        balanced = dataset.balanced(data, config.balance, config.balance_target, config.seed)
+        result = train(config, data, balanced, callbacks=[epoch_logger(), *callbacks], monitor=spec.objective.metric)
         objective = result.objective(spec.objective.metric, config.restore_best)
-        mlflow.log_metric("objective", objective)
-        mlflow.set_tag(tracking.STATE, "finished")
+        metrics = log_result(result, config, data.classes, objective)
+        mlflow.set_tag(record.STATE, "finished")
         mlflow.end_run("FINISHED")
         return RunOutcome(run.info.run_id, objective, metrics)
     except optuna.TrialPruned:
-        mlflow.set_tag(tracking.STATE, "pruned")
+        mlflow.set_tag(record.STATE, "pruned")
         mlflow.end_run("FINISHED")
         raise
     except BaseException as err:
         # KeyboardInterrupt included: the run must not stay RUNNING forever in the UI.
-        mlflow.set_tags({tracking.STATE: "failed", "workbench.error": f"{type(err).__name__}: {err}"[:500]})
-        mlflow.log_text(traceback.format_exc(), "error.txt")
+        try:
+            mlflow.set_tags({record.STATE: "failed", record.ERROR: f"{type(err).__name__}: {err}"[:500]})
+            mlflow.log_text(traceback.format_exc(), Artifacts.ERROR)
+        except Exception:  # the store itself may be what failed (read-only, disk full): still end the run
+            pass
         mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     finally:
-        _release_memory()
+        release_memory()
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     import keras
 
     keras.backend.clear_session()
     gc.collect()
+
+
+# --- what a run writes --------------------------------------------------------------------------------
+
+def provenance_tags() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    tags = {"workbench.tensorflow_version": tf.__version__, "workbench.keras_version": keras.__version__,
+            "workbench.mlflow_version": mlflow.__version__}
+    if commit := git_commit():
+        tags[record.GIT_COMMIT] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def epoch_logger():
+    """A Keras callback that streams each epoch's logs to the active MLflow run (step = epoch)."""
+    import keras
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mlflow.log_metrics(
+        {k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1))
+
+
+def log_dataset(data: Dataset) -> None:
+    """Lineage: the split manifest as an MLflow dataset input, its class counts and the file itself."""
+    columns = [c for c in ("source", "path", "sha256", "label", "original_label", "group_id", "split", "decoded")
+               if c in data.frame.columns]
+    frame = data.frame[columns]
+    mlflow.log_input(mlflow.data.from_pandas(frame, source=data.source, name=data.name,
+                                             digest=data.digest, targets="label"), context="training")
+    counts = data.counts()
+    mlflow.log_params({size: int(counts[size.removeprefix("images_")].sum()) for size in record.SPLIT_SIZES})
+    with tempfile.TemporaryDirectory() as tmp:
+        frame.to_csv(Path(tmp) / Path(Artifacts.MANIFEST).name, index=False)
+        counts.to_csv(Path(tmp) / Path(Artifacts.CLASS_COUNTS).name)
+        data.source_counts().to_csv(Path(tmp) / Path(Artifacts.SOURCE_COUNTS).name)
+        mlflow.log_artifacts(tmp, artifact_path=str(Path(Artifacts.MANIFEST).parent))
+
+
+def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...], objective: float) -> dict[str, float]:
+    """Everything a finished training leaves behind, written into the active run: metrics
+    (quality, training summary, cost, the objective), figures as PNG plus one interactive HTML
+    page, the reports, the predictions and the model. Returns the metrics it logged."""
+    import matplotlib.pyplot as plt
+
+    from workbench import figures
+    from workbench.evaluate import training_summary
+
+    evaluation = result.evaluation
+    metrics = {**evaluation.metrics, **training_summary(result.history), **result.timings, **result.cost,
+               "train_images": result.train_images, record.OBJECTIVE: objective}
+    mlflow.log_metrics(metrics)
+    mlflow.set_tags({record.DEVICE: result.runtime.device,
+                     "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
+                     "workbench.xla": str(result.runtime.xla).lower()})
+    pairs = figures.figure_pairs(evaluation, result.history, images=result.mistake_images,
+                                 picked=result.mistakes, phase_boundary=result.phase_boundary)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (png, _) in pairs.items():
+            png.savefig(Path(tmp) / f"{name}.png", dpi=110, bbox_inches="tight")
+            plt.close(png)
+        figures.write_html_page({name: html for name, (_, html) in pairs.items() if html is not None},
+                                Path(tmp) / Path(Artifacts.FIGURES).name, title="workbench run: evaluation")
+        Path(tmp, Path(Artifacts.REPORT_TEXT).name).write_text(evaluation.report_text)
+        predictions(result).to_csv(Path(tmp) / Path(Artifacts.PREDICTIONS).name, index=False)
+        mlflow.log_artifacts(tmp, artifact_path=Artifacts.EVALUATION)
+    mlflow.log_dict(evaluation.confusion_json(), Artifacts.CONFUSION)
+    mlflow.log_dict(evaluation.report, Artifacts.REPORT)
+    mlflow.log_dict(result.history, Artifacts.HISTORY)
+    log_model(result.model, config, classes)
+    return metrics
+
+
+def predictions(result: TrainResult):
+    """Per-image test predictions, keyed by content hash: what paired tests between runs
+    (McNemar, bootstrap) need, and what proves two runs were scored on the same images."""
+    import pandas as pd
+
+    evaluation, frame = result.evaluation, result.test_frame
+    table = pd.DataFrame({"sha256": frame["sha256"].to_numpy(), "path": frame["path"].to_numpy(),
+                          "source": frame["source"].to_numpy(),
+                          "true": [evaluation.classes[i] for i in evaluation.y_true],
+                          "predicted": [evaluation.classes[i] for i in evaluation.probabilities.argmax(axis=1)]})
+    for i, name in enumerate(evaluation.classes):
+        table[f"p_{name}"] = evaluation.probabilities[:, i].round(6)
+    return table
+
+
+def log_model(model, config: TrialConfig, classes) -> None:
+    """The Keras model with its signature: float32 RGB pixels in [0, 255] -> class probabilities."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    example = np.zeros((1, config.image_size, config.image_size, 3), dtype="float32")
+    signature = infer_signature(example, model.predict_on_batch(example))
+    # Explicit requirements: MLflow's inference would re-load the model in a subprocess (slow).
+    requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
+    # No input_example: MLflow 3.17's Keras flavour fails to save one for image tensors.
+    mlflow.keras.log_model(model, name=Artifacts.MODEL, signature=signature, pip_requirements=requirements,
+                           metadata={"classes": list(classes), "image_size": config.image_size})
+    mlflow.log_dict({"classes": list(classes)}, Artifacts.LABELS)

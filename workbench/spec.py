@@ -11,11 +11,12 @@ so listing and validating specs is instant.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import yaml
 from pydantic import (
@@ -28,28 +29,65 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    create_model,
     model_validator,
 )
 
-from workbench import paths
+from workbench import paths, record
 from workbench.errors import SpecError
 
-# The names below are the registry's vocabulary; the modules that implement them
-# (backbones.py, balance.py, augment.py) check at import that they agree with these lists.
-BACKBONES = ("simple_cnn", "vgg16", "mobilenet_v2", "xception", "densenet169", "efficientnet_b0")
-# Smallest input each backbone accepts (Keras refuses smaller ones; Xception's stem needs 71 px).
-MIN_IMAGE_SIZE = {"simple_cnn": 16, "vgg16": 32, "mobilenet_v2": 32, "xception": 71,
-                  "densenet169": 32, "efficientnet_b0": 32}
-BALANCES = ("none", "undersample", "oversample", "class_weight")
-AUGMENTATIONS = ("none", "flip", "s2", "s4", "custom")
+# --- the registry: one table per axis ----------------------------------------------------------------
+# These tables are the registry's vocabulary and its facts. `backbones.py` builds from BACKBONES,
+# `pipeline.py` from AUGMENTATIONS and `dataset.py` balances by BALANCES: adding an entry here
+# is all it takes to offer it in specs, nothing elsewhere repeats the names.
+
+
+class BackboneInfo(NamedTuple):
+    min_size: int          # smallest input side Keras accepts (Xception's stem needs 71 px)
+    # How its ImageNet weights expect pixels: "tf" scales to [-1, 1], "torch" standardises with
+    # ImageNet statistics, "caffe" flips to BGR and subtracts the mean, "raw" leaves [0, 255]
+    # (EfficientNet rescales inside), "unit" scales to [0, 1] (our own CNN).
+    preprocessing: str
+    application: str | None     # the keras.applications builder; None: workbench's own CNN
+    options: tuple[str, ...] = ()   # config fields passed on to the builder
+    # The head's pooling when the spec says `auto`: pretrained bases end in deep, low-resolution
+    # maps that global average pooling summarises well; the small CNN from scratch keeps *where*
+    # a feature is (a mask below the nose, a patch over the eyes) only with Flatten, which on real
+    # photos generalised clearly better to another dataset (README, "Defaults").
+    pooling: str = "gap"
+
+
+BACKBONES: dict[str, BackboneInfo] = {
+    "simple_cnn": BackboneInfo(16, "unit", None, pooling="flatten"),
+    "vgg16": BackboneInfo(32, "caffe", "VGG16"),
+    "mobilenet_v2": BackboneInfo(32, "tf", "MobileNetV2", options=("alpha",)),
+    "xception": BackboneInfo(71, "tf", "Xception"),
+    "densenet169": BackboneInfo(32, "torch", "DenseNet169"),
+    "efficientnet_b0": BackboneInfo(32, "raw", "EfficientNetB0"),
+}
+BALANCES: dict[str, str] = {
+    "none": "train on the split as it is",
+    "undersample": "cut every class to the smallest (or balance_target)",
+    "oversample": "grow small classes with OpenCV copies of their own training images (S1's recipe)",
+    "class_weight": "weight the loss by inverse class frequency",
+}
+# Online augmentation policies (Keras preprocessing layers on training batches only). s2 and s4
+# are the reference studies' own ImageDataGenerator settings; rotation is in degrees.
+AUGMENTATIONS: dict[str, dict | None] = {
+    "none": {},
+    "flip": {"flip": True},
+    "s2": {"rotation": 10, "zoom": 0.2, "shift": 0.1, "shear": 0.2, "flip": True},   # S2 (Xception)
+    "s4": {"rotation": 40, "zoom": 0.2, "shift": 0.2, "shear": 0.2, "flip": True},   # S4 (baseline CNN)
+    "custom": None,  # the spec's `augmentation_options`
+}
 OPTIMIZERS = ("adam", "adamax", "rmsprop", "sgd")
 SCHEDULES = ("constant", "plateau", "step", "cosine")
 SWITCHES = ("auto", "on", "off")  # auto: on where a GPU is present
 OBJECTIVE_METRICS = ("val_f1_macro", "val_accuracy", "val_loss")
+MIN_IMAGE_SIZE = {name: info.min_size for name, info in BACKBONES.items()}
 
 
 # --- search-space dimensions -------------------------------------------------------------------
-
 class Fixed(BaseModel):
     value: Any
 
@@ -148,54 +186,75 @@ class AugmentationOptions(BaseModel):
     contrast: float = Field(0, ge=0, lt=1)
 
 
-class Params(BaseModel):
-    """The search space. Defaults are a small, sane single configuration."""
+class Param(NamedTuple):
+    """One key of `params`: the type of its values, its default, and whether a range may span it."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    type: Any
+    default: Any
+    rangeable: bool = False
+    integer: bool = False
 
-    backbone: _dimension(Literal[BACKBONES], rangeable=False) = "simple_cnn"
-    balance: _dimension(Literal[BALANCES], rangeable=False) = "none"
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+# Every key of `params`, in the order specs, logs and tables show them. The defaults are a small,
+# sane single configuration. Both the search space (`Params`) and one concrete point of it
+# (`TrialConfig`) are derived from this table, so a key and its default are stated once.
+PARAMETERS: dict[str, Param] = {
+    "backbone": Param(Literal[tuple(BACKBONES)], "simple_cnn"),
+    "balance": Param(Literal[tuple(BALANCES)], "none"),
     # Images per class after under/oversampling; 0: the largest (oversample) or smallest
     # (undersample) class. S1 balances to 5000 a class, cutting `real` and growing `fake`.
-    balance_target: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
-    augmentation: _dimension(Literal[AUGMENTATIONS], rangeable=False) = "none"
-    learning_rate: _dimension(PositiveFloat, rangeable=True) = 1e-3
-    batch_size: _dimension(PositiveInt, rangeable=True, integer=True) = 32
-    epochs: _dimension(PositiveInt, rangeable=True, integer=True) = 5
-    dropout: _dimension(Fraction, rangeable=True) = 0.2
-    dense_units: _dimension(PositiveInt, rangeable=True, integer=True) = 128
-    optimizer: _dimension(Literal[OPTIMIZERS], rangeable=False) = "adam"
-    image_size: _dimension(ImageSize, rangeable=True, integer=True) = 64
-    weights: _dimension(str, rangeable=False) = "none"
-    alpha: _dimension(Alpha, rangeable=False) = 1.0
+    "balance_target": Param(NonNegativeInt, 0, rangeable=True, integer=True),
+    "augmentation": Param(Literal[tuple(AUGMENTATIONS)], "none"),
+    "learning_rate": Param(PositiveFloat, 1e-3, rangeable=True),
+    "batch_size": Param(PositiveInt, 32, rangeable=True, integer=True),
+    "epochs": Param(PositiveInt, 5, rangeable=True, integer=True),
+    "dropout": Param(Fraction, 0.2, rangeable=True),
+    "dense_units": Param(PositiveInt, 128, rangeable=True, integer=True),
+    "optimizer": Param(Literal[OPTIMIZERS], "adam"),
+    "image_size": Param(ImageSize, 64, rangeable=True, integer=True),
+    "weights": Param(str, "none"),           # none | imagenet | a path to a weights file
+    "alpha": Param(Alpha, 1.0),              # MobileNetV2's width
     # The head: pooled backbone features -> `dense_layers` x (Dense(dense_units) [+ BN] + Dropout).
-    pooling: _dimension(Literal["gap", "flatten"], rangeable=False) = "gap"
-    dense_layers: _dimension(Annotated[int, Field(ge=0, le=8)], rangeable=True, integer=True) = 1
-    batch_norm: _dimension(bool, rangeable=False) = False
+    # `auto` pools as the backbone's registry entry says (Flatten for simple_cnn, else GAP).
+    "pooling": Param(Literal["auto", "gap", "flatten"], "auto"),
+    "dense_layers": Param(Annotated[int, Field(ge=0, le=8)], 1, rangeable=True, integer=True),
+    "batch_norm": Param(bool, False),
     # Transfer learning: cut the base at a named layer, freeze it for the first phase, then
     # optionally fine-tune its top layers at a lower learning rate as a second phase.
-    cut_at: _dimension(str, rangeable=False) = ""
-    freeze_base: _dimension(bool, rangeable=False) = False
-    fine_tune_epochs: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
-    fine_tune_layers: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
-    fine_tune_from: _dimension(str, rangeable=False) = ""
-    fine_tune_learning_rate: _dimension(Annotated[float, Field(ge=0)], rangeable=True) = 0.0
-    schedule: _dimension(Literal[SCHEDULES], rangeable=False) = "constant"
-    early_stopping: _dimension(Annotated[int, Field(ge=0)], rangeable=True, integer=True) = 0
-    restore_best: _dimension(bool, rangeable=False) = False
-    mixed_precision: _dimension(Switch, rangeable=False) = "auto"
-    xla: _dimension(Switch, rangeable=False) = "auto"
-    schedule_options: ScheduleOptions = ScheduleOptions()
-    augmentation_options: AugmentationOptions = AugmentationOptions()
+    "cut_at": Param(str, ""),
+    "freeze_base": Param(bool, False),
+    "fine_tune_epochs": Param(NonNegativeInt, 0, rangeable=True, integer=True),
+    "fine_tune_layers": Param(NonNegativeInt, 0, rangeable=True, integer=True),   # 0: the whole base
+    "fine_tune_from": Param(str, ""),                                             # or from this layer up
+    "fine_tune_learning_rate": Param(Annotated[float, Field(ge=0)], 0.0, rangeable=True),  # 0: lr / 10
+    "schedule": Param(Literal[SCHEDULES], "constant"),
+    "early_stopping": Param(NonNegativeInt, 0, rangeable=True, integer=True),  # patience; 0: off
+    "restore_best": Param(bool, False),
+    "mixed_precision": Param(Switch, "auto"),
+    "xla": Param(Switch, "auto"),
+}
+# Structured option blocks of `params`: fixed for the whole search, never sampled.
+FIXED_BLOCKS = {"schedule_options": ScheduleOptions, "augmentation_options": AugmentationOptions}
+
+
+class _ParamsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     def dims(self) -> dict[str, Dim]:
-        return {name: getattr(self, name) for name in type(self).model_fields if name not in FIXED_BLOCKS}
+        return {name: getattr(self, name) for name in PARAMETERS}
 
     def fixed_blocks(self) -> dict[str, dict]:
         return {name: getattr(self, name).model_dump() for name in FIXED_BLOCKS}
 
-# Structured option blocks of `params`: fixed for the whole search, never sampled.
-FIXED_BLOCKS = ("schedule_options", "augmentation_options")
+
+# The search space: every key fixed, a list of choices or a range.
+Params = create_model(
+    "Params", __base__=_ParamsBase, __doc__="The search space of a spec's `params` block.",
+    **{name: (_dimension(p.type, rangeable=p.rangeable, integer=p.integer), p.default)
+       for name, p in PARAMETERS.items()},
+    **{name: (block, block()) for name, block in FIXED_BLOCKS.items()},
+)
 
 
 def _values(dim: Dim) -> list[Any]:
@@ -278,12 +337,24 @@ class Split(BaseModel):
 
 
 class Objective(BaseModel):
+    """What a sweep optimises: a validation metric, never a test one (the test split only
+    reports). Its direction follows from the metric (`record.better`); stating it is optional."""
+
     model_config = ConfigDict(extra="forbid")
     metric: Literal[OBJECTIVE_METRICS] = "val_f1_macro"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Literal["maximize", "minimize"] | None = None
     # Multi-objective: also minimise inference latency (ms per image at batch 1); the sweep then
     # records a Pareto front instead of one best trial, and trials are not pruned.
     latency: bool = False
+
+    @model_validator(mode="after")
+    def _direction_follows_the_metric(self) -> Objective:
+        implied = record.direction(self.metric)
+        if self.direction is not None and self.direction != implied:
+            raise ValueError(f"direction: {self.metric} is better when it goes {implied.removesuffix('imize')}, "
+                             f"not {self.direction.removesuffix('imize')} (leave direction out)")
+        self.direction = implied
+        return self
 
 
 class Pruning(BaseModel):
@@ -307,7 +378,7 @@ class Spec(BaseModel):
     # Fixed values that apply only when a given backbone is drawn, so one spec can compare
     # backbones that each want their own input size, head and schedule (S1: VGG16 at 160 px with
     # a flatten head vs MobileNetV2 at 96 px with GAP). They replace what was sampled.
-    backbone_params: dict[Literal[BACKBONES], dict[str, Any]] = {}
+    backbone_params: dict[Literal[tuple(BACKBONES)], dict[str, Any]] = {}
     objective: Objective = Objective()
     trials: int = Field(12, ge=1)
     seed: int = Field(0, ge=0)
@@ -420,11 +491,41 @@ def describe_validation_error(err: ValidationError) -> str:
         del parts[1]  # the union's tag, not a key the user wrote
     loc = ".".join(parts)
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden" and parts:
+        msg = f"unknown key{_did_you_mean(err, first)}"
     got = first.get("input")
     shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
     extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{loc}: {msg}{shown}{extra}" if loc else f"{msg}{shown}{extra}"
 
+
+
+def _did_you_mean(err: ValidationError, first: dict) -> str:
+    """" (did you mean 'learning_rate'?)" for a misspelt key, from the keys its mapping takes."""
+    known = _keys_at(first["loc"][:-1])
+    close = difflib.get_close_matches(str(first["loc"][-1]), known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else (f" (known: {', '.join(known)})" if known else "")
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    model: Any = Spec
+    for part in loc:
+        part = str(part)
+        if part in ("synthetic", "manifests") and model is not Spec:
+            model = SyntheticData if part == "synthetic" else ManifestData
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            if part.isdigit() or model is None:
+                continue
+            return []
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if part == "dataset":
+            model = SyntheticData
+        if part == "params":
+            model = Params
+    return list(getattr(model, "model_fields", {})) if model is not None else []
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -501,51 +602,26 @@ def suggest(name: str, dim: Dim, trial) -> Any:
     return trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
 
 
-class TrialConfig(BaseModel):
-    """One concrete point of a spec's space: what `train()` runs. Every field is a plain value."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    backbone: str
-    balance: str
-    augmentation: str
-    balance_target: int = 0
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    dropout: float
-    dense_units: int
-    optimizer: str
-    image_size: int
-    weights: str
-    alpha: float
-    pooling: str = "gap"
-    dense_layers: int = 1
-    batch_norm: bool = False
-    cut_at: str = ""
-    freeze_base: bool = False
-    fine_tune_epochs: int = 0
-    fine_tune_layers: int = 0        # 0 with fine_tune_epochs > 0: unfreeze the whole base
-    fine_tune_from: str = ""         # or: unfreeze from this layer up
-    fine_tune_learning_rate: float = 0.0  # 0: a tenth of learning_rate
-    schedule: str = "constant"
-    early_stopping: int = 0          # patience in epochs on the objective; 0: off
-    restore_best: bool = False
-    mixed_precision: str = "auto"
-    xla: str = "auto"
-    schedule_options: dict = {}
-    augmentation_options: dict = {}
-    seed: int = 0
+# One concrete point of a spec's space: what `train()` runs. Every field is a plain value.
+TrialConfig = create_model(
+    "TrialConfig", __config__=ConfigDict(frozen=True, extra="forbid"),
+    __doc__="One configuration of a spec's search space, every value plain.",
+    **{name: (p.type, p.default) for name, p in PARAMETERS.items()},
+    **{name: (dict, {}) for name in FIXED_BLOCKS},
+    seed=(int, 0),
+)
 
 
-def _config(spec: Spec, values: dict[str, Any]) -> TrialConfig:
+def _config(spec: Spec, values: dict[str, Any], seed: int | None = None) -> TrialConfig:
     blocks = spec.params.fixed_blocks()
     for key, value in spec.backbone_params.get(values["backbone"], {}).items():
         if key in blocks:
             blocks[key] = {**blocks[key], **value}
         else:
             values[key] = value
-    return TrialConfig(**values, **blocks, seed=spec.seed)
+    if values["pooling"] == "auto":
+        values["pooling"] = BACKBONES[values["backbone"]].pooling
+    return TrialConfig(**values, **blocks, seed=spec.seed if seed is None else seed)
 
 
 def single_config(spec: Spec) -> TrialConfig:

@@ -1,6 +1,7 @@
 """The statistics behind "is the winner really better?": McNemar's paired test on two classifiers'
-per-image correctness, a bootstrap confidence interval of macro-F1, and the Pareto front of two
-competing objectives (accuracy up, latency down).
+per-image correctness, bootstrap confidence intervals of macro-F1 and of the paired difference in
+macro-F1 between two runs, Holm's correction when several runs are compared with the best at
+once, and the Pareto front of two competing objectives (accuracy up, latency down).
 
 Values in, values out: arrays of labels or booleans, no pandas, no MLflow, so every number can
 be checked by hand in a test. Both paired procedures assume the caller lined the arrays up image
@@ -84,7 +85,44 @@ def _f1_macro_from_confusion(confusion: np.ndarray) -> np.ndarray:
 def f1_macro(y_true, y_pred, labels: Sequence) -> float:
     """Macro-F1 over `labels` (every class counts, present or not)."""
     t, p, k = _encode(y_true, y_pred, labels)
+    return f1_macro_of_indices(t, p, k)
+
+
+def f1_macro_of_indices(t: np.ndarray, p: np.ndarray, k: int) -> float:
+    """Macro-F1 of class indices in [0, k): the one definition training, evaluation and the
+    comparison statistics all use."""
+    t, p = np.asarray(t, dtype=np.int64), np.asarray(p, dtype=np.int64)
     return float(_f1_macro_from_confusion(np.bincount(t * k + p, minlength=k * k).reshape(k, k)))
+
+
+def _bootstrap_scores(t: np.ndarray, predictions: Sequence[np.ndarray], k: int, resamples: int,
+                      seed: int) -> np.ndarray:
+    """Macro-F1 of each prediction vector on `resamples` resamples of the images, (n_predictions,
+    resamples). Every vector is scored on the same resampled indices: the pairing."""
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    n = len(t)
+    rng = np.random.default_rng(seed)
+    scores = np.empty((len(predictions), resamples))
+    block = max(1, BLOCK_CELLS // n)
+    for start in range(0, resamples, block):
+        size = min(block, resamples - start)
+        picked = rng.integers(0, n, size=(size, n))
+        offsets = np.arange(size)[:, None] * k * k
+        for row, p in enumerate(predictions):
+            # One bincount for the whole block: cell (true, pred) of resample r lands at r*k*k + true*k + pred.
+            cells = (offsets + t[picked] * k + p[picked]).ravel()
+            confusion = np.bincount(cells, minlength=size * k * k).reshape(size, k, k)
+            scores[row, start:start + size] = _f1_macro_from_confusion(confusion)
+    return scores
+
+
+def _interval(scores: np.ndarray, level: float) -> tuple[float, float]:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+    tail = (1 - level) / 2
+    low, high = np.quantile(scores, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def bootstrap_f1_macro(y_true, y_pred, labels: Sequence, resamples: int = 1000, seed: int = 0,
@@ -97,23 +135,39 @@ def bootstrap_f1_macro(y_true, y_pred, labels: Sequence, resamples: int = 1000, 
     and the interval is reproducible."""
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, got {level}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
     t, p, k = _encode(y_true, y_pred, labels)
-    n = len(t)
-    rng = np.random.default_rng(seed)
-    scores = np.empty(resamples)
-    block = max(1, BLOCK_CELLS // n)
-    for start in range(0, resamples, block):
-        size = min(block, resamples - start)
-        picked = rng.integers(0, n, size=(size, n))
-        # One bincount for the whole block: cell (true, pred) of resample r lands at r*k*k + true*k + pred.
-        cells = (np.arange(size)[:, None] * k * k + t[picked] * k + p[picked]).ravel()
-        confusion = np.bincount(cells, minlength=size * k * k).reshape(size, k, k)
-        scores[start:start + size] = _f1_macro_from_confusion(confusion)
-    tail = (1 - level) / 2
-    low, high = np.quantile(scores, [tail, 1 - tail])
-    return float(low), float(high)
+    return _interval(_bootstrap_scores(t, [p], k, resamples, seed)[0], level)
+
+
+def bootstrap_f1_macro_difference(y_true, y_pred_a, y_pred_b, labels: Sequence, resamples: int = 1000,
+                                  seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """Macro-F1(a) - macro-F1(b) on the same images, and the paired percentile bootstrap interval
+    of that difference: both runs are scored on each resample, so what they share (which images
+    happen to be hard) cancels out. An interval excluding 0 says the gap is more than the luck
+    of which images were drawn."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+    t, a, k = _encode(y_true, y_pred_a, labels)
+    _, b, _ = _encode(y_true, y_pred_b, labels)
+    scores = _bootstrap_scores(t, [a, b], k, resamples, seed)
+    low, high = _interval(scores[0] - scores[1], level)
+    return f1_macro_of_indices(t, a, k) - f1_macro_of_indices(t, b, k), low, high
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of p-values for testing several hypotheses at once (the top
+    runs each against the best): sorted ascending, the i-th smallest (0-based) is multiplied by
+    (m - i), a running maximum keeps the order, and nothing exceeds 1. NaN entries are ignored."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = len(valid)
+    order = valid[np.argsort(p[valid], kind="stable")]
+    running = 0.0
+    for i, index in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def pareto_front(maximise: Sequence[float], minimise: Sequence[float]) -> np.ndarray:

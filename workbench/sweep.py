@@ -1,5 +1,6 @@
 """A sweep: an Optuna study over a spec's search space, tracked as one MLflow parent run with a
-nested child run per trial.
+nested child run per trial. `run_sweep` is the one way a sweep runs, in this process or in K
+worker processes; the CLI, the tests and the benchmarks all call it.
 
 We own the Optuna-to-MLflow link (optuna-integration's MLflowCallback is deprecated): the study
 remembers its parent run id in its user attributes, each trial records its run id the moment the
@@ -9,64 +10,74 @@ wastes and loses nothing:
 - `--trials N` is the study's total: rerunning the same command after an interruption runs only
   what is missing, under the same parent run, and several workers (processes or machines sharing
   one storage URL) stop together at N;
+- a resumed (or second) worker continues the search instead of replaying it: its sampler's seed
+  comes from the study's state, and a configuration identical to one already run is drawn again
+  rather than trained twice (grid sweeps excepted, where each point runs once);
 - weak trials are pruned on the validation objective every epoch;
 - a trial that raises is recorded as failed with its reason, and the sweep goes on;
-- a worker that dies (kill -9, lost machine) stops sending heartbeats; the next worker to start a
-  trial marks its trial failed in Optuna and its MLflow run KILLED.
+- a worker that dies (kill -9, lost machine) is noticed, at once when it ran on this machine,
+  else when its heartbeats stop: its trial is marked failed in Optuna, its MLflow run KILLED,
+  and its configuration is retried once, first.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from workbench import tracking
+from workbench import paths, record
 from workbench.dataset import prepare
 from workbench.errors import SpecError, TrackingError, WorkbenchError
-from workbench.run import tracked_run
-from workbench.spec import Spec, grid_values, is_searched, sample_config
+from workbench.record import Artifacts
+from workbench.spec import Range, Spec, grid_values, is_searched, sample_config
 
+# Study and trial attributes: how a study finds its MLflow side and its trials' fates.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 SPEC_HASH_ATTR = "spec_hash"
 RUN_ATTR = "mlflow_run_id"
+WORKER_ATTR = "worker"          # "host:pid" of the process running the trial
+ERROR_ATTR = "error"            # a trial that failed on its own (NaN loss, out of memory, ...)
+KILLED_ATTR = "killed"          # interrupted (Ctrl-C) or its worker was lost
+RETRY_ATTR = "retry_of"         # an enqueued retry of a killed trial's configuration
+SKIPPED_ATTR = "skipped"        # drawn again: identical to a configuration already run
+BUDGET_ATTR = "budget"          # asked for after other workers had taken the last trial
+ENQUEUED_ATTR = "enqueued"      # a configuration chosen on purpose (spec enqueue, grid, retry)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-LATENCY = "latency_ms_batch1"
 # Failed trials do not count towards the budget; a sweep whose every trial fails must still end.
 MAX_FAILURES_IN_A_ROW = 3
+# Draws of a configuration already run before the space is taken to have nothing new to offer.
+MAX_REDRAWS = 10
+LOST_WORKER = "worker lost: no heartbeat (killed or machine gone)"
 
+# Optuna logs every caught trial failure with its traceback; the progress lines already say why.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+# Heartbeats are "experimental" in Optuna 5 but are exactly the documented way to catch dead workers.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+log = logging.getLogger(__name__)
 
 
 def heartbeat() -> tuple[int, int]:
     """Seconds between a running trial's heartbeats, and of silence after which it counts as dead."""
     interval = int(os.environ.get("WORKBENCH_HEARTBEAT", "20"))
     return interval, int(os.environ.get("WORKBENCH_HEARTBEAT_GRACE", str(3 * interval)))
-
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Heartbeats are "experimental" in Optuna 5 but are exactly the documented way to catch dead workers.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    study: optuna.Study
-    parent_run_id: str
-    experiment_id: str
-    ran: int
 
 
 class TrialFailure(Exception):
@@ -79,24 +90,70 @@ class BudgetReached(Exception):
     """Another worker took the last trial of the budget between our count and our ask."""
 
 
-def pruning_reporter(trial: optuna.Trial, metric: str):
-    """Reports the objective to Optuna after every epoch and stops the trial when the pruner says so."""
-    import keras
+class Redraw(Exception):
+    """The sampler proposed a configuration already run; the trial is dropped and another drawn."""
 
-    def on_epoch_end(epoch, logs):
-        trial.report(float(logs[metric]), step=epoch + 1)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+# --- what a trial's record says about it --------------------------------------------------------
+
+def was_killed(trial: FrozenTrial) -> bool:
+    """Failed because its process was interrupted or lost, not because of its configuration."""
+    if trial.state != TrialState.FAIL:
+        return False
+    attrs = trial.user_attrs
+    if KILLED_ATTR in attrs:
+        return True
+    # Optuna's heartbeat check fails a stale trial without a word: no reason of ours recorded.
+    return not ({ERROR_ATTR, SKIPPED_ATTR, BUDGET_ATTR} & set(attrs))
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial belongs in tables and progress: not a redraw or a budget overflow."""
+    return not ({SKIPPED_ATTR, BUDGET_ATTR} & set(trial.user_attrs))
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a sweep found in its study when it opened: the resume line's figures."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    killed: int = 0
+    running: int = 0      # other workers' trials, still alive
+    retries: int = 0      # killed configurations enqueued to run first
+
+    @property
+    def any(self) -> bool:
+        return bool(self.complete or self.pruned or self.failed or self.killed or self.running)
+
+    def line(self, study: str, total: int) -> str:
+        parts = [f"{n} {what}" for n, what in ((self.complete, "complete"), (self.pruned, "pruned"),
+                                               (self.failed, "failed"),
+                                               (self.killed, "killed by a lost worker or an interrupt"),
+                                               (self.running, "running in other workers")) if n]
+        to_run = max(total - self.complete - self.pruned - self.running, 0)
+        retry = f" ({self.retries} killed configuration{'s' if self.retries > 1 else ''} retried first)" \
+            if self.retries else ""
+        return f"resuming {study}: {', '.join(parts)}; {to_run} to run{retry}"
+
+
+def found_in(study: optuna.Study, retries: int = 0) -> Found:
+    trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+    killed = sum(was_killed(t) for t in trials)
+    return Found(complete=sum(t.state == TrialState.COMPLETE for t in trials),
+                 pruned=sum(t.state == TrialState.PRUNED for t in trials),
+                 failed=sum(t.state == TrialState.FAIL for t in trials) - killed, killed=killed,
+                 running=sum(t.state == TrialState.RUNNING for t in trials), retries=retries)
 
 
 # --- the study ----------------------------------------------------------------------------------
 
-def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
-    # Parallel workers must not draw the same "random" configurations in lockstep: each worker
-    # offsets the spec's seed by its index (0 for a single process, so it stays reproducible).
-    seed = spec.seed + int(os.environ.get("WORKBENCH_WORKER_INDEX", "0"))
+def make_sampler(spec: Spec, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded from the spec's seed plus `offset`: 0 for a fresh study in a
+    single process (so a fresh sweep is reproducible), the study's state and the worker's index
+    otherwise, so a resumed or second worker continues the search rather than replaying it."""
+    seed = spec.seed + offset
     if spec.sampler in ("random", "grid"):  # the grid itself is enqueued: see grid_points
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
@@ -107,6 +164,16 @@ def grid_points(spec: Spec) -> list[dict]:
     Optuna's GridSampler, which ignores enqueued trials and would run the baseline twice."""
     space = {name: grid_values(dim) for name, dim in spec.params.dims().items() if is_searched(dim)}
     return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
+def space_size(spec: Spec) -> float:
+    """How many distinct configurations the space holds (infinite with a continuous range)."""
+    size = 1.0
+    for dim in spec.params.dims().values():
+        if isinstance(dim, Range) and not (dim.integer or dim.step):
+            return math.inf
+        size *= len(grid_values(dim))
+    return size
 
 
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
@@ -124,7 +191,9 @@ def make_storage(url: str, on_stale: Callable | None = None):
     if url.startswith(("sqlite", "postgresql", "mysql")):
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(url.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            record._check_sqlite(db)
         interval, grace = heartbeat()
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
                                           grace_period=grace, heartbeat_stale_trial_callback=on_stale)
@@ -132,48 +201,109 @@ def make_storage(url: str, on_stale: Callable | None = None):
         path = Path(url.removeprefix("journal:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    raise TrackingError(f"--storage {url}: use sqlite:///FILE, postgresql://..., mysql://... or journal:///FILE")
+    raise TrackingError(f"--storage {record.masked(url)}: use sqlite:///FILE, postgresql://..., mysql://... "
+                        "or journal:///FILE")
 
 
-def open_study(spec: Spec, storage: str, study_name: str | None = None, tracking_uri: str | None = None) -> optuna.Study:
+def worker_index() -> int:
+    return int(os.environ.get("WORKBENCH_WORKER_INDEX", "0"))
+
+
+def open_study(spec: Spec, storage: str, study_name: str | None = None,
+               tracking_uri: str | None = None) -> optuna.Study:
     name = study_name or spec.name
     directions = [spec.objective.direction] + (["minimize"] if spec.objective.latency else [])
 
-    def end_stale_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        end_lost_run(tracking_uri, trial)
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        lost(study, trial, tracking_uri)
 
     try:
         study = optuna.create_study(
-            study_name=name, storage=make_storage(storage, end_stale_run if tracking_uri else None),
+            study_name=name, storage=make_storage(storage, on_stale if tracking_uri else None),
             load_if_exists=True, directions=directions, sampler=make_sampler(spec), pruner=make_pruner(spec))
     except ValueError as err:  # e.g. an existing study with other directions
-        raise SpecError(f"study {name} in {storage}: {err}") from None
+        raise SpecError(f"study {name} in {record.masked(storage)}: {err}") from None
     except WorkbenchError:
         raise
     except Exception as err:  # storage unreachable or not a database Optuna can use
-        raise TrackingError(f"--storage {storage}: cannot open Optuna storage ({type(err).__name__}: {err})") from None
+        raise TrackingError(f"--storage {record.masked(storage)}: cannot open Optuna storage "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
         points = [*spec.enqueue, *(grid_points(spec) if spec.sampler == "grid" else [])]
         for point in points:  # once, when the study is created
-            study.enqueue_trial(point, skip_if_exists=True)
+            study.enqueue_trial(point, skip_if_exists=True, user_attrs={ENQUEUED_ATTR: True})
     elif recorded != spec.content_hash():
-        raise SpecError(f"study {name} in {storage} was run with a different version of spec {spec.name} "
-                        f"(hash {recorded}, now {spec.content_hash()}): pass --study NEW_NAME to start a "
-                        "new study, or restore the spec to resume the old one")
+        raise SpecError(f"study {name} in {record.masked(storage)} was run with a different version of spec "
+                        f"{spec.name} (hash {recorded}, now {spec.content_hash()}): pass --study NEW_NAME to start "
+                        "a new study, or restore the spec to resume the old one")
+    started = len(study.get_trials(deepcopy=False))
+    if started or worker_index():
+        study.sampler = make_sampler(spec, offset=1 + started + 1000 * worker_index())
     return study
 
 
-def end_lost_run(tracking_uri: str, trial: optuna.trial.FrozenTrial) -> None:
-    """The MLflow side of a heartbeat-stale trial: its run ends KILLED, with the reason."""
+def lost(study: optuna.Study, trial: FrozenTrial, tracking_uri: str | None) -> None:
+    """A trial whose worker died: its MLflow run ends KILLED with the reason, and its
+    configuration is enqueued to run again, once."""
     run_id = trial.user_attrs.get(RUN_ATTR)
-    if not run_id:
-        return
-    client = MlflowClient(tracking_uri)
-    client.set_tag(run_id, tracking.STATE, "failed")
-    client.set_tag(run_id, "workbench.error", "worker lost: no heartbeat (killed or machine gone)")
-    client.set_terminated(run_id, status="KILLED")
+    if run_id and tracking_uri:
+        client = MlflowClient(tracking_uri)
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, record.STATE, "failed")
+                client.set_tag(run_id, record.ERROR, trial.user_attrs.get(KILLED_ATTR, LOST_WORKER))
+                client.set_terminated(run_id, status="KILLED")
+        except mlflow.exceptions.MlflowException as err:
+            log.warning("could not end lost run %s: %s", run_id, err)
+    retry(study, trial)
+
+
+def retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Enqueue a killed trial's configuration, unless it is a retry itself or was retried."""
+    if RETRY_ATTR in trial.user_attrs or not trial.params:
+        return False
+    if any(t.user_attrs.get(RETRY_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number, ENQUEUED_ATTR: True})
+    return True
+
+
+def _alive_here(worker: str) -> bool | None:
+    """Whether the process `host:pid` is alive; None when it ran on another machine."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap(study: optuna.Study, tracking_uri: str) -> int:
+    """Fail the running trials whose worker is gone (dead on this machine, or silent past the
+    heartbeat grace elsewhere), end their runs and enqueue their retries; then enqueue a retry
+    for every killed trial not yet retried (an interrupted sweep's last trial, say). Returns how
+    many retries wait to run."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR, "")
+        if worker and _alive_here(worker) is False:
+            try:
+                storage.set_trial_user_attr(trial._trial_id, KILLED_ATTR, f"{LOST_WORKER} (pid gone)")
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first
+            lost(study, storage.get_trial(trial._trial_id), tracking_uri)
+    optuna.storages.fail_stale_trials(study)  # runs `lost` through the storage's callback
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if was_killed(trial):
+            retry(study, trial)
+    return sum(RETRY_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: str, spec: Spec) -> str:
@@ -187,14 +317,14 @@ def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: 
         except mlflow.exceptions.MlflowException:
             log.warning("parent run %s is gone; starting a new one", run_id)
     run = client.create_run(experiment_id, run_name=f"{study.study_name}-sweep", tags={
-        tracking.ROLE: "sweep", tracking.SPEC: spec.name, tracking.SPEC_HASH: spec.content_hash(),
-        "optuna.study_name": study.study_name})
+        record.ROLE: "sweep", record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash(),
+        record.STUDY: study.study_name})
     client.log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, str(v)) for k, v in {
-            "spec": spec.name, "objective": spec.objective.metric, "direction": spec.objective.direction,
+            "spec": spec.name, record.OBJECTIVE_PARAM: spec.objective.metric, "direction": spec.objective.direction,
             "latency_objective": spec.objective.latency, "sampler": spec.sampler, "pruner": spec.pruner,
             "seed": spec.seed}.items()])
-    client.log_dict(run.info.run_id, spec.model_dump(mode="json"), "spec.json")
+    client.log_dict(run.info.run_id, spec.model_dump(mode="json"), Artifacts.SPEC)
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     return run.info.run_id
 
@@ -207,30 +337,71 @@ def count(study: optuna.Study, states=DONE) -> int:
 
 @dataclass
 class Sweep:
-    """An open sweep: the study, its parent run and where both live."""
+    """An open sweep: the study, its parent run, where both live, and what it found there."""
 
     spec: Spec
     study: optuna.Study
     client: MlflowClient
     tracking_uri: str
+    storage: str
     experiment_id: str
     parent_run_id: str
+    found: Found = field(default_factory=Found)
 
 
-def open_sweep(spec: Spec, *, storage: str, tracking_uri: str, study_name: str | None = None) -> Sweep:
-    client = tracking.connect(tracking_uri)
-    experiment_id = tracking.ensure_experiment(client, spec.name, tracking_uri)
-    study = open_study(spec, storage, study_name, tracking_uri)
-    return Sweep(spec, study, client, tracking_uri, experiment_id, ensure_parent_run(study, client, experiment_id, spec))
+@dataclass(frozen=True)
+class SweepResult:
+    study: optuna.Study
+    parent_run_id: str
+    experiment_id: str
+    ran: int              # trials this call finished (in every worker it started)
+    found: Found          # what was in the study before
 
 
-def work(sweep: Sweep, total: int,
-         on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> int:
+OnTrial = Callable[[optuna.Study, FrozenTrial], None]
+
+
+def open_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | None = None,
+               study_name: str | None = None) -> Sweep:
+    uri, storage = record.tracking_uri(tracking_uri), storage or paths.default_storage_url()
+    client = record.connect(uri)
+    experiment_id = record.ensure_experiment(client, spec.name, uri)
+    study = open_study(spec, storage, study_name, uri)
+    retries = reap(study, uri)
+    parent = ensure_parent_run(study, client, experiment_id, spec)
+    return Sweep(spec, study, client, uri, storage, experiment_id, parent, found_in(study, retries))
+
+
+def pruning_reporter(trial: optuna.Trial, metric: str):
+    """Reports the objective to Optuna after every epoch and stops the trial when the pruner says so."""
+    import keras
+
+    def on_epoch_end(epoch, logs):
+        trial.report(float(logs[metric]), step=epoch + 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+def _already_run(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """A finished or running trial with exactly this trial's parameters, if any."""
+    for other in study.get_trials(deepcopy=False, states=LIVE):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
     """Run trials in this process until the study holds `total` finished ones; returns how many
     this process finished. Any number of workers may call this on one study at once."""
+    from workbench.run import tracked_run
+
     spec, study = sweep.spec, sweep.study
     data = prepare(spec)
     budget_reached = False
+    finite = space_size(spec)
+    me = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial):
         nonlocal budget_reached
@@ -238,9 +409,14 @@ def work(sweep: Sweep, total: int,
         ahead = [t for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number]
         if len(ahead) >= total:
             budget_reached = True
-            trial.set_user_attr("budget", "reached by other workers; never ran")
+            trial.set_user_attr(BUDGET_ATTR, "reached by other workers; never ran")
             raise BudgetReached(f"trial {trial.number}: the study already has {total} trials")
+        trial.set_user_attr(WORKER_ATTR, me)
         config = sample_config(spec, trial)
+        twin = None if trial.user_attrs.get(ENQUEUED_ATTR) or spec.sampler == "grid" else _already_run(study, trial)
+        if twin is not None and redraws < MAX_REDRAWS and count(study, DONE) < finite:
+            trial.set_user_attr(SKIPPED_ATTR, f"same configuration as trial {twin.number}; drawn again")
+            raise Redraw(trial.number)
         callbacks = [] if spec.objective.latency else [pruning_reporter(trial, spec.objective.metric)]
         try:
             outcome = tracked_run(spec, config, data, experiment_id=sweep.experiment_id,
@@ -248,60 +424,158 @@ def work(sweep: Sweep, total: int,
                                   callbacks=callbacks, on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
         except (WorkbenchError, optuna.TrialPruned):
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(KILLED_ATTR, "interrupted (Ctrl-C)")
+            raise
         except Exception as err:
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+            trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {err}"[:500])
             raise TrialFailure(f"trial {trial.number}: {type(err).__name__}: {err}") from err
-        trial.set_user_attr("test_metrics", outcome.metrics)
+        trial.set_user_attr("test_metrics", {k: v for k, v in outcome.metrics.items() if k.startswith("test_")})
         if spec.objective.latency:
-            return outcome.objective, outcome.metrics[LATENCY]
+            return outcome.objective, outcome.metrics[record.LATENCY]
         return outcome.objective
 
-    def after_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def after_trial(study_: optuna.Study, trial: FrozenTrial) -> None:
+        if not counted(trial):
+            return
         summarise(sweep.client, sweep.parent_run_id, study_, spec)
-        if on_trial and "budget" not in trial.user_attrs:
+        if on_trial:
             on_trial(study_, trial)
 
-    ran, failed_in_a_row = 0, 0
+    ran, failed_in_a_row, redraws = 0, 0, 0
     while count(study, LIVE) < total and not _grid_exhausted(study, spec) and not budget_reached:
         before = count(study, DONE)
         study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=True,
-                       catch=(TrialFailure, BudgetReached))
+                       catch=(TrialFailure, BudgetReached, Redraw))
+        last = study.get_trials(deepcopy=False)[-1]
+        if SKIPPED_ATTR in last.user_attrs:
+            redraws += 1
+            continue
+        redraws = 0
         finished = count(study, DONE) - before
         ran += finished
         failed_in_a_row = 0 if finished or budget_reached else failed_in_a_row + 1
         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            last = study.trials[-1].user_attrs.get("error", "see the trial runs' error.txt")
+            reason = last.user_attrs.get(ERROR_ATTR, "see the trial runs' error.txt")
             raise WorkbenchError(f"{failed_in_a_row} trials in a row failed, so the sweep stops (failed trials do "
-                                 f"not count towards --trials); last error: {last}")
+                                 f"not count towards --trials); last error: {reason}")
     return ran
 
 
 def close(sweep: Sweep, status: str = "FINISHED") -> None:
     """Refresh the sweep run's summary and end it, unless other workers still run trials."""
-    summarise(sweep.client, sweep.parent_run_id, sweep.study, sweep.spec)
-    if status != "FINISHED" or count(sweep.study, (TrialState.RUNNING,)) == 0:
-        sweep.client.set_terminated(sweep.parent_run_id, status=status)
-
-
-def run_sweep(spec: Spec, *, storage: str, tracking_uri: str, trials: int | None = None,
-              study_name: str | None = None,
-              on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> SweepResult:
-    """One worker, in this process: open (or resume) the sweep, run what is missing, close it."""
-    sweep = open_sweep(spec, storage=storage, tracking_uri=tracking_uri, study_name=study_name)
-    status, ran = "FAILED", 0
     try:
-        ran = work(sweep, trials or spec.trials, on_trial)
+        summarise(sweep.client, sweep.parent_run_id, sweep.study, sweep.spec)
+    finally:
+        if status != "FINISHED" or count(sweep.study, (TrialState.RUNNING,)) == 0:
+            sweep.client.set_terminated(sweep.parent_run_id, status=status)
+
+
+def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | None = None,
+              trials: int | None = None, study_name: str | None = None, workers: int = 1,
+              on_open: Callable[[Sweep], None] | None = None, on_trial: OnTrial | None = None,
+              close_run: bool = True) -> SweepResult:
+    """Open (or resume) the sweep, run what is missing of `trials` (default: the spec's) here or
+    in `workers` processes, and close it. `on_open` sees the opened sweep (what it found);
+    `on_trial` sees each trial that finishes from now on, whichever worker ran it."""
+    sweep = open_sweep(spec, storage=storage, tracking_uri=tracking_uri, study_name=study_name)
+    total = trials or spec.trials
+    if on_open:
+        on_open(sweep)
+    status, before = "FAILED", count(sweep.study, DONE)
+    try:
+        if workers > 1:
+            prepare(spec)  # data problems fail here, once, not in K workers; workers then find it ready
+            _run_workers(sweep, total, workers, on_trial)
+        else:
+            work(sweep, total, on_trial)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        close(sweep, status)
-    return SweepResult(sweep.study, sweep.parent_run_id, sweep.experiment_id, ran)
+        if close_run or status != "FINISHED":
+            close(sweep, status)
+    return SweepResult(sweep.study, sweep.parent_run_id, sweep.experiment_id,
+                       count(sweep.study, DONE) - before, sweep.found)
 
 
 def _grid_exhausted(study: optuna.Study, spec: Spec) -> bool:
     return spec.sampler == "grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+# --- several worker processes on one machine --------------------------------------------------------
+
+def gpu_count() -> int:
+    """GPUs visible to this machine, asked of nvidia-smi so the coordinator needs no TensorFlow."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return len([d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+def worker_env(index: int, gpus: int, workers: int) -> dict[str, str]:
+    """Worker i sees only GPU i (one trial owns a whole device); on CPU each worker's TensorFlow
+    thread pools get their share of the cores, so K workers do not oversubscribe the machine."""
+    env = {**os.environ, "WORKBENCH_WORKER_INDEX": str(index)}
+    if gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = visible.split(",") if visible else [str(i) for i in range(gpus)]
+        env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)].strip()
+    else:
+        env.setdefault("TF_NUM_INTRAOP_THREADS", str(max((os.cpu_count() or 1) // workers, 1)))
+        env.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    return env
+
+
+def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | None, interval: float = 2.0) -> None:
+    """Start `workers` copies of `workbench sweep --worker` on this study and wait for them,
+    reporting every trial that finishes meanwhile. A worker's failure is an error that names its
+    log; Ctrl-C is passed on to the workers, which end their runs cleanly."""
+    logs = paths.mlruns_dir() / "workers"
+    logs.mkdir(parents=True, exist_ok=True)
+    name = sweep.study.study_name
+    # The workers load exactly this spec (overrides applied), so its content hash matches.
+    spec_file = logs / f"{name}.spec.yaml"
+    spec_file.write_text(sweep.spec.to_yaml(), encoding="utf-8")
+    argv = [sys.executable, "-m", "workbench.cli", "sweep", str(spec_file), "--trials", str(total),
+            "--storage", sweep.storage, "--tracking-uri", sweep.tracking_uri, "--study", name, "--worker"]
+    gpus = gpu_count()
+    seen = {t.number for t in sweep.study.get_trials(deepcopy=False) if t.state.is_finished()}
+    started = []
+    for index in range(workers):
+        log_path = logs / f"{name}-worker{index}.log"
+        with open(log_path, "w") as handle:
+            started.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
+                                             env=worker_env(index, gpus, workers)), log_path))
+
+    def report() -> None:
+        for trial in sweep.study.get_trials(deepcopy=False):
+            if trial.state.is_finished() and trial.number not in seen:
+                seen.add(trial.number)
+                if on_trial and counted(trial):
+                    on_trial(sweep.study, trial)
+
+    try:
+        while any(p.poll() is None for p, _ in started):
+            report()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        for process, _ in started:
+            process.send_signal(2)
+        for process, _ in started:
+            process.wait(timeout=120)
+        raise
+    report()
+    failed = [(p.returncode, log) for p, log in started if p.returncode != 0]
+    if failed:
+        code, log_path = failed[0]
+        raise WorkbenchError(f"{len(failed)} worker(s) failed (exit {code}); see {log_path}")
 
 
 # --- what the parent run shows ------------------------------------------------------------------
@@ -309,7 +583,9 @@ def _grid_exhausted(study: optuna.Study, spec: Spec) -> bool:
 def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spec: Spec) -> None:
     """Refresh the sweep run: state counts, the best trial (or Pareto front), a trials table
     (CSV) and Optuna's plots (history, importances, parallel coordinates, slices) as one page."""
-    trials = study.get_trials(deepcopy=False)
+    from workbench import figures
+
+    trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
     metrics = {f"trials_{k}": v for k, v in counts.items() if v}
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -317,7 +593,7 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
     if completed and not spec.objective.latency:
         best = study.best_trial
         metrics.update(best_objective=best.value, best_trial=best.number)
-        client.set_tag(parent_run_id, "workbench.best_run_id", best.user_attrs.get(RUN_ATTR, ""))
+        client.set_tag(parent_run_id, record.BEST_RUN, best.user_attrs.get(RUN_ATTR, ""))
     elif completed:
         front = [t.number for t in study.best_trials]
         metrics["pareto_size"] = len(front)
@@ -325,15 +601,14 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
         mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()])
     table = trials_table(study, front)
     with tempfile.TemporaryDirectory() as tmp:
-        table.to_csv(Path(tmp) / "trials.csv", index=False)
+        table.to_csv(Path(tmp) / Path(Artifacts.SWEEP_TRIALS).name, index=False)
         if front:
-            table[table["pareto"]].to_csv(Path(tmp) / "pareto_front.csv", index=False)
-        plots = study_plots(study, spec)
+            table[table["pareto"]].to_csv(Path(tmp) / Path(Artifacts.SWEEP_PARETO).name, index=False)
+        plots = figures.study_plots(study, spec.objective.metric, record.LATENCY if spec.objective.latency else None)
         if plots:
-            from workbench.figures import write_html_page
-
-            write_html_page(plots, Path(tmp) / "study.html", title=f"{study.study_name}: Optuna study")
-        client.log_artifacts(parent_run_id, tmp, artifact_path="sweep")
+            figures.write_html_page(plots, Path(tmp) / Path(Artifacts.SWEEP_PLOTS).name,
+                                    title=f"{study.study_name}: Optuna study")
+        client.log_artifacts(parent_run_id, tmp, artifact_path=str(Path(Artifacts.SWEEP_TRIALS).parent))
 
 
 def trials_table(study: optuna.Study, pareto: list[int] = ()):
@@ -341,34 +616,15 @@ def trials_table(study: optuna.Study, pareto: list[int] = ()):
 
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if not counted(t):
+            continue
         values = t.values or []
         rows.append({"number": t.number, "state": t.state.name.lower(),
                      "value": values[0] if values else None,
                      **({"latency_ms": values[1]} if len(values) > 1 else {}),
                      "pareto": t.number in pareto, **{f"param_{k}": v for k, v in t.params.items()},
-                     "run_id": t.user_attrs.get(RUN_ATTR), "error": t.user_attrs.get("error", ""),
+                     "run_id": t.user_attrs.get(RUN_ATTR), "retry_of": t.user_attrs.get(RETRY_ATTR),
+                     "error": t.user_attrs.get(ERROR_ATTR) or t.user_attrs.get(KILLED_ATTR)
+                     or (LOST_WORKER if was_killed(t) else ""),
                      "seconds": t.duration.total_seconds() if t.duration else None})
     return pd.DataFrame(rows)
-
-
-def study_plots(study: optuna.Study, spec: Spec) -> dict:
-    """Optuna's plotly figures for whatever the study can show so far (each needs some trials)."""
-    from optuna import visualization as vis
-
-    target = (lambda t: t.values[0]) if spec.objective.latency else None
-    name = spec.objective.metric
-    builders = {"history": lambda: vis.plot_optimization_history(study, target=target, target_name=name),
-                "importances": lambda: vis.plot_param_importances(study, target=target, target_name=name),
-                "parallel": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=name),
-                "slices": lambda: vis.plot_slice(study, target=target, target_name=name)}
-    if spec.objective.latency:
-        builders["pareto"] = lambda: vis.plot_pareto_front(study, target_names=[name, LATENCY])
-    plots = {}
-    if count(study, (TrialState.COMPLETE,)) < 2:
-        return plots
-    for key, build in builders.items():
-        try:
-            plots[key] = build()
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # too few trials for that plot yet
-            log.debug("no %s plot yet: %s", key, err)
-    return plots

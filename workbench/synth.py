@@ -3,15 +3,15 @@ demonstrated offline, with no download. It draws stylised faces with OpenCV prim
 the attributes the real face datasets label (mask or not, young or old, real or fake, where a fake
 has one facial region transplanted from another face, Yonsei-style), inside cluttered, unevenly
 lit, noisy, JPEG-compressed scenes so the tasks are learnable but not trivial. A dataset is a pure
-function of (task, seed, size, count), written as `<class>/<id>.jpg` plus the project's
-`manifest.csv` and a `dataset.json`, byte for byte the same on every run; image i depends only on
+function of (task, seed, size, count), written as a raw folder of `<class>/<id>.jpg` (ingested
+like any photo folder) with a `dataset.json` and the faces' `attributes.csv`, byte for byte the
+same on every run; image i depends only on
 (seed, i, its attributes), and a larger count keeps almost every earlier image's class.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -38,8 +38,8 @@ CLASS_WEIGHTS: dict[str, dict[str, int]] = {
     "mask_age4": {"mask_old": 689, "mask_young": 775, "nomask_old": 724, "nomask_young": 756},
 }
 
-MANIFEST_COLUMNS = ["path", "sha256", "width", "height", "channels", "format", "label", "source",
-                    "original_split", "group_id", "mask", "age", "authenticity", "difficulty"]
+ATTRIBUTES = "attributes.csv"
+ATTRIBUTE_COLUMNS = ["path", "label", "mask", "age", "authenticity", "difficulty"]
 
 MIN_SIZE, MAX_SIZE = 16, 1024
 FAKE_REGIONS = ("eyes", "nose", "mouth")
@@ -794,7 +794,10 @@ def file_name(index: int, attrs: FaceAttributes) -> str:
 
 
 def generate(out_dir: Path, task: str, seed: int = 0, size: int = 64, count: int = 1500) -> Path:
-    """Write the dataset to `out_dir` and return the path of its manifest.csv."""
+    """Write the dataset to `out_dir` as a raw folder in the `folders` layout (`<class>/<id>.jpg`),
+    beside it `dataset.json` (the options and class counts) and `attributes.csv` (each face's
+    drawn attributes: the ground truth behind its label). It is ingested like any photo folder;
+    returns `out_dir`."""
     _check_task(task)
     _check_size(size)
     _check_count(task, count)
@@ -805,26 +808,19 @@ def generate(out_dir: Path, task: str, seed: int = 0, size: int = 64, count: int
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality(seed, index)])
         if not ok:
             raise RuntimeError(f"OpenCV could not encode image {index} as JPEG")
-        data = buf.tobytes()
         rel = f"{label}/{file_name(index, attrs)}"
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        rows.append({
-            "path": rel, "sha256": hashlib.sha256(data).hexdigest(),
-            "width": size, "height": size, "channels": 3, "format": "jpeg",
-            "label": label, "source": "synthetic", "original_split": "",
-            "group_id": f"synthetic:{index}",
-            "mask": "yes" if attrs.mask else "no", "age": "old" if attrs.old else "young",
-            "authenticity": "fake" if attrs.fake else "real", "difficulty": attrs.difficulty or "",
-        })
+        path.write_bytes(buf.tobytes())
+        rows.append({"path": rel, "label": label, "mask": "yes" if attrs.mask else "no",
+                     "age": "old" if attrs.old else "young", "authenticity": "fake" if attrs.fake else "real",
+                     "difficulty": attrs.difficulty or ""})
     rows.sort(key=lambda r: r["path"])
-    manifest = out_dir / "manifest.csv"
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    with (out_dir / ATTRIBUTES).open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=ATTRIBUTE_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     info = {"task": task, "seed": seed, "size": size, "count": count, "classes": TASKS[task],
             "class_counts": class_counts(task, count), "generator_version": GENERATOR_VERSION}
     (out_dir / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return out_dir

@@ -1,17 +1,22 @@
 """The one `train()`: a single run and every sweep trial go through this function.
 
-It reads top to bottom as a run's story: seed -> runtime (device, mixed precision, XLA) ->
-balance the training split -> input pipelines -> model -> fit (phase one, with the base frozen
-when transfer learning) -> optionally fine-tune the top of the base at a lower learning rate
-(phase two, epochs numbered on from phase one) -> evaluate on the held-out test split -> return
-values. Tracking lives outside (run.py passes Keras callbacks in), so a test can train a tiny
-model here without any MLflow store.
+It reads top to bottom as a run's story: seed -> runtime (device, mixed precision, XLA) -> input
+pipelines over the (already balanced) training split and the validation and test splits ->
+model -> fit (phase one, with the base frozen when transfer learning) -> optionally fine-tune the
+top of the base at a lower learning rate (phase two, epochs numbered on from phase one) ->
+evaluate on the held-out test split -> measure the model's cost -> pick the mistakes worth
+showing -> return values. It writes nothing: data are materialised before (`dataset.balanced`)
+and tracking lives outside (`run.py` passes Keras callbacks in and writes what comes back), so a
+test can train a tiny model here without any MLflow store.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import keras
@@ -19,14 +24,15 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from workbench import backbones, pipeline, runtime
-from workbench.balance import rebalance
-from workbench.dataset import Dataset
-from workbench.evaluate import Evaluation, evaluate, f1_macro
+from workbench import backbones, paths, pipeline, record
+from workbench.dataset import Balanced, Dataset
+from workbench.evaluate import Evaluation, cost, evaluate, most_confident_mistakes
 from workbench.spec import TrialConfig
+from workbench.stats import f1_macro_of_indices
 
 # Every trial builds a fresh model, so tf.function retracing is expected, not a bug to warn about.
 tf.get_logger().setLevel("ERROR")
+MISTAKES_SHOWN = 16
 
 
 @dataclass
@@ -34,10 +40,13 @@ class TrainResult:
     model: keras.Model
     history: dict[str, list[float]]       # per epoch: loss, accuracy, val_loss, val_accuracy, val_f1_macro, lr
     evaluation: Evaluation                # on the test split
-    test_frame: pd.DataFrame            # the test split's rows, in the evaluation's order
+    test_frame: pd.DataFrame              # the test split's rows, in the evaluation's order
     train_images: int                     # after balancing
     class_weight: dict[int, float] | None
-    runtime: runtime.Runtime
+    runtime: backbones.Runtime
+    cost: dict[str, float]                # parameters, size, latency
+    mistakes: list[int]                   # rows of test_frame: the most confident wrong predictions
+    mistake_images: np.ndarray            # those images as the model saw them
     phase_boundary: int | None = None     # first epoch of fine-tuning, when there was a phase two
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -46,7 +55,7 @@ class TrainResult:
         values = self.history[metric]
         if not restore_best:
             return float(values[-1])
-        return float(min(values) if metric.endswith("loss") else max(values))
+        return float(min(values) if record.lower_is_better(metric) else max(values))
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -74,7 +83,7 @@ class EpochRecorder(keras.callbacks.Callback):
         chosen = np.clip(probabilities[np.arange(len(self.y_val)), self.y_val], 1e-7, 1.0)
         logs["val_loss"] = float(-np.log(chosen).mean())  # Keras' sparse categorical cross-entropy
         logs["val_accuracy"] = float((predicted == self.y_val).mean())
-        logs["val_f1_macro"] = f1_macro(self.y_val, predicted, self.num_classes)
+        logs["val_f1_macro"] = f1_macro_of_indices(self.y_val, predicted, self.num_classes)
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
@@ -97,55 +106,66 @@ def schedule_callbacks(config: TrialConfig, base_lr: float, epochs: int, first_e
     return []
 
 
-def train(config: TrialConfig, data: Dataset, callbacks: list[keras.callbacks.Callback] = (),
-          monitor: str = "val_f1_macro") -> TrainResult:
+def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
+          callbacks: list[keras.callbacks.Callback] = (), monitor: str = "val_f1_macro") -> TrainResult:
+    """Train one configuration on `data` (its training split as `balanced` gives it; unbalanced
+    when None) and return everything the run records."""
     keras.utils.set_random_seed(config.seed)
-    device = runtime.detect(config.mixed_precision, config.xla)
-    runtime.apply(device)
-    balanced = rebalance(data.part("train"), config.balance, data.classes, config.seed, config.balance_target)
+    device = backbones.detect_runtime(config.mixed_precision, config.xla)
+    balanced = balanced or Balanced(data.part("train"))
     val, test = data.part("val"), data.part("test")
+    # Splits over the memory budget spill to files here for the run's duration (created only then).
+    spill = paths.data_dir() / "interim" / "cache" / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    caches = pipeline.CachePlan(disk_dir=spill)
+    try:
+        def batches(frame, name, training=False):
+            return pipeline.image_dataset(frame, data.classes, image_size=config.image_size,
+                                          batch_size=config.batch_size, training=training, seed=config.seed,
+                                          augmentation=config.augmentation,
+                                          augmentation_options=config.augmentation_options, cache=caches, name=name)
 
-    def batches(frame, training=False):
-        return pipeline.image_dataset(frame, data.classes, image_size=config.image_size,
-                                      batch_size=config.batch_size, training=training,
-                                      seed=config.seed, augmentation=config.augmentation,
-                                      augmentation_options=config.augmentation_options)
+        train_ds = batches(balanced.train, "train", training=True)
+        val_ds, test_ds = batches(val, "val"), batches(test, "test")
+        model = backbones.build_model(config, num_classes=len(data.classes))
+        recorder = EpochRecorder(val_ds, pipeline.labels_of(val, data.classes), len(data.classes))
 
-    train_ds, val_ds, test_ds = batches(balanced.train, training=True), batches(val), batches(test)
-    model = backbones.build_model(config, num_classes=len(data.classes))
-    recorder = EpochRecorder(val_ds, pipeline.labels_of(val, data.classes), len(data.classes))
+        def fit(learning_rate: float, first_epoch: int, epochs: int) -> None:
+            model.compile(optimizer=backbones.make_optimizer(config, learning_rate),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=device.xla)
+            stopping = []
+            if config.early_stopping or config.restore_best:
+                stopping = [keras.callbacks.EarlyStopping(
+                    monitor=monitor, mode=record.better(monitor),
+                    patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
+            model.fit(train_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
+                      class_weight=balanced.class_weight, shuffle=False, verbose=0,  # tf.data shuffles
+                      callbacks=[recorder, *callbacks, *schedule_callbacks(config, learning_rate, epochs, first_epoch),
+                                 *stopping])
 
-    def fit(learning_rate: float, first_epoch: int, epochs: int) -> None:
-        model.compile(optimizer=backbones.make_optimizer(config, learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=device.xla)
-        stopping = []
-        if config.early_stopping or config.restore_best:
-            stopping = [keras.callbacks.EarlyStopping(
-                monitor=monitor, mode="min" if monitor.endswith("loss") else "max",
-                patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
-        model.fit(train_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
-                  class_weight=balanced.class_weight, shuffle=False, verbose=0,  # tf.data shuffles
-                  callbacks=[recorder, *callbacks, *schedule_callbacks(config, learning_rate, epochs, first_epoch),
-                             *stopping])
+        started = time.perf_counter()
+        fit(config.learning_rate, 0, config.epochs)
+        boundary = None
+        if config.fine_tune_epochs:
+            boundary = len(recorder.history["loss"]) + 1
+            backbones.unfreeze_for_fine_tuning(model, config)
+            fit(config.fine_tune_learning_rate or config.learning_rate / 10, boundary - 1, config.fine_tune_epochs)
+        train_seconds = time.perf_counter() - started
+        epochs_run = len(recorder.history["loss"])
+        probabilities = model.predict(test_ds, verbose=0)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
-    started = time.perf_counter()
-    fit(config.learning_rate, 0, config.epochs)
-    boundary = None
-    if config.fine_tune_epochs:
-        boundary = len(recorder.history["loss"]) + 1
-        backbones.unfreeze_for_fine_tuning(model, config)
-        fit(config.fine_tune_learning_rate or config.learning_rate / 10, boundary - 1, config.fine_tune_epochs)
-    train_seconds = time.perf_counter() - started
-    epochs_run = len(recorder.history["loss"])
-
-    probabilities = model.predict(test_ds, verbose=0)
-    evaluation = evaluate(pipeline.labels_of(test, data.classes), probabilities, data.classes)
+    y_test = pipeline.labels_of(test, data.classes)
+    evaluation = evaluate(y_test, probabilities, data.classes)
+    mistakes = most_confident_mistakes(y_test, probabilities, k=MISTAKES_SHOWN)
     return TrainResult(
-        model=model, history=recorder.history, evaluation=evaluation,
-        test_frame=test,
+        model=model, history=recorder.history, evaluation=evaluation, test_frame=test,
         train_images=len(balanced.train), class_weight=balanced.class_weight, runtime=device,
+        cost=cost(model, config.image_size), mistakes=mistakes,
+        mistake_images=pipeline.load_images([test["file"].iloc[i] for i in mistakes], config.image_size),
         phase_boundary=boundary,
         timings={"train_seconds": train_seconds, "epochs_run": epochs_run,
                  # Includes the per-epoch validation pass that computes macro-F1.
                  "train_images_per_second": len(balanced.train) * epochs_run / max(train_seconds, 1e-9)},
     )
+

@@ -1,12 +1,6 @@
-"""The `workbench compare` and `workbench report` commands, kept out of cli.py so the compare stage
-is one unit: `workbench.cli` calls `register(app)` at its bottom to add them to the main app.
-
-Commands are thin, as in cli.py: resolve the runs (`compare.select_runs`), build the table
-(`compare.compare`), then print or write it, or write the report (`report.make_report`). MLflow,
-pandas and plotly are imported inside the commands so `workbench --help` stays instant; the
-console is borrowed from `workbench.cli` at call time (it is fully loaded by then), which keeps
-this module free of a circular import.
-"""
+"""Commands of the compare stage: `compare` (runs side by side, in six formats) and `report` (one
+offline HTML page). They resolve the runs (`compare.select_runs`), build the table
+(`compare.compare`), then print or write it, or write the report (`report.make_report`)."""
 
 from __future__ import annotations
 
@@ -16,25 +10,20 @@ from typing import Annotated, Optional
 
 import typer
 
-ExperimentOption = Annotated[Optional[str], typer.Option(
-    "--experiment", help="Experiment (spec) name: all its trial and single runs.")]
-SweepOption = Annotated[Optional[str], typer.Option(
-    "--sweep", help="A sweep's run id (its trials only), or 'latest' with --experiment.")]
-TagOption = Annotated[Optional[list[str]], typer.Option(
-    "--tag", help="Only runs tagged KEY=VALUE, e.g. --tag workbench.state=finished (repeatable: all must hold).")]
-FilterOption = Annotated[Optional[str], typer.Option(
-    "--filter", help="An MLflow search expression, e.g. \"metrics.test_accuracy > 0.8 and params.backbone = 'vgg16'\".")]
-SortOption = Annotated[Optional[str], typer.Option(
-    "--sort", help="Column to rank by [default: test_f1_macro]; scores sort descending, loss/latency/size/cost ascending.")]
-OrderOption = Annotated[Optional[str], typer.Option(
-    "--order", help="Override the sort direction: asc or desc.")]
-StatsOption = Annotated[Optional[bool], typer.Option(
-    "--stats/--no-stats", help="McNemar p-value vs the best and bootstrap macro-F1 interval for the top 5 "
-                               "[default: on for at most 20 rows].")]
-TrackingOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")]
+from workbench.cli.common import (ExperimentOption, FilterOption, OrderOption, SortOption, StatsOption, SweepOption,
+                                  TagOption, TrackingOption, app, connect, console, err_console)
+from workbench.errors import WorkbenchError
 
 
+def _select(experiment, sweep, tags, filter_string, tracking_uri):
+    from workbench import compare
+
+    client = connect(tracking_uri)
+    return client, compare.select_runs(client, tracking_uri=tracking_uri, experiment=experiment, sweep=sweep,
+                                       tags=tags or (), filter_string=filter_string)
+
+
+@app.command("compare")
 def compare_command(
     experiment: ExperimentOption = None,
     sweep: SweepOption = None,
@@ -47,21 +36,17 @@ def compare_command(
     group_by: Annotated[Optional[str], typer.Option(
         "--group-by", help="Pool runs per value of these columns, e.g. backbone,balance: count, mean ± std.")] = None,
     stats: StatsOption = None,
-    format_: Annotated[str, typer.Option(
-        "--format", help="table, csv, markdown, html, latex or json.")] = "table",
+    format_: Annotated[str, typer.Option("--format", help="table, csv, markdown, html, latex or json.")] = "table",
     out: Annotated[Optional[Path], typer.Option(help="Write to this file instead of the terminal.")] = None,
     all_formats: Annotated[Optional[Path], typer.Option(
         "--all-formats", help="Also write every format to DIR/<experiment>-compare.{txt,csv,md,html,tex,json}.")] = None,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Compare runs side by side: axes, hyperparameters, test metrics and cost, best first, and
-    whether the best is significantly better than the runs behind it."""
+    """Compare runs side by side: axes, hyperparameters, the validation objective, test metrics
+    and cost, best first, and whether the best is significantly better than the runs behind it."""
     from workbench import compare
-    from workbench.cli import console, err_console
 
     if format_ not in compare.FORMATS:
-        from workbench.errors import WorkbenchError
-
         raise WorkbenchError(f"--format {format_}: choose from {', '.join(compare.FORMATS)}")
     client, selection = _select(experiment, sweep, tag, filter_, tracking_uri)
     groups = [g for g in (group_by or "").split(",") if g.strip()]
@@ -81,11 +66,12 @@ def compare_command(
         out.write_text(compare.render(table, format_, title), encoding="utf-8")
         err_console.print(f"wrote {out}", highlight=False, soft_wrap=True)
     elif format_ == "table":
-        print_table(console, table, title)
+        print_table(table, title)
     else:
         sys.stdout.write(compare.render(table, format_, title))
 
 
+@app.command("report")
 def report_command(
     experiment: ExperimentOption = None,
     sweep: SweepOption = None,
@@ -102,26 +88,24 @@ def report_command(
 ) -> None:
     """Write one self-contained interactive HTML report on the selected runs (opens offline)."""
     from workbench import compare, report
-    from workbench.cli import console
 
     client, selection = _select(experiment, sweep, tag, filter_, tracking_uri)
     result = compare.compare(selection.runs, sort=sort, order=order, only_diff=True, stats=stats,
                              predictions_for=lambda ids: compare.load_predictions(client, ids))
     chosen = [r.strip() for item in runs or [] for r in item.split(",") if r.strip()]
     path = report.make_report(client, selection, result.table, runs=chosen, out=out, log=log)
-    logged = (f"; attached to sweep run {selection.sweep_run_id} as {report.ARTIFACT}"
+    logged = (f"; attached to sweep run {selection.sweep_run_id} as report/report.html"
               if log and selection.sweep_run_id else "")
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB){logged}", highlight=False)
 
 
-def print_table(console, table, title: str, transpose_up_to: int = 12) -> None:
+def print_table(table, title: str, transpose_up_to: int = 12) -> None:
     """The table in the terminal. A sweep's table is wide (axes, hyperparameters, metrics, cost):
     when it would not fit, a few runs are shown transposed (one column per run) rather than
     squeezed into ellipses; many runs get the full width and a hint."""
     from rich.table import Table
 
     from workbench import compare
-    from workbench.cli import err_console
 
     wide = compare.rich_table(table, title)
     # Measured against an unbounded width: rich clamps a measurement to the console's otherwise.
@@ -147,31 +131,3 @@ def print_table(console, table, title: str, transpose_up_to: int = 12) -> None:
     console.print(wide, width=natural, crop=False)
     err_console.print("note: the table is wider than the terminal; --only-diff drops the columns that do not "
                       "vary, --format html or csv --out FILE keep them all")
-
-
-def _select(experiment, sweep, tags, filter_string, tracking_uri):
-    from workbench import compare, paths, tracking
-
-    tracking.quiet_environment()
-    uri = tracking_uri or paths.default_tracking_uri()
-    client = tracking.connect(uri)
-    return client, compare.select_runs(client, tracking_uri=uri, experiment=experiment, sweep=sweep,
-                                       tags=tags or (), filter_string=filter_string)
-
-
-def register(app: typer.Typer) -> None:
-    """Add `compare` and `report` to the main app (once, however often it is called)."""
-    present = {command.name for command in app.registered_commands}
-    if "compare" not in present:
-        app.command("compare")(compare_command)
-    if "report" not in present:
-        app.command("report")(report_command)
-
-
-if __name__ == "__main__":
-    # `python -m workbench.cli_compare compare ...`: the main app with these commands, whether or
-    # not cli.py registers them itself yet.
-    from workbench import cli
-
-    register(cli.app)
-    cli.main()

@@ -1,0 +1,96 @@
+"""What every command shares: the Typer app and its sub-apps, the consoles, one definition of
+each option that several commands take, and the two start-up chores (quiet TensorFlow, a client
+on the tracking store). Command modules import this one and nothing else of the CLI, so the
+imports point one way: `workbench.cli` -> command modules -> here -> the stages."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Reproducible transfer-learning sweeps on face images, tracked in MLflow.")
+specs_app = typer.Typer(no_args_is_help=True, help="List, show and validate experiment specs.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate, ingest and check datasets.")
+weights_app = typer.Typer(no_args_is_help=True, help="Pre-fetch pretrained weights for offline machines.")
+app.add_typer(specs_app, name="specs")
+app.add_typer(data_app, name="data")
+app.add_typer(weights_app, name="weights")
+
+# Piped output (CI logs, files) gets a wide fixed width so tables are not squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+# --- options several commands take -----------------------------------------------------------------
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Fix a key for this run / every trial, e.g. --set epochs=1 --set image_size=32.")]
+TrackingOption = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")]
+StorageOption = Annotated[Optional[str], typer.Option(
+    "--storage", help="Optuna storage URL [default: $WORKBENCH_STORAGE or sqlite:///mlruns/optuna.db].")]
+DataOption = Annotated[Optional[Path], typer.Option(
+    "--data", help="Folder holding the reference datasets as downloaded [default: $WORKBENCH_RAW or data/raw].")]
+SmokeOption = Annotated[bool, typer.Option(
+    "--smoke", help="Minutes on a CPU: tiny images, 1 epoch, 2 trials, on a generated tree in the spec's own layout.")]
+ExperimentOption = Annotated[Optional[str], typer.Option(
+    "--experiment", help="Experiment (spec) name: all its trial and single runs.")]
+SweepOption = Annotated[Optional[str], typer.Option(
+    "--sweep", help="A sweep's run id (its trials only), or 'latest' with --experiment.")]
+TagOption = Annotated[Optional[list[str]], typer.Option(
+    "--tag", help="Only runs tagged KEY=VALUE, e.g. --tag workbench.state=finished (repeatable: all must hold).")]
+FilterOption = Annotated[Optional[str], typer.Option(
+    "--filter", help="An MLflow search expression, e.g. \"metrics.test_accuracy > 0.8 and params.backbone = 'vgg16'\".")]
+SortOption = Annotated[Optional[str], typer.Option(
+    "--sort", help="Column to rank by [default: objective, the validation score the sweep optimised]; "
+                   "scores sort descending, loss/latency/size/cost ascending.")]
+OrderOption = Annotated[Optional[str], typer.Option("--order", help="Override the sort direction: asc or desc.")]
+StatsOption = Annotated[Optional[bool], typer.Option(
+    "--stats/--no-stats", help="Bootstrap intervals, macro-F1 difference and McNemar p-value vs the best "
+                               "(Holm-corrected) for the top 5 [default: on for at most 20 rows].")]
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/RUN_ID/model or a bare NAME "
+                    "(its champion) [default: the champion of the only registered model].")]
+
+
+def quiet_environment() -> None:
+    """Keep progress bars and TensorFlow's start-up chatter out of the user's terminal and CI logs.
+
+    TensorFlow's C++ layer prints CUDA probing and oneDNN notices straight to file descriptor 2
+    before its logging is configured, where TF_CPP_MIN_LOG_LEVEL cannot reach them; so the first
+    import happens here with that descriptor pointed at /dev/null. Python errors still surface:
+    an exception raised by the import propagates after the descriptor is restored."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "tensorflow" in sys.modules or os.environ.get("WORKBENCH_TF_VERBOSE"):
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def connect(tracking_uri: str | None, loads_models: bool = False):
+    """A client on the tracking store; TensorFlow is imported first, quietly, when the command
+    will load models (registry and table work needs none)."""
+    from workbench import record
+
+    if loads_models:
+        quiet_environment()
+    return record.connect(tracking_uri)
+
+
+def short(value) -> str:
+    """A number as a terminal line shows it: 3 significant decimals, '-' for missing."""
+    if isinstance(value, float):
+        if value != value:  # NaN: the metric does not exist for this run (pruned or failed)
+            return "-"
+        return f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)

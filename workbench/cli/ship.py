@@ -1,0 +1,150 @@
+"""Commands of the ship stage: `promote` and `rollback` (the registry's `champion` alias),
+`predict` (a model on image files) and `export` (TensorFlow Lite, checked against Keras). MLflow
+and TensorFlow are imported only when a command runs; user errors are one line and a non-zero
+exit, like every command's."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from workbench.cli.common import ModelOption, TrackingOption, app, connect, console
+from workbench.errors import WorkbenchError
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class ExportFormat(str, Enum):
+    tflite = "tflite"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    dynamic = "dynamic"
+    float16 = "float16"
+
+
+def _model_uri(client, model: str | None) -> str:
+    from workbench import predict
+
+    return predict.model_uri(model, None if model else predict.registered_champions(client))
+
+
+@app.command("promote")
+def promote_command(
+    name: Annotated[str, typer.Option(help="Registered model name; apps load models:/NAME@champion.")],
+    experiment: Annotated[Optional[str], typer.Option(help="Choose among this experiment's (spec's) runs.")] = None,
+    sweep: Annotated[Optional[str], typer.Option(help="Choose among this sweep run's trials ('latest' with "
+                                                     "--experiment: its latest sweep).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Promote this run instead of the best one.")] = None,
+    metric: Annotated[str, typer.Option(help="Ranks runs [default: objective, the validation score the sweep "
+                                             "optimised]; lower is better for losses, ece, latency, size, "
+                                             "params and seconds.")] = "objective",
+    min_score: Annotated[Optional[float], typer.Option(help="Refuse a run whose metric is worse than this.")] = None,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Register the best finished run's model under NAME and make it the champion (the old one becomes previous)."""
+    from workbench import promote
+
+    done = promote.promote(connect(tracking_uri), name, metric=metric, experiment=experiment, sweep=sweep,
+                           run_id=run, min_score=min_score)
+    score = f"{metric} {done.score:.4f}" if done.score is not None else metric
+    if done.unchanged:
+        console.print(f"{name}: version {done.version} (run {done.run_id}, {score}) already is the champion; "
+                      "nothing changed", highlight=False)
+        return
+    how = "registered as new version" if done.created else "already registered as version"
+    before = f"previous: version {done.previous}" if done.previous else "no previous champion"
+    console.print(f"{name}: run {done.run_id} ({score}) {how} {done.version}, now champion; {before}. "
+                  f"Load it as models:/{name}@champion", highlight=False)
+
+
+@app.command("rollback")
+def rollback_command(
+    name: Annotated[str, typer.Option(help="Registered model name.")],
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Make the previous champion the champion again (the two aliases swap)."""
+    from workbench import promote
+
+    done = promote.rollback(connect(tracking_uri), name)
+    console.print(f"{name}: version {done.version} (run {done.run_id}) is champion again; previous: "
+                  f"version {done.previous}", highlight=False)
+
+
+@app.command("predict")
+def predict_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size; anything OpenCV reads).")],
+    model: ModelOption = None,
+    detect_faces: Annotated[bool, typer.Option("--detect-faces", help="Classify each face found (OpenCV Haar "
+                                                                        "cascade) instead of the whole image.")] = False,
+    margin: Annotated[float, typer.Option(help="With --detect-faces: share of the face box added on each side.",
+                                          min=0.0, max=2.0)] = 0.3,
+    format_: Annotated[OutputFormat, typer.Option("--format", help="table for people, json for programs.")
+                       ] = OutputFormat.table,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Classify images with a registered (or any logged) model: class and probabilities per image or face."""
+    from workbench import predict
+
+    pictures = predict.read_images(images)
+    detector = predict.face_detector() if detect_faces else None
+    client = connect(tracking_uri, loads_models=True)
+    loaded = predict.load_model(_model_uri(client, model))
+    results = predict.predict_images(loaded, pictures, [str(p) for p in images], detector=detector, margin=margin)
+    if format_ is OutputFormat.json:
+        print(json.dumps({"model": loaded.uri, "classes": list(loaded.classes),
+                          "results": [r.as_dict() for r in results]}, indent=2))
+        return
+    table = Table("image", *(["face box (x, y, w, h)"] if detect_faces else []), "class", "confidence",
+                  *loaded.classes, title=f"{loaded.uri}", title_justify="left")
+    for result in results:
+        if not result.predictions:
+            table.add_row(result.image, *([result.note or "-"] if detect_faces else []), "-", "-",
+                          *["-"] * len(loaded.classes))
+        for p in result.predictions:
+            box = [", ".join(map(str, p.box))] if detect_faces else []
+            table.add_row(result.image, *box, p.label, f"{p.confidence:.3f}",
+                          *[f"{p.probabilities[c]:.3f}" for c in loaded.classes])
+    console.print(table)
+
+
+@app.command("export")
+def export_command(
+    model: ModelOption = None,
+    format_: Annotated[ExportFormat, typer.Option("--format", help="Target format.")] = ExportFormat.tflite,
+    quantize: Annotated[Quantize, typer.Option(help="none: float32; dynamic: int8 weights; float16: half "
+                                                    "weights.")] = Quantize.none,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: exports/<model name or run id>/].")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Check agreement on this folder's images [default: the "
+                                                        "source run's test split].")] = None,
+    min_agreement: Annotated[float, typer.Option(help="Least share of identical predicted classes.",
+                                                 min=0.0, max=1.0)] = 0.995,
+    max_images: Annotated[int, typer.Option(help="Most images the agreement check uses.", min=1)] = 500,
+    tracking_uri: TrackingOption = None,
+) -> None:
+    """Write model.tflite and labels.txt, check they decide like the Keras model, and log both on its run."""
+    from workbench import export, predict
+
+    client = connect(tracking_uri, loads_models=True)
+    loaded = predict.load_model(_model_uri(client, model))
+    result = export.export(client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
+                           min_agreement=min_agreement, max_images=max_images)
+    console.print(f"wrote {result.tflite_path} ({result.size_mb:.2f} MB, quantize {quantize.value}) and "
+                  f"{result.labels_path}", highlight=False)
+    console.print(f"agreement with Keras: {result.agreement:.2%} of {result.images} images "
+                  f"({result.images_source})", highlight=False)
+    if not result.passed:
+        raise WorkbenchError(f"TFLite agreement {result.agreement:.2%} is under --min-agreement "
+                             f"{min_agreement:.1%}: not logged as artifacts; try --quantize none")
+    if result.run_id:
+        console.print(f"logged tflite_agreement, tflite_size_mb and tflite/ artifacts on run {result.run_id}",
+                      highlight=False)
