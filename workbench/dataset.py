@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +47,15 @@ class Dataset:
     classes: tuple[str, ...]
     digest: str
     synthetic: bool = False  # generated faces, not photographs
+    left_out: dict[str, int] = field(default_factory=dict)  # why images of the manifests were not used
+
+    def describe(self) -> str:
+        """One line: the images per split and what was left out and why."""
+        counts = self.counts()
+        sizes = ", ".join(f"{split} {int(counts[split].sum())}" for split in SPLITS)
+        dropped = "; ".join(f"{n} {why}" for why, n in self.left_out.items() if n)
+        return f"{self.name}: {len(self.frame)} images ({sizes}), classes {', '.join(self.classes)}" + \
+            (f"; left out {dropped}" if dropped else "")
 
     def part(self, split: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == split].reset_index(drop=True)
@@ -81,9 +90,12 @@ def build_once(target: Path, done: str, build: Callable[[Path], None]) -> Path:
     leaves a half-written folder that looks finished."""
     if (target / done).exists():
         return target
-    with _locked(target.parent / f".{target.name}.lock"):
+    # The lock lives under the data folder, not beside the target (which may be a raw-data root).
+    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    with _locked(paths.data_dir() / ".locks" / f"{target.name}-{key}.lock"):
         if (target / done).exists():
             return target
+        target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             build(staging)
@@ -138,10 +150,76 @@ def files(frame: pd.DataFrame, manifests_dir: Path | None = None) -> list[str]:
     return out
 
 
+def raw_folder(source: ManifestSource) -> Path:
+    path = Path(source.path).expanduser()
+    return path if path.is_absolute() else paths.raw_dir() / path
+
+
+def fingerprint(root: Path) -> str:
+    """What the raw folder holds, cheaply: every file's path, size and modification time."""
+    entries = []
+    for top, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            try:
+                stat = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            entries.append(f"{os.path.relpath(os.path.join(top, name), root)}\t{stat.st_size}\t{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def ensure_ingested(source: ManifestSource) -> None:
+    """A spec that says where a dataset's raw folder is gets it ingested on first use, and again
+    whenever the folder's contents change; a missing folder is one line saying where it was
+    expected, in which layout, and how to get it."""
+    root = raw_folder(source)
+    layout = ingest.ADAPTERS[source.adapter].layout
+    if not root.is_dir():
+        how = f"{source.get}; unpack it" if source.get else "put it"
+        raise DataError(f"dataset {source.name}: no folder {root} (expected layout {layout}); {how} there, or "
+                        "point --data DIR (or $WORKBENCH_RAW) at the folder that holds it")
+    manifests = paths.manifests_dir()
+    mark = fingerprint(root)
+
+    def current() -> bool:
+        try:
+            sidecar = ingest.read_sidecar(source.name, manifests)
+        except DataError:
+            return False
+        return sidecar.get("fingerprint") == mark and sidecar.get("raw_root") == str(root.resolve()) and \
+            (manifests / f"{source.name}.csv").is_file()
+
+    if current():
+        return
+    with _locked(manifests / f".{source.name}.lock"):
+        if not current():
+            ingest.ingest(source.adapter, root, source.name, manifests, paths.decoded_dir(), extra={"fingerprint": mark})
+
+
+def write_smoke_trees(spec: Spec, per_class: int = 16, size: int = 48) -> list[Path]:
+    """For `--smoke`: each raw folder the spec names, filled with generated faces in that
+    dataset's real published layout (under the raw-data root the caller chose), once."""
+    written = []
+    for source in getattr(spec.dataset, "manifests", []):
+        if source.adapter is None:
+            raise DataError(f"dataset.manifests[{source.name}]: --smoke needs the spec to name the dataset's "
+                            "adapter and path, to generate a tree in its layout")
+        root = raw_folder(source)
+        if not root.is_dir():
+            build_once(root, ".", lambda staging, s=source: synth.generate_layout(
+                staging, s.adapter, per_class=per_class, seed=spec.seed + len(written), size=size))
+        written.append(root)
+    return written
+
+
 def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int = 4) -> pd.DataFrame:
-    """The manifests merged, labels mapped, and duplicate groups joined across datasets."""
+    """The manifests merged, labels mapped, and duplicate groups joined across datasets (sources
+    that name their raw folder are ingested first, when needed)."""
     parts = []
     for source in sources:
+        if source.adapter is not None:
+            ensure_ingested(source)
         frame, _ = ingest.read_manifest(source.name, paths.manifests_dir())
         unknown = set(source.classes) - set(frame["label"])
         if unknown:
@@ -190,6 +268,21 @@ def split_frame(frame: pd.DataFrame, split: Split, seed: int) -> pd.Series:
     return assigned
 
 
+def published_leaks(frame: pd.DataFrame) -> pd.Series:
+    """Rows to leave out when a dataset's own splits are kept: a duplicate group (exact or near
+    copies) that spans splits stays whole in its latest split (test, else validation), and its
+    copies in earlier splits are dropped, so no test image has a copy in training while the
+    published test set stays as published. Returns each row's reason, "" for kept rows."""
+    order = {name: i for i, name in enumerate(SPLITS)}
+    rank = frame["split"].map(order)
+    latest = rank.groupby(frame["group_id"]).transform("max")
+    dropped = rank < latest
+    reason = pd.Series("", index=frame.index)
+    names = {order["val"]: "copies of validation images", order["test"]: "copies of test images"}
+    reason[dropped] = latest[dropped].map(lambda r: f"{names[r]} in the published training or validation split")
+    return reason
+
+
 def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows) and split (columns), with totals: what runs log and users read."""
     table = pd.crosstab(frame["label"], frame["split"]).reindex(columns=list(SPLITS), fill_value=0)
@@ -213,6 +306,11 @@ def prepare(spec: Spec) -> Dataset:
         name = "+".join(m.name for m in sources)
     frame = load_manifests(sources, distance)
     frame["split"] = split_frame(frame, spec.split, spec.seed)
+    left_out: dict[str, int] = {}
+    if spec.split.keep_original_split:
+        reasons = published_leaks(frame)
+        left_out = {why: int(n) for why, n in reasons[reasons != ""].value_counts().items()}
+        frame = frame[reasons == ""].reset_index(drop=True)
     classes = tuple(sorted(frame["label"].unique()))
     if len(classes) < 2:
         raise DataError(f"dataset {name}: only one class ({', '.join(classes)}); a classifier needs at least two")
@@ -223,7 +321,7 @@ def prepare(spec: Spec) -> Dataset:
                             f"{', '.join(sorted(absent))}; use more images or other split ratios")
     synthetic = all(ingest.read_sidecar(s.name, paths.manifests_dir()).get("synthetic") for s in sources)
     return Dataset(name=name, source=str(paths.manifests_dir().resolve()), frame=frame, classes=classes,
-                   digest=digest(frame), synthetic=synthetic)
+                   digest=digest(frame), synthetic=synthetic, left_out=left_out)
 
 
 # --- balancing the training split -----------------------------------------------------------------

@@ -162,6 +162,8 @@ def connect(uri: str | None = None) -> MlflowClient:
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    # Importing mlflow configures its loggers at INFO: quiet them again.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     uri = tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parsed = urlparse(uri)

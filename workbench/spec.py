@@ -233,6 +233,9 @@ PARAMETERS: dict[str, Param] = {
     "restore_best": Param(bool, False),
     "mixed_precision": Param(Switch, "auto"),
     "xla": Param(Switch, "auto"),
+    # Run Keras step by step, without tracing a graph. Tracing DenseNet169's training step takes
+    # over a minute on a CPU: worth it over thousands of steps, not over a smoke run's ten.
+    "eager": Param(bool, False),
 }
 # Structured option blocks of `params`: fixed for the whole search, never sampled.
 FIXED_BLOCKS = {"schedule_options": ScheduleOptions, "augmentation_options": AugmentationOptions}
@@ -281,14 +284,30 @@ class SyntheticData(BaseModel):
     size: ImageSize = 64
 
 
+ADAPTERS = ("facemask12k", "yonsei_realfake", "maskdataset_v1", "folders")  # ingest.ADAPTERS' names
+
+
 class ManifestSource(BaseModel):
-    """One ingested dataset (`workbench data ingest ... --name NAME`) and how its labels map."""
+    """One dataset and how its labels map. With `adapter` and `path` the spec knows where the
+    raw folder is, and running the spec ingests it (again, whenever the folder changes); without
+    them it names a manifest made by `workbench data ingest ... --name NAME`."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # On-disk label -> class in this experiment; a label mapped to null is left out, a label not
     # listed keeps its own name. S1: {WithMask: with_mask, WithoutMask: real}.
     classes: dict[str, str | None] = {}
+    adapter: Literal[ADAPTERS] | None = None
+    # The raw folder as downloaded: absolute, or relative to the raw-data root ($WORKBENCH_RAW,
+    # `--data DIR`, default data/raw).
+    path: str | None = None
+    get: str = ""     # how to obtain the data, shown when the folder is missing
+
+    @model_validator(mode="after")
+    def _adapter_and_path_go_together(self) -> ManifestSource:
+        if (self.adapter is None) != (self.path is None):
+            raise ValueError("adapter and path go together: name both (the folder and its layout) or neither")
+        return self
 
 
 class ManifestData(BaseModel):
@@ -365,6 +384,16 @@ class Pruning(BaseModel):
     warmup_epochs: int = Field(1, ge=0)
 
 
+class Ship(BaseModel):
+    """What happens after the sweep: its best run (by the validation objective) is registered as
+    `models:/NAME@champion` and, optionally, exported (S4 ships to Android as TFLite)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    export: Literal["tflite"] | None = None
+    quantize: Literal["none", "dynamic", "float16"] = "none"
+
+
 class Spec(BaseModel):
     """One experiment: everything a sweep or a single run needs, and nothing about where it is stored."""
 
@@ -390,6 +419,10 @@ class Spec(BaseModel):
     # Configurations tried first, e.g. the reference study's own setting, so the search starts
     # from the published baseline. Each maps searched keys to values.
     enqueue: list[dict[str, Any]] = []
+    # Each configuration trains this many times with different seeds (same split): a trial's
+    # objective is the mean, and comparisons use the spread.
+    repeats: int = Field(1, ge=1, le=20)
+    ship: Ship | None = None
 
     @model_validator(mode="after")
     def _backbone_params_are_valid(self) -> Spec:
@@ -433,7 +466,10 @@ class Spec(BaseModel):
 
     def content_hash(self) -> str:
         """Identifies what a run trained on and searched over; the trial budget is not part of it."""
-        payload = self.model_dump(mode="json", exclude={"trials", "description"})
+        payload = self.model_dump(mode="json", exclude={"trials", "description", "ship"})
+        for source in payload["dataset"].get("manifests", []):  # where the folder is, not what it holds
+            source.pop("path", None)
+            source.pop("get", None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
@@ -630,3 +666,42 @@ def single_config(spec: Spec) -> TrialConfig:
 
 def sample_config(spec: Spec, trial) -> TrialConfig:
     return _config(spec, {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()})
+
+
+# --- smoke runs ------------------------------------------------------------------------------------
+
+SMOKE_IMAGE_SIZE = 32
+# What a smoke run fixes, everywhere (params and every backbone's own values): one short epoch,
+# no pretrained download, no second phase, small batches.
+SMOKE_PARAMS = {"epochs": 1, "fine_tune_epochs": 0, "weights": "none", "early_stopping": 0, "batch_size": 8,
+                "eager": True}
+SMOKE_TRIALS = 2
+SMOKE_BALANCE_TARGET = 24
+
+
+def smoke(spec: Spec) -> Spec:
+    """The same study at toy scale, to run in minutes on a CPU: tiny images (each backbone's
+    minimum where that is larger), one epoch run eagerly (no graph to trace), two trials, no
+    ImageNet weights, one repeat, a small synthetic set; the search space, the class mapping, the split rules, the enqueued
+    published configuration and the shipping step stay. Its runs go to `<name>-smoke`."""
+    raw = spec.model_dump(mode="json", exclude_none=True)
+    raw["name"] = f"{spec.name}-smoke"
+    raw.update(trials=SMOKE_TRIALS, repeats=1)
+    if raw["dataset"]["source"] == "synthetic":
+        raw["dataset"].update(count=min(spec.dataset.count, 150), size=SMOKE_IMAGE_SIZE)
+    params = raw["params"]
+    fixed = {**SMOKE_PARAMS, "image_size": SMOKE_IMAGE_SIZE}
+    target = params.get("balance_target", 0)
+    if isinstance(target, int) and target > SMOKE_BALANCE_TARGET:
+        fixed["balance_target"] = SMOKE_BALANCE_TARGET
+    params.update(fixed)
+    for backbone in _values(spec.params.backbone):
+        own = raw.setdefault("backbone_params", {}).setdefault(backbone, {})
+        own.update({k: v for k, v in fixed.items() if k != "image_size"},
+                   image_size=max(SMOKE_IMAGE_SIZE, MIN_IMAGE_SIZE[backbone]))
+    # The published configuration is still tried first, without the keys smoke has fixed.
+    raw["enqueue"] = [{k: v for k, v in point.items() if k not in fixed} for point in spec.enqueue]
+    raw["enqueue"] = [point for point in raw["enqueue"] if point]
+    if "ship" in raw:
+        raw["ship"]["name"] = f"{spec.ship.name}-smoke"
+    return validate(raw, source=f"{spec.name} (--smoke)")

@@ -824,3 +824,54 @@ def generate(out_dir: Path, task: str, seed: int = 0, size: int = 64, count: int
             "class_counts": class_counts(task, count), "generator_version": GENERATOR_VERSION}
     (out_dir / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+# --- the reference studies' folder layouts (smoke runs) -------------------------------------------
+
+# adapter -> (task, {class: folder path inside the dataset's folder}, split folders, suffix). The
+# trees mirror what each study's users download, so `--smoke` exercises the real adapter, the real
+# class mapping and the real split handling on faces drawn here.
+LAYOUTS: dict[str, tuple[str, dict[str, str], dict[str, float], str]] = {
+    "facemask12k": ("mask2", {"with_mask": "{split}/WithMask", "without_mask": "{split}/WithoutMask"},
+                    {"Train": 0.6, "Validation": 0.2, "Test": 0.2}, ".png"),
+    "yonsei_realfake": ("mask3_fake", {"real": "training_real", "fake": "training_fake"}, {}, ".jpg"),
+    "maskdataset_v1": ("mask2", {"with_mask": "{split}/Mask", "without_mask": "{split}/No_mask"},
+                       {"Train": 0.5, "Validation": 0.5}, ".jpg"),
+    "folders": ("mask_age4", {c: c for c in TASKS["mask_age4"]}, {}, ".jpg"),
+}
+
+
+def generate_layout(root: Path, adapter: str, *, per_class: int = 24, seed: int = 0, size: int = 48) -> Path:
+    """Write `per_class` faces of each class into `root` laid out as the adapter's published
+    dataset (Face Mask 12K's Train/Validation/Test x WithMask/WithoutMask PNGs, Yonsei's
+    training_real / training_fake with easy_/mid_/hard_ fakes, Mask Dataset V1's Train/Validation
+    x Mask/No_mask, or plain class folders); returns `root`. Deterministic like `generate`."""
+    if adapter not in LAYOUTS:
+        raise ValueError(f"no synthetic layout for adapter {adapter!r}; known: {', '.join(LAYOUTS)}")
+    task, folders, splits, suffix = LAYOUTS[adapter]
+    _check_size(size)
+    root = Path(root)
+    # Draw enough of the task's faces that every wanted class has per_class of them.
+    drawn, count = [], per_class * len(TASKS[task])
+    while True:
+        drawn = [(i, label, attrs) for i, (label, attrs) in enumerate(plan(task, count, seed)) if label in folders]
+        if all(sum(label == c for _, label, _ in drawn) >= per_class for c in folders):
+            break
+        count *= 2
+    for label, folder in folders.items():
+        mine = [(i, attrs) for i, lab, attrs in drawn if lab == label][:per_class]
+        parts = list(splits) or [""]
+        cut = [0, *np.cumsum([round(share * len(mine)) for share in splits.values()] or [len(mine)])]
+        cut[-1] = len(mine)  # rounding never loses an image
+        for part, start, stop in zip(parts, cut[:-1], cut[1:]):
+            target = root / folder.format(split=part)
+            target.mkdir(parents=True, exist_ok=True)
+            for index, attrs in mine[start:stop]:
+                image = render_face(seed, index, attrs, size)
+                name = Path(file_name(index, attrs)).with_suffix(suffix).name
+                params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality(seed, index)] if suffix == ".jpg" else []
+                ok, buf = cv2.imencode(suffix, image, params)
+                if not ok:
+                    raise RuntimeError(f"OpenCV could not encode image {index} as {suffix}")
+                (target / name).write_bytes(buf.tobytes())
+    return root

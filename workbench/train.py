@@ -131,7 +131,8 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
 
         def fit(learning_rate: float, first_epoch: int, epochs: int) -> None:
             model.compile(optimizer=backbones.make_optimizer(config, learning_rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=device.xla)
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=device.xla,
+                          run_eagerly=config.eager)
             stopping = []
             if config.early_stopping or config.restore_best:
                 stopping = [keras.callbacks.EarlyStopping(

@@ -77,6 +77,29 @@ def quiet_environment() -> None:
         os.close(saved)
 
 
+def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = False, data: Path | None = None):
+    """A spec as a command sees it: `--set` applied; `--data DIR` as the raw-data root for this
+    command (and the workers it starts); with `--smoke`, the toy-scale version of the study on
+    generated trees in its datasets' real layouts, kept apart under data/smoke/<spec>/ and in
+    its own `<name>-smoke` experiment."""
+    from workbench import paths
+    from workbench import spec as specs
+
+    loaded = specs.load(spec, overrides)
+    if data is not None:
+        os.environ["WORKBENCH_RAW"] = str(data.expanduser().resolve())
+    if smoke:
+        loaded = specs.smoke(loaded)
+        root = (paths.data_dir() / "smoke" / loaded.name).resolve()
+        os.environ["WORKBENCH_DATA"] = str(root)
+        if data is None:
+            os.environ["WORKBENCH_RAW"] = str(root / "raw")
+        from workbench.dataset import write_smoke_trees
+
+        write_smoke_trees(loaded)
+    return loaded
+
+
 def connect(tracking_uri: str | None, loads_models: bool = False):
     """A client on the tracking store; TensorFlow is imported first, quietly, when the command
     will load models (registry and table work needs none)."""

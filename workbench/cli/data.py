@@ -13,7 +13,7 @@ from rich.table import Table
 
 from workbench import paths
 from workbench import spec as specs
-from workbench.cli.common import SetOption, console, data_app, specs_app, weights_app
+from workbench.cli.common import DataOption, SetOption, SmokeOption, console, data_app, load_spec, specs_app, weights_app
 from workbench.errors import WorkbenchError
 
 
@@ -98,13 +98,15 @@ def data_ingest(
 def data_check(
     target: Annotated[str, typer.Argument(help="An ingested dataset NAME, or a SPEC (checks its merged, split data).")],
     set_: SetOption = None,
+    data: DataOption = None,
+    smoke: SmokeOption = False,
 ) -> None:
     """Report duplicates within and across splits and datasets, class counts and image sizes;
     exit code 1 when a leak is found."""
     from workbench import leakage
 
     manifest = paths.manifests_dir() / f"{target}.csv"
-    if manifest.is_file() and not set_:
+    if manifest.is_file() and not (set_ or smoke or data):
         from workbench import ingest
 
         frame, sidecar = ingest.read_manifest(target, paths.manifests_dir())
@@ -114,9 +116,9 @@ def data_check(
     else:
         from workbench.dataset import prepare
 
-        loaded = specs.load(target, set_)
-        data = prepare(loaded)
-        frame, what = data.frame, f"spec {loaded.name} ({data.name}, digest {data.digest})"
+        loaded = load_spec(target, set_, smoke=smoke, data=data)
+        prepared = prepare(loaded)
+        frame, what = prepared.frame, f"spec {loaded.name} ({prepared.describe()}, digest {prepared.digest})"
         distance = getattr(loaded.dataset, "near_duplicate_distance", 4)
     console.print(f"[bold]{what}[/bold]")
     console.print(frame.groupby(["label", "split"]).size().unstack(fill_value=0).to_string())

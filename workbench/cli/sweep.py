@@ -13,15 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from workbench import spec as specs
-from workbench.cli.common import (SetOption, StorageOption, TrackingOption, app, console, err_console,
-                                  quiet_environment, short)
+from workbench.cli.common import (DataOption, SetOption, SmokeOption, StorageOption, TrackingOption, app, console,
+                                  err_console, load_spec, quiet_environment, short)
 
 
 @app.command("run")
-def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption = None) -> None:
+def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption = None, data: DataOption = None,
+                smoke: SmokeOption = False) -> None:
     """Train and evaluate one configuration of SPEC as a single MLflow run."""
     quiet_environment()
-    loaded = specs.load(spec, set_)
+    loaded = load_spec(spec, set_, smoke=smoke, data=data)
     config = specs.single_config(loaded)
     open_dims = [k for k, d in loaded.params.dims().items() if specs.is_searched(d)]
     if open_dims:
@@ -33,7 +34,9 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
 
     client = record.connect(tracking_uri)
     experiment_id = record.ensure_experiment(client, loaded.name, tracking_uri)
-    outcome = tracked_run(loaded, config, prepare(loaded), experiment_id=experiment_id)
+    prepared = prepare(loaded)
+    console.print(prepared.describe(), highlight=False)
+    outcome = tracked_run(loaded, config, prepared, experiment_id=experiment_id)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items()
                         if k == "test_accuracy" or k.startswith("test_f1_") and not k.endswith("weighted"))
     console.print(f"run {outcome.run_id} in experiment {loaded.name}: {loaded.objective.metric} "
@@ -106,14 +109,20 @@ def sweep_command(
     workers: Annotated[int, typer.Option(help="Worker processes on this machine (one GPU each where there are GPUs).", min=1)] = 1,
     worker: Annotated[bool, typer.Option("--worker", hidden=True, help="Run as one of --workers' processes.")] = False,
     top: Annotated[int, typer.Option(help="Rows in the closing leaderboard.")] = 8,
+    data: DataOption = None,
+    smoke: SmokeOption = False,
 ) -> None:
     """Search SPEC's space with Optuna; every trial is an MLflow run nested under the sweep's run.
-    Rerunning the same command resumes: --trials is the study's total, not a number to add."""
+    Rerunning the same command resumes: --trials is the study's total, not a number to add.
+    Datasets the spec names by folder are ingested first (when new or changed) and the split is
+    checked for leaks; a spec with `ship` registers (and exports) the winner at the end."""
     quiet_environment()
-    loaded = specs.load(spec, set_)
+    loaded = load_spec(spec, set_, smoke=smoke, data=data)
     from workbench import record
     from workbench.sweep import run_sweep
 
+    if not worker:
+        check_data(loaded)
     total = trials or loaded.trials
     with SweepProgress(total, loaded.objective.metric, loaded.objective.direction == "maximize") as progress:
         result = run_sweep(loaded, storage=storage, tracking_uri=tracking_uri, trials=total, study_name=study,
@@ -129,7 +138,52 @@ def sweep_command(
     selection = select_runs(client, tracking_uri=tracking_uri, sweep=result.parent_run_id)
     print_leaderboard(leaderboard(selection.runs, top=top), title=f"{loaded.name}: sweep run {result.parent_run_id}",
                       objective=loaded.objective.metric)
-    console.print(f"browse it: make ui  (MLflow at http://127.0.0.1:5000, experiment '{loaded.name}')")
+    if loaded.ship:
+        ship(loaded, client, result.parent_run_id)
+    console.print(f"browse it: make ui, then {ui_url(result.experiment_id)}", highlight=False)
+
+
+def ui_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's page in the MLflow UI, opened on runs and charts: MLflow 3's UI starts in
+    its GenAI view unless the address asks for the model-training one."""
+    return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def check_data(spec) -> None:
+    """The data a sweep will train on, in one line, and proof that no test image has a copy in
+    training (`data check` in short); a leak stops the sweep before anything trains."""
+    from workbench import leakage
+    from workbench.dataset import prepare
+    from workbench.errors import DataError
+
+    data = prepare(spec)
+    console.print(data.describe(), highlight=False)
+    report = leakage.check(data.frame, getattr(spec.dataset, "near_duplicate_distance", 4))
+    if report.leaks:
+        raise DataError(f"{spec.name}: {report.exact_across + report.near_across} duplicate group(s) span two splits "
+                        f"(e.g. {', '.join(report.examples[0]['paths'][:2])}); run `workbench data check {spec.name}`")
+    console.print(f"leak check: no image has a copy in another split ({report.cross_source} picture(s) shared "
+                  "between datasets kept on one side)" if report.cross_source else
+                  "leak check: no image has a copy in another split", highlight=False)
+
+
+def ship(spec, client, sweep_run_id: str) -> None:
+    """The spec's `ship` step: the sweep's best run (validation objective) becomes the champion,
+    then is exported when the spec asks (S4: TFLite, checked against Keras on the test split)."""
+    from workbench import export, predict, promote
+    from workbench.errors import WorkbenchError
+
+    done = promote.promote(client, spec.ship.name, sweep=sweep_run_id)
+    console.print(f"shipped: run {done.run_id} ({done.metric} {done.score:.4f}) is models:/{spec.ship.name}@champion "
+                  f"(version {done.version})", highlight=False)
+    if spec.ship.export == "tflite":
+        loaded = predict.load_model(f"models:/{spec.ship.name}@champion")
+        result = export.export(client, loaded, quantize=spec.ship.quantize)
+        console.print(f"exported {result.tflite_path} ({result.size_mb:.2f} MB, quantize {spec.ship.quantize}); "
+                      f"agreement with Keras {result.agreement:.2%} of {result.images} images", highlight=False)
+        if not result.passed:
+            raise WorkbenchError(f"TFLite agreement {result.agreement:.2%} is under {export.MIN_AGREEMENT:.1%}: "
+                                 "the export was not logged; try quantize: none")
 
 
 @app.command("leaderboard")
