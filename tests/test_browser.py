@@ -1,0 +1,295 @@
+"""What people look at, seen in a real browser: a real two-trial sweep of the tiny spec is opened
+in the MLflow UI (served by `mlflow server` on loopback, as `make ui` serves it) and its HTML report
+(served by a local http.server), both in Debian's headless Chromium driven by Playwright. The UI
+must list the trials nested under the sweep's run, draw a trial's per-epoch metrics and show its
+confusion-matrix PNG; the report must load without a console error and draw every figure with the
+traces its sections promise. Screenshots land in tests/output/ (git-ignored).
+
+Without Chromium (or Playwright) the tests skip, saying why; CI sets WORKBENCH_REQUIRE_BROWSER=1 so
+that there a missing browser fails instead of silently checking nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY, write_spec
+from workbench import compare, record, report
+
+OUTPUT = REPO / "tests" / "output"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EPOCHS = 2
+# The MLflow UI remembers a global "GenAI / Model training" switch (GenAI by default) and, in 3.x,
+# lays an experiment out by it; this query parameter is what its "Model training" button sets.
+MODEL_TRAINING = "workflowType=machine_learning"
+WAIT_MS = 60_000  # first loads of the UI's bundle on a busy 2-core machine
+
+
+def required() -> bool:
+    return os.environ.get("WORKBENCH_REQUIRE_BROWSER", "").strip() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str):
+    if required():
+        pytest.fail(f"WORKBENCH_REQUIRE_BROWSER is set but {reason}", pytrace=False)
+    pytest.skip(f"{reason} (set WORKBENCH_REQUIRE_BROWSER=1 to make this a failure)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, for the whole module (Playwright talks to it; it never
+    downloads a browser of its own)."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not executable:
+        unavailable("no chromium on PATH: `apt-get install chromium` (Debian's package)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright is not installed: `pip install -e '.[test]'`")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser profile per test (no UI state carried over), 1280 px wide."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    context.set_default_timeout(WAIT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, shared_data):
+    """A real two-trial sweep of the tiny spec (two epochs, so every curve has two points; a
+    learning-rate range, so the trials differ), its comparison table and its report."""
+    from workbench import spec as S
+    from workbench.sweep import run_sweep
+
+    folder = tmp_path_factory.mktemp("browser")
+    (folder / "experiments").mkdir()
+    write_spec(folder, TINY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("WORKBENCH_DATA", str(shared_data))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("WORKBENCH_STORAGE", raising=False)
+        uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+        spec = S.load("tiny", [f"epochs={EPOCHS}", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+        result = run_sweep(spec, storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}", tracking_uri=uri, trials=2)
+        client = record.connect(uri)
+        # As `workbench report` builds it (cli/compare.py: report_command).
+        selection = compare.select_runs(client, tracking_uri=uri, experiment="tiny", sweep="latest")
+        table = compare.compare(selection.runs, only_diff=True,
+                                predictions_for=lambda ids: compare.load_predictions(client, ids)).table
+        page = report.make_report(client, selection, table, out=folder / "reports" / "tiny-report.html")
+        yield {"folder": folder, "uri": uri, "client": client, "result": result, "table": table, "report": page}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(sweep):
+    """`mlflow server` on the sweep's SQLite store, on loopback, with the arguments `make ui` gives
+    it: no artifact root, so the confusion matrix shown is served from where the run recorded it."""
+    port = free_port()
+    log = sweep["folder"] / "mlflow-server.log"
+    # The server's job runner starts half a dozen consumer processes that nothing here uses; on two
+    # cores they would only slow the suite down.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", sweep["uri"],
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=sweep["folder"], stdout=out, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)  # its own process group: uvicorn's worker goes down with it
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, attempts = time.monotonic() + 120, 0
+        while True:
+            attempts += 1
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline or attempts > 400:
+                pytest.fail(f"mlflow server did not come up on {base}:\n{log.read_text()[-3000:]}", pytrace=False)
+            time.sleep(0.25)
+        yield base
+    finally:
+        stop(server)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def report_url(sweep):
+    """The report's folder served over HTTP on loopback, the way a browser fetches a page."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            # Chromium asks any web server for a favicon; the 404 it would log is this test
+            # server's, not the report's (opened from disk, the page asks for nothing).
+            if self.path == "/favicon.ico":
+                self.send_response(204)
+                self.end_headers()
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(sweep["report"].parent)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{sweep['report'].name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+# --- the MLflow UI -----------------------------------------------------------------------------------
+
+def test_mlflow_ui_nests_the_trials_under_the_sweep_and_shows_their_curves_and_confusion_matrix(
+        browser, page, sweep, mlflow_ui):
+    client, result = sweep["client"], sweep["result"]
+    experiment, parent = result.experiment_id, result.parent_run_id
+    trials = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [experiment], f"tags.mlflow.parentRunId = '{parent}'")}
+    assert sorted(trials) == ["trial-000", "trial-001"]
+    sweep_name = client.get_run(parent).info.run_name
+
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs?{MODEL_TRAINING}")
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    row = page.locator("[role=row]", has=page.locator(f"a[href$='/runs/{parent}']"))
+    row.wait_for()
+    if close.is_visible():  # the assistant's side panel only narrows the screenshots
+        close.click()
+    # Nested: the trials are folded under the sweep's row until it is expanded.
+    links = page.locator("[role=row] a[href*='/runs/']")
+    assert links.all_inner_texts() == [sweep_name]
+    row.locator("button[data-component-id*='runnamecellrenderer']").click()
+    for run_id in trials.values():
+        page.locator(f"[role=row] a[href$='/runs/{run_id}']").wait_for()
+    assert links.all_inner_texts()[0] == sweep_name and sorted(links.all_inner_texts()[1:]) == sorted(trials)
+    page.screenshot(path=OUTPUT / "mlflow-sweep-with-trials.png")
+
+    trial = trials["trial-000"]
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{trial}/model-metrics?{MODEL_TRAINING}")
+    cards = page.locator("[data-testid='experiment-view-compare-runs-card']")
+    cards.first.wait_for()
+    for metric in ("loss", "val_f1_macro"):
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(trial, metric))
+        assert len(logged) == EPOCHS
+        # The charts are virtualised (only the first few are drawn): search brings this one up.
+        page.get_by_placeholder("Search metric charts").fill(metric)
+        plot = cards.filter(has=page.locator(f"h4[title='{metric}']")).locator(".js-plotly-plot")
+        plot.wait_for()
+        page.wait_for_function("d => d.data && d.data.length && d._fullLayout", arg=plot.element_handle())
+        drawn = plot.evaluate("d => d.data.map(t => ({type: t.type, x: t.x, y: t.y}))")
+        assert drawn[0]["type"] == "scatter"
+        assert drawn[0]["x"] == [step for step, _ in logged]
+        assert drawn[0]["y"] == pytest.approx([value for _, value in logged])
+        assert plot.locator("svg.main-svg").count() >= 1
+    page.screenshot(path=OUTPUT / "mlflow-trial-metrics.png")
+
+    artifact = record.Artifacts.EVALUATION + "/confusion_matrix.png"
+    expected = png_size(Path(client.download_artifacts(trial, artifact, str(sweep["folder"]))))
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{trial}/artifacts/{artifact}?{MODEL_TRAINING}")
+    image = page.locator(f"img[alt='{artifact}']")
+    image.wait_for()
+    page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=image.element_handle())
+    assert tuple(image.evaluate("i => [i.naturalWidth, i.naturalHeight]")) == expected
+    assert image.bounding_box()["width"] > 100
+    page.screenshot(path=OUTPUT / "mlflow-trial-confusion-matrix.png")
+
+
+# --- the HTML report ---------------------------------------------------------------------------------
+
+def expected_figures(table) -> dict[str, list[str]]:
+    """Section -> trace types, as `report.build_report` draws them for these runs: every run is
+    among the top 5 whose curves are overlaid and the top 3 whose confusion matrices are shown."""
+    runs = len(table)
+    assert runs <= 3
+    return {
+        "Objective by axis": ["box"] * len(compare.REGISTRY_AXES),        # one box per registry axis
+        "Parameters vs objective": ["parcoords"],                          # one line per run in one trace
+        "Learning curves": ["scatter"] * (runs * len(report.CURVE_KEYS)),  # one line per run and per-epoch metric
+        "Confusion matrices": ["heatmap"] * runs,                          # one panel per run
+        "Accuracy vs latency": ["scatter", "scatter"],                     # dominated runs, then the Pareto front
+    }
+
+
+def test_report_loads_without_console_errors_and_draws_every_figure(browser, page, sweep, report_url):
+    problems = []
+    page.on("console", lambda message: message.type == "error" and problems.append(f"console: {message.text}"))
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    page.on("requestfailed", lambda request: problems.append(f"request failed: {request.url}"))
+    page.on("response", lambda response: response.status >= 400 and problems.append(f"HTTP {response.status}: {response.url}"))
+    expected = expected_figures(sweep["table"])
+
+    page.goto(report_url, wait_until="load")
+    page.wait_for_function(
+        "n => { const plots = document.querySelectorAll('.js-plotly-plot');"
+        " return plots.length === n && Array.from(plots).every(d => d._fullLayout && d.querySelector('svg.main-svg')); }",
+        arg=len(expected))
+    drawn = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
+        section: d.closest('section').querySelector('h2').textContent,
+        types: d.data.map(t => t.type), names: d.data.map(t => t.name || ''),
+        full: d._fullData.length, height: d.getBoundingClientRect().height}))""")
+    assert {d["section"]: d["types"] for d in drawn} == expected
+    assert [d["section"] for d in drawn] == list(report.SECTIONS[1:])
+    assert all(d["full"] == len(d["types"]) and d["height"] > 200 for d in drawn)
+    # The overlaid curves carry one legend name per run, the runs the leaderboard lists.
+    curves = next(d for d in drawn if d["section"] == "Learning curves")
+    table = sweep["table"]
+    assert set(curves["names"]) == {report.label(table, run_id) for run_id in table["run_id"]}
+    assert page.locator("section", has=page.locator("h2", has_text="Leaderboard")).locator("tbody tr").count() == len(table)
+    assert page.locator(".missing").count() == 0
+    page.screenshot(path=OUTPUT / "report.png", full_page=True)
+    assert problems == []
