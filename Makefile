@@ -54,6 +54,7 @@ bench: $(STAMP)  ## speed and memory benchmarks -> bench/results/latest.json (BE
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 ui: $(STAMP)  ## browse runs in the MLflow UI on http://127.0.0.1:$(PORT)
+	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (runs and charts, not the GenAI view)"
 	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
 
 clean-runs:  ## delete every local run and study (asks first)
