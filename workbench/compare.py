@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
@@ -157,6 +158,10 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         if name in record.INTEGER_METRICS and (column.dropna() % 1 == 0).all():
             column = column.round().astype("Int64")
         table[name] = column
+        # A configuration trained with repeats logs the spread of every metric beside its mean.
+        spread = runs.get(f"metrics.{name}_std")
+        if spread is not None and spread.notna().any():
+            table[f"{name}_std"] = pd.to_numeric(spread, errors="coerce")
     return table.reset_index(drop=True)
 
 
@@ -236,6 +241,8 @@ def group_table(table: pd.DataFrame, by: Sequence[str], sort: str, order: str | 
 
 
 def is_measure(column: str) -> bool:
+    if column.endswith("_std"):  # a repeated configuration's spread travels with its mean
+        return False
     return column in (*record.QUALITY, *record.QUALITY_AFTER, *record.COST) or column.startswith("test_f1_")
 
 
@@ -263,7 +270,8 @@ def scored_images(predictions: pd.DataFrame) -> ScoredImages:
 
 
 def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | None], top: int = STATS_TOP,
-                     resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+                     resamples: int = 1000, seed: int = 0,
+                     repeats: dict[str, tuple[str, list[float]]] | None = None) -> pd.DataFrame:
     """For the first `top` rows (the table is sorted, the first is the best): a bootstrap 95 %
     interval of macro-F1 (`f1_macro_ci`, "[low, high]") and, against the best run on the same
     test set, the difference in macro-F1 with its paired bootstrap interval (`f1_diff_vs_best`,
@@ -271,8 +279,11 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
     `mcnemar_c`: the reverse, `p_vs_best`), its p-value Holm-corrected across the runs compared
     (`p_holm`: the top-5 comparison is several tests at once). `note` says which test was used,
     or why a run was not compared. Resampling is paired: every run on the same test set is
-    resampled with the same image indices."""
+    resampled with the same image indices. Configurations trained with repeats (`repeats`: run id
+    -> (dataset digest, per-seed test macro-F1 in seed order)) are compared with the best by a
+    paired t-test over their seeds instead, paired seed by seed where the test set is shared."""
     out = table.copy()
+    repeats = repeats or {}
     n = len(out)
     ci: list[str | None] = [None] * n
     diff_ci: list[str | None] = [None] * n
@@ -287,6 +298,9 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
     for i in range(min(top, n)):
         run_id = out["run_id"].iloc[i]
         mine = sets.get(run_id)
+        if run_id in repeats:
+            note[i] = _repeats_note(i, repeats.get(best_id), repeats[run_id], p, diff)
+            continue
         if mine is None:
             state = out["state"].iloc[i] if "state" in out else ""
             note[i] = f"no test predictions logged{f' ({state})' if state and state != 'finished' else ''}"
@@ -319,6 +333,42 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
     return out
 
 
+def _repeats_note(i: int, best: tuple[str, list[float]] | None, mine: tuple[str, list[float]], p: list, diff: list) -> str:
+    """Fill p[i] and diff[i] from per-seed scores; say which test was used, or why none was."""
+    from scipy import stats as scipy_stats
+
+    if i == 0:
+        return f"best: the reference for p_vs_best ({len(mine[1])} seeds)"
+    if best is None:
+        return "not compared: the best run has no repeats to pair with"
+    if best[0] != mine[0] or len(best[1]) != len(mine[1]) or len(mine[1]) < 2:
+        return "not compared: the repeats do not share a test set and a seed count"
+    gaps = np.subtract(mine[1], best[1])
+    diff[i] = float(gaps.mean())
+    if np.ptp(gaps) == 0:  # the same gap on every seed: no spread to test against
+        p[i] = 1.0 if gaps[0] == 0 else 0.0
+    else:
+        p[i] = float(scipy_stats.ttest_rel(mine[1], best[1]).pvalue)
+    return f"paired t-test over {len(mine[1])} seeds, macro-F1"
+
+
+def load_repeats(client, runs: pd.DataFrame) -> dict[str, tuple[str, list[float]]]:
+    """Per-seed test macro-F1 of every run trained with repeats (its nested `repeat` runs)."""
+    found = {}
+    column = f"tags.{record.REPEATS}"
+    if column not in runs:
+        return found
+    for row in runs[runs[column].notna()].itertuples():
+        run_id = row.run_id
+        children = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{run_id}' AND tags.`{record.ROLE}` = 'repeat'")
+        scored = sorted((int(c.data.tags.get(record.REPEAT, 0)), c.data.metrics.get("test_f1_macro")) for c in children)
+        if scored and all(v is not None for _, v in scored):
+            digest = client.get_run(run_id).data.tags.get(record.DATASET_DIGEST, "")
+            found[run_id] = (digest, [v for _, v in scored])
+    return found
+
+
 # --- the whole comparison --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -331,7 +381,8 @@ class Comparison:
 def compare(runs: pd.DataFrame, *, sort: str | None = None, order: str | None = None, top: int | None = None,
             only_diff: bool = False, group_by: Sequence[str] = (), stats: bool | None = None,
             predictions_for: Callable[[list[str]], dict[str, pd.DataFrame | None]] | None = None,
-            stats_top: int = STATS_TOP, resamples: int = 1000, seed: int = 0) -> Comparison:
+            stats_top: int = STATS_TOP, resamples: int = 1000, seed: int = 0,
+            repeats_for: Callable[[pd.DataFrame], dict] | None = None) -> Comparison:
     """`workbench compare` as a function: the table, sorted best first, cut to `top` rows, with
     paired statistics for the first `stats_top` runs (`stats`: None means on when at most 20
     rows are shown; `predictions_for` fetches the runs' test predictions), pooled by `group_by`
@@ -350,7 +401,9 @@ def compare(runs: pd.DataFrame, *, sort: str | None = None, order: str | None = 
             table = table.head(top)
         if (len(table) <= STATS_MAX_ROWS if stats is None else stats) and predictions_for is not None:
             wanted = list(table["run_id"].iloc[:stats_top])
-            table = add_paired_stats(table, predictions_for(wanted), stats_top, resamples, seed)
+            repeated = repeats_for(runs[runs["run_id"].isin(wanted)]) if repeats_for else {}
+            table = add_paired_stats(table, predictions_for([w for w in wanted if w not in repeated]), stats_top,
+                                     resamples, seed, repeated)
     if group_by and top:
         table = table.head(top)
     if only_diff:
@@ -396,12 +449,13 @@ def display_frame(table: pd.DataFrame) -> pd.DataFrame:
     `<x>_mean`/`<x>_std` pair shown as one column `<x>` = "mean ± std"."""
     shown = {}
     for column in table.columns:
-        if column.endswith("_std") and f"{column.removesuffix('_std')}_mean" in table.columns:
+        base = column.removesuffix("_std")
+        if column.endswith("_std") and (f"{base}_mean" in table.columns or base in table.columns):
             continue
-        if column.endswith("_mean") and f"{column.removesuffix('_mean')}_std" in table.columns:
-            base = column.removesuffix("_mean")
-            shown[base] = [format_value(m) + ("" if pd.isna(s) else f" ± {format_value(s)}")
-                           for m, s in zip(table[column].tolist(), table[f"{base}_std"].tolist())]
+        mean_of = column.removesuffix("_mean") if column.endswith("_mean") else column
+        if f"{mean_of}_std" in table.columns:  # a group's mean, or a repeated configuration's
+            shown[mean_of] = [format_value(m) + ("" if pd.isna(s) else f" ± {format_value(s)}")
+                              for m, s in zip(table[column].tolist(), table[f"{mean_of}_std"].tolist())]
         else:
             shown[column] = [format_value(v) for v in table[column].tolist()]
     return pd.DataFrame(shown, index=range(len(table)), dtype=object)
@@ -411,7 +465,8 @@ def _right_aligned(table: pd.DataFrame) -> dict[str, bool]:
     """Which display columns hold numbers (right-aligned in every human format)."""
     aligned = {}
     for column in display_frame(table).columns:
-        source = column if column in table.columns else f"{column}_mean"
+        source = column if column in table.columns and not f"{column}_mean" in table.columns else f"{column}_mean"
+        source = source if source in table.columns else column
         aligned[column] = bool(pd.api.types.is_numeric_dtype(table[source]))
     return aligned
 

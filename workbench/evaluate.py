@@ -102,7 +102,11 @@ def roc_auc_ovr(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
     return float(np.mean([roc_auc_score(y_true == c, probabilities[:, c]) for c in present]))
 
 
-def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], prefix: str = "test") -> Evaluation:
+def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], prefix: str = "test",
+             present_only: bool = False) -> Evaluation:
+    """Every metric of a scored set. With `present_only`, the macro and weighted averages run
+    over the classes the images actually hold (a model scored on another dataset that lacks one
+    of its classes is not charged a zero F1 for it); per-class figures cover every class."""
     y_true = np.asarray(y_true).astype(int)
     probabilities = np.asarray(probabilities, dtype=float)
     k = len(classes)
@@ -116,9 +120,10 @@ def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, 
 
     p = prefix
     metrics = {f"{p}_accuracy": float(accuracy_score(y_true, y_pred))}
+    averaged = sorted(set(y_true.tolist())) if present_only else labels
     for average in ("macro", "weighted"):
         precision, recall, f1, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0)
+            y_true, y_pred, labels=averaged, average=average, zero_division=0)
         metrics.update({f"{p}_precision_{average}": float(precision), f"{p}_recall_{average}": float(recall),
                         f"{p}_f1_{average}": float(f1)})
     precision, recall, f1, _ = precision_recall_fscore_support(

@@ -311,14 +311,15 @@ def mistakes_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndar
 
 # --- what the caller logs -------------------------------------------------------------------
 
-def figure_pairs(evaluation: Evaluation, history: dict[str, list[float]], images: np.ndarray | None = None,
+def figure_pairs(evaluation: Evaluation, history: dict[str, list[float]] | None, images: np.ndarray | None = None,
                  k: int = 16, phase_boundary: int | None = None, picked: list[int] | None = None) -> dict[str, tuple]:
     """The standard figures of a run by artifact name: {"learning_curves": (mpl, plotly), ...}.
 
-    The mistakes grid is included when `images` is given: the test images in the evaluation's
-    order, or just the `picked` mistakes' images (what `train()` returns)."""
-    pairs = {"learning_curves": learning_curves(history, phase_boundary),
-             "confusion_matrix": confusion(evaluation)}
+    Learning curves need a history (an evaluation of a trained model has none). The mistakes
+    grid is included when `images` is given: the test images in the evaluation's order, or just
+    the `picked` mistakes' images (what `train()` returns)."""
+    pairs = {"learning_curves": learning_curves(history, phase_boundary)} if history else {}
+    pairs["confusion_matrix"] = confusion(evaluation)
     if images is not None and evaluation.y_true is not None and evaluation.probabilities is not None:
         pairs["most_confident_mistakes"] = mistakes_grid(images, evaluation.y_true, evaluation.probabilities,
                                                          evaluation.classes, k, picked)

@@ -55,6 +55,12 @@ class Candidate:
         return self.tags.get("mlflow.parentRunId")
 
     @property
+    def model_run_id(self) -> str:
+        """The run holding the model: the run itself, or, for a configuration trained with
+        repeats, its best seed's run."""
+        return self.tags.get(record.MODEL_RUN, self.run_id)
+
+    @property
     def objective(self) -> str | None:
         """The metric this run's `objective` stands for (val_f1_macro, say)."""
         return self.params.get(record.OBJECTIVE_PARAM)
@@ -86,11 +92,14 @@ def refusal(candidate: Candidate, metric: str, min_score: float | None = None) -
         return f"{run} ended {ended}{because}: only finished runs can be promoted"
     if candidate.state == "pruned":
         return f"{run} was pruned: it has no test evaluation and no model; promote a finished run"
+    role = candidate.tags.get(record.ROLE)
+    if role in ("sweep", "evaluation", "matrix"):
+        return f"{run} is a {role} run, not a training run: promote one of its trials or the run that trained the model"
     if candidate.state != "finished":
         return (f"{run} is not a finished workbench run (workbench.state={candidate.state or 'unset'}): "
                 "only runs trained by `workbench run` or `workbench sweep` can be promoted")
     if not candidate.has_model:
-        return f"{run} has no logged model (runs:/{candidate.run_id}/model): nothing to register"
+        return f"{run} has no logged model (runs:/{candidate.model_run_id}/model): nothing to register"
     score = candidate.metrics.get(metric)
     if score is None or not math.isfinite(score):
         known = ", ".join(sorted(m for m in candidate.metrics if m.startswith("test_"))) or "none"
@@ -281,9 +290,18 @@ def _has_model(client: MlflowClient, run) -> bool:
 
 
 def to_candidate(client: MlflowClient, run) -> Candidate:
+    holder = run.data.tags.get(record.MODEL_RUN)
+    if holder and run.data.tags.get(record.ROLE) in record.TRAINING_ROLES:
+        try:
+            holder_run = client.get_run(holder)
+        except MlflowException:
+            holder_run = None
+        has_model = holder_run is not None and _has_model(client, holder_run)
+    else:
+        has_model = _has_model(client, run)
     return Candidate(run_id=run.info.run_id, run_name=run.info.run_name or "", experiment_id=run.info.experiment_id,
                      status=run.info.status, state=run.data.tags.get(record.STATE),
-                     has_model=_has_model(client, run), metrics=dict(run.data.metrics),
+                     has_model=has_model, metrics=dict(run.data.metrics),
                      params=dict(run.data.params), tags=dict(run.data.tags))
 
 
@@ -363,12 +381,12 @@ def register(client: MlflowClient, name: str, candidate: Candidate, metric: str,
     """The version holding this run's model: an existing one when the run was registered before."""
     import mlflow
 
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.run_id}'")
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.model_run_id}'")
     if existing:
         return str(min(int(v.version) for v in existing)), False
     tags = version_tags(candidate, metric, experiment)
     with _quiet_registration():
-        version = mlflow.register_model(f"runs:/{candidate.run_id}/model", name, tags=tags)
+        version = mlflow.register_model(f"runs:/{candidate.model_run_id}/model", name, tags=tags)
     client.update_model_version(name, version.version, description=model_card(candidate, metric, experiment, name))
     return str(version.version), True
 

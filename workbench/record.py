@@ -41,6 +41,8 @@ SELECTED_BY = "workbench.selected_by"  # on a registered version: the metric tha
 MODEL_RUN = "workbench.model_run_id"   # on an evaluation run: the run that trained the model
 MODEL_URI = "workbench.model_uri"
 REPEAT = "workbench.repeat"          # on a repeat run: its index within the trial
+REPEATS = "workbench.repeats"        # on a trial with repeats: how many
+LEFT_OUT = "workbench.left_out"      # images of the data not used, and why
 STUDY = "optuna.study_name"
 
 ROLES = ("sweep", "trial", "run", "repeat", "evaluation", "matrix")

@@ -25,6 +25,7 @@ from workbench.record import Artifacts
 
 SECTIONS = ("Leaderboard", "Objective by axis", "Parameters vs objective", "Learning curves",
             "Confusion matrices", "Accuracy vs latency")
+MATRIX_SECTION = "Across datasets: trained on x tested on"
 CURVE_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_f1_macro")
 
 
@@ -52,7 +53,7 @@ def parameter_columns(table: pd.DataFrame) -> list[str]:
 
 
 def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict, confusions: dict,
-                 title: str, subtitle: str) -> str:
+                 title: str, subtitle: str, matrix: pd.DataFrame | None = None) -> str:
     """The page from values: `board` is the leaderboard as shown (sorted, maybe with statistics),
     `everything` the full comparison table of the selected runs (for the figures)."""
     names = {run_id: label(everything, run_id) for run_id in everything["run_id"]}
@@ -77,6 +78,9 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
         Section(SECTIONS[5], figures.accuracy_vs_latency(latency, front) if len(latency) else None,
                 missing=f"no run has both test_accuracy and {record.LATENCY}"),
     ]
+    if matrix is not None and not matrix.empty:  # the experiment's latest `workbench matrix`
+        sections.append(Section(MATRIX_SECTION, figures.matrix_heatmap(matrix, "test_f1_macro"),
+                                missing="the matrix run scored no images"))
     return figures.page(title, sections, subtitle)
 
 
@@ -109,6 +113,21 @@ def collect_confusions(client, run_ids: Sequence[str]) -> dict:
     return found
 
 
+def collect_matrix(client, experiment_id: str) -> pd.DataFrame | None:
+    """The table of the experiment's latest finished matrix run, if it has one."""
+    from mlflow.exceptions import MlflowException
+
+    runs = client.search_runs([experiment_id], f"tags.`{record.ROLE}` = 'matrix' AND attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return pd.read_csv(client.download_artifacts(runs[0].info.run_id, Artifacts.MATRIX, tmp))
+    except (MlflowException, OSError, pd.errors.ParserError):
+        return None
+
+
 def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, runs: Sequence[str] = (),
                 out: str | Path | None = None, log: bool = True, curves_top: int = 5, confusions_top: int = 3) -> Path:
     """Write the page for `selection` (default `reports/<experiment>-report.html`) and, when the
@@ -127,7 +146,8 @@ def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, ru
                 raise WorkbenchError(f"--runs {run_id}: no such run") from None
     page = build_report(board, everything, collect_histories(client, chosen),
                         collect_confusions(client, ranked[:confusions_top]),
-                        title=f"workbench report: {selection.experiment}", subtitle=selection.description)
+                        title=f"workbench report: {selection.experiment}", subtitle=selection.description,
+                        matrix=collect_matrix(client, selection.experiment_id))
     path = Path(out) if out else paths.reports_dir() / f"{selection.experiment}-report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

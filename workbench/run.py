@@ -52,7 +52,9 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
     if trial_number is not None:
         all_tags[record.TRIAL] = str(trial_number)
     name = name or (f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}")
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=all_tags)
+    # Inside a trial with repeats, the trial's run is active: a repeat nests under it.
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=all_tags,
+                           nested=mlflow.active_run() is not None)
     try:
         if on_start:
             on_start(run.info.run_id)
@@ -81,6 +83,61 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
         raise
     finally:
         release_memory()
+
+
+def tracked_repeats(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id: str,
+                    parent_run_id: str | None = None, trial_number: int | None = None, callbacks: list = (),
+                    on_start: Callable[[str], None] | None = None) -> RunOutcome:
+    """One configuration trained `spec.repeats` times, with seeds seed, seed + 1, ... on the same
+    split: a run (the trial's, or a single run's) holding one nested `repeat` run each. Its
+    metrics are the repeats' means, each with its sample standard deviation as `<metric>_std`;
+    its objective is the mean objective; its model is the best repeat's (tag
+    `workbench.model_run_id`). The pruner watches the first repeat only: a configuration it
+    stops is not worth N seeds."""
+    import numpy as np
+
+    role = "trial" if trial_number is not None else "run"
+    tags = {record.ROLE: role, record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash(),
+            record.DATASET_DIGEST: data.digest, record.SEED: str(config.seed), record.REPEATS: str(spec.repeats),
+            record.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags()}
+    if trial_number is not None:
+        tags[record.TRIAL] = str(trial_number)
+    name = f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}"
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
+    try:
+        if on_start:
+            on_start(run.info.run_id)
+        mlflow.log_params({**config.model_dump(exclude={"seed"}), "repeats": spec.repeats, record.DATASET: data.name,
+                           record.DATASET_DIGEST_PARAM: data.digest, record.CLASSES: ",".join(data.classes),
+                           record.OBJECTIVE_PARAM: spec.objective.metric})
+        outcomes = []
+        for k in range(spec.repeats):
+            outcomes.append(tracked_run(spec, config.model_copy(update={"seed": config.seed + k}), data,
+                                        experiment_id=experiment_id, parent_run_id=run.info.run_id, role="repeat",
+                                        callbacks=callbacks if k == 0 else [], tags={record.REPEAT: str(k)},
+                                        name=f"{name}-seed{config.seed + k}"))
+        shared = set.intersection(*(set(o.metrics) for o in outcomes))
+        values = {m: np.array([o.metrics[m] for o in outcomes], dtype=float) for m in sorted(shared)}
+        metrics = {**{m: float(v.mean()) for m, v in values.items()},
+                   **{f"{m}_std": float(v.std(ddof=1)) for m, v in values.items()}}
+        objectives = np.array([o.objective for o in outcomes])
+        metrics.update({record.OBJECTIVE: float(objectives.mean()), f"{record.OBJECTIVE}_std": float(objectives.std(ddof=1))})
+        mlflow.log_metrics(metrics)
+        pick = np.argmin if record.lower_is_better(spec.objective.metric) else np.argmax
+        mlflow.set_tags({record.MODEL_RUN: outcomes[int(pick(objectives))].run_id, record.STATE: "finished"})
+        mlflow.end_run("FINISHED")
+        return RunOutcome(run.info.run_id, float(objectives.mean()), metrics)
+    except optuna.TrialPruned:
+        mlflow.set_tag(record.STATE, "pruned")
+        mlflow.end_run("FINISHED")
+        raise
+    except BaseException as err:
+        try:
+            mlflow.set_tags({record.STATE: "failed", record.ERROR: f"{type(err).__name__}: {err}"[:500]})
+        except Exception:
+            pass
+        mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def release_memory() -> None:
@@ -121,13 +178,17 @@ def epoch_logger():
 
 def log_dataset(data: Dataset) -> None:
     """Lineage: the split manifest as an MLflow dataset input, its class counts and the file itself."""
-    columns = [c for c in ("source", "path", "sha256", "label", "original_label", "group_id", "split", "decoded")
-               if c in data.frame.columns]
+    # sha256 and phash let a later evaluation leave out what this model saw (exact and near copies).
+    columns = [c for c in ("source", "path", "sha256", "phash", "label", "original_label", "group_id", "split",
+                           "decoded") if c in data.frame.columns]
     frame = data.frame[columns]
     mlflow.log_input(mlflow.data.from_pandas(frame, source=data.source, name=data.name,
                                              digest=data.digest, targets="label"), context="training")
     counts = data.counts()
     mlflow.log_params({size: int(counts[size.removeprefix("images_")].sum()) for size in record.SPLIT_SIZES})
+    if data.left_out:
+        mlflow.log_metric("images_left_out", sum(data.left_out.values()))
+        mlflow.set_tag(record.LEFT_OUT, "; ".join(f"{n} {why}" for why, n in data.left_out.items()))
     with tempfile.TemporaryDirectory() as tmp:
         frame.to_csv(Path(tmp) / Path(Artifacts.MANIFEST).name, index=False)
         counts.to_csv(Path(tmp) / Path(Artifacts.CLASS_COUNTS).name)
@@ -137,44 +198,52 @@ def log_dataset(data: Dataset) -> None:
 
 def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...], objective: float) -> dict[str, float]:
     """Everything a finished training leaves behind, written into the active run: metrics
-    (quality, training summary, cost, the objective), figures as PNG plus one interactive HTML
-    page, the reports, the predictions and the model. Returns the metrics it logged."""
-    import matplotlib.pyplot as plt
-
-    from workbench import figures
+    (quality, training summary, cost, the objective), the evidence (figures, reports,
+    predictions) and the model. Returns the metrics it logged."""
     from workbench.evaluate import training_summary
 
-    evaluation = result.evaluation
-    metrics = {**evaluation.metrics, **training_summary(result.history), **result.timings, **result.cost,
+    metrics = {**result.evaluation.metrics, **training_summary(result.history), **result.timings, **result.cost,
                "train_images": result.train_images, record.OBJECTIVE: objective}
     mlflow.log_metrics(metrics)
     mlflow.set_tags({record.DEVICE: result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
                      "workbench.xla": str(result.runtime.xla).lower()})
-    pairs = figures.figure_pairs(evaluation, result.history, images=result.mistake_images,
-                                 picked=result.mistakes, phase_boundary=result.phase_boundary)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, (png, _) in pairs.items():
-            png.savefig(Path(tmp) / f"{name}.png", dpi=110, bbox_inches="tight")
-            plt.close(png)
-        figures.write_html_page({name: html for name, (_, html) in pairs.items() if html is not None},
-                                Path(tmp) / Path(Artifacts.FIGURES).name, title="workbench run: evaluation")
-        Path(tmp, Path(Artifacts.REPORT_TEXT).name).write_text(evaluation.report_text)
-        predictions(result).to_csv(Path(tmp) / Path(Artifacts.PREDICTIONS).name, index=False)
-        mlflow.log_artifacts(tmp, artifact_path=Artifacts.EVALUATION)
-    mlflow.log_dict(evaluation.confusion_json(), Artifacts.CONFUSION)
-    mlflow.log_dict(evaluation.report, Artifacts.REPORT)
+    log_evidence(result.evaluation, result.test_frame, result.mistakes, result.mistake_images,
+                 history=result.history, phase_boundary=result.phase_boundary)
     mlflow.log_dict(result.history, Artifacts.HISTORY)
     log_model(result.model, config, classes)
     return metrics
 
 
-def predictions(result: TrainResult):
-    """Per-image test predictions, keyed by content hash: what paired tests between runs
-    (McNemar, bootstrap) need, and what proves two runs were scored on the same images."""
+def log_evidence(evaluation, frame, mistakes, mistake_images, history=None, phase_boundary=None,
+                 title: str = "workbench run: evaluation") -> None:
+    """What a scored model leaves behind, for a trial's test split and an evaluation on another
+    dataset alike: the figures as PNG plus one interactive page, the classification report, the
+    confusion matrix and the per-image predictions."""
+    import matplotlib.pyplot as plt
+
+    from workbench import figures
+
+    pairs = figures.figure_pairs(evaluation, history, images=mistake_images, picked=mistakes,
+                                 phase_boundary=phase_boundary)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (png, _) in pairs.items():
+            png.savefig(Path(tmp) / f"{name}.png", dpi=110, bbox_inches="tight")
+            plt.close(png)
+        figures.write_html_page({name: html for name, (_, html) in pairs.items() if html is not None},
+                                Path(tmp) / Path(Artifacts.FIGURES).name, title=title)
+        Path(tmp, Path(Artifacts.REPORT_TEXT).name).write_text(evaluation.report_text)
+        predictions(evaluation, frame).to_csv(Path(tmp) / Path(Artifacts.PREDICTIONS).name, index=False)
+        mlflow.log_artifacts(tmp, artifact_path=Artifacts.EVALUATION)
+    mlflow.log_dict(evaluation.confusion_json(), Artifacts.CONFUSION)
+    mlflow.log_dict(evaluation.report, Artifacts.REPORT)
+
+
+def predictions(evaluation, frame):
+    """Per-image predictions, keyed by content hash: what paired tests between runs (McNemar,
+    bootstrap) need, and what proves two runs were scored on the same images."""
     import pandas as pd
 
-    evaluation, frame = result.evaluation, result.test_frame
     table = pd.DataFrame({"sha256": frame["sha256"].to_numpy(), "path": frame["path"].to_numpy(),
                           "source": frame["source"].to_numpy(),
                           "true": [evaluation.classes[i] for i in evaluation.y_true],

@@ -664,6 +664,15 @@ def single_config(spec: Spec) -> TrialConfig:
     return _config(spec, {name: default_choice(dim) for name, dim in spec.params.dims().items()})
 
 
+def first_config(spec: Spec, seed: int | None = None) -> TrialConfig:
+    """The configuration a spec stands for when it is trained once (`workbench run`, the matrix):
+    its first enqueued point, the published configuration in the reference studies, over the
+    first choice / middle of every other open dimension."""
+    values = {name: default_choice(dim) for name, dim in spec.params.dims().items()}
+    values.update(spec.enqueue[0] if spec.enqueue else {})
+    return _config(spec, values, seed)
+
+
 def sample_config(spec: Spec, trial) -> TrialConfig:
     return _config(spec, {name: suggest(name, dim, trial) for name, dim in spec.params.dims().items()})
 

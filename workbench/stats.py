@@ -71,7 +71,7 @@ def _encode(y_true, y_pred, labels) -> tuple[np.ndarray, np.ndarray, int]:
     return (np.array([index[v] for v in y_true]), np.array([index[v] for v in y_pred]), len(labels))
 
 
-def _f1_macro_from_confusion(confusion: np.ndarray) -> np.ndarray:
+def _f1_macro_from_confusion(confusion: np.ndarray, over: Sequence[int] | None = None) -> np.ndarray:
     """Macro-F1 of a stack of confusion matrices (..., k, k), rows true and columns predicted.
 
     A class with no true and no predicted images scores 0, as sklearn's zero_division=0 does and
@@ -79,7 +79,7 @@ def _f1_macro_from_confusion(confusion: np.ndarray) -> np.ndarray:
     tp = np.diagonal(confusion, axis1=-2, axis2=-1).astype(float)
     denominator = confusion.sum(axis=-1) + confusion.sum(axis=-2)  # 2tp + fn + fp
     f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return f1.mean(axis=-1)
+    return (f1 if over is None else f1[..., list(over)]).mean(axis=-1)
 
 
 def f1_macro(y_true, y_pred, labels: Sequence) -> float:
@@ -96,7 +96,7 @@ def f1_macro_of_indices(t: np.ndarray, p: np.ndarray, k: int) -> float:
 
 
 def _bootstrap_scores(t: np.ndarray, predictions: Sequence[np.ndarray], k: int, resamples: int,
-                      seed: int) -> np.ndarray:
+                      seed: int, over: Sequence[int] | None = None) -> np.ndarray:
     """Macro-F1 of each prediction vector on `resamples` resamples of the images, (n_predictions,
     resamples). Every vector is scored on the same resampled indices: the pairing."""
     if resamples < 1:
@@ -113,7 +113,7 @@ def _bootstrap_scores(t: np.ndarray, predictions: Sequence[np.ndarray], k: int, 
             # One bincount for the whole block: cell (true, pred) of resample r lands at r*k*k + true*k + pred.
             cells = (offsets + t[picked] * k + p[picked]).ravel()
             confusion = np.bincount(cells, minlength=size * k * k).reshape(size, k, k)
-            scores[row, start:start + size] = _f1_macro_from_confusion(confusion)
+            scores[row, start:start + size] = _f1_macro_from_confusion(confusion, over)
     return scores
 
 
@@ -126,17 +126,34 @@ def _interval(scores: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def bootstrap_f1_macro(y_true, y_pred, labels: Sequence, resamples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+                       level: float = 0.95, average_over: Sequence | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval of macro-F1: resample the test images with replacement
     `resamples` times and take the (1 - level)/2 and (1 + level)/2 quantiles of the scores.
 
     The resampled image indices depend only on `seed`, `resamples` and the number of images, so
     two runs scored on the same test set in the same order are resampled identically (paired),
-    and the interval is reproducible."""
+    and the interval is reproducible. `average_over` limits the average to some labels (the
+    classes a cross-dataset test set holds)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be between 0 and 1, got {level}")
     t, p, k = _encode(y_true, y_pred, labels)
-    return _interval(_bootstrap_scores(t, [p], k, resamples, seed)[0], level)
+    over = None if average_over is None else [list(labels).index(label) for label in average_over]
+    return _interval(_bootstrap_scores(t, [p], k, resamples, seed, over)[0], level)
+
+
+def bootstrap_accuracy(correct, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy from per-image correctness, resampled exactly
+    as `bootstrap_f1_macro` resamples (same seed, same indices)."""
+    c = np.asarray(correct, dtype=float)
+    if c.ndim != 1 or not len(c):
+        raise ValueError(f"need a non-empty 1-D array of correctness, got shape {c.shape}")
+    rng = np.random.default_rng(seed)
+    scores = np.empty(resamples)
+    block = max(1, BLOCK_CELLS // len(c))
+    for start in range(0, resamples, block):
+        size = min(block, resamples - start)
+        scores[start:start + size] = c[rng.integers(0, len(c), size=(size, len(c)))].mean(axis=1)
+    return _interval(scores, level)
 
 
 def bootstrap_f1_macro_difference(y_true, y_pred_a, y_pred_b, labels: Sequence, resamples: int = 1000,

@@ -395,9 +395,10 @@ def _already_run(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None
 def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
     """Run trials in this process until the study holds `total` finished ones; returns how many
     this process finished. Any number of workers may call this on one study at once."""
-    from workbench.run import tracked_run
+    from workbench.run import tracked_repeats, tracked_run
 
     spec, study = sweep.spec, sweep.study
+    train_one = tracked_run if spec.repeats == 1 else tracked_repeats
     data = prepare(spec)
     budget_reached = False
     finite = space_size(spec)
@@ -419,7 +420,7 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
             raise Redraw(trial.number)
         callbacks = [] if spec.objective.latency else [pruning_reporter(trial, spec.objective.metric)]
         try:
-            outcome = tracked_run(spec, config, data, experiment_id=sweep.experiment_id,
+            outcome = train_one(spec, config, data, experiment_id=sweep.experiment_id,
                                   parent_run_id=sweep.parent_run_id, trial_number=trial.number,
                                   callbacks=callbacks, on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
         except (WorkbenchError, optuna.TrialPruned):

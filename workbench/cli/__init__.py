@@ -11,7 +11,7 @@ import os
 import sys
 
 # Imported in the order the stages run, which is the order `workbench --help` lists them.
-from workbench.cli import data, sweep, compare, ship  # noqa: F401,I001  (registers the commands)
+from workbench.cli import data, sweep, compare, crossdata, ship  # noqa: F401,I001  (registers the commands)
 from workbench.cli.common import app, err_console
 from workbench.errors import WorkbenchError
 

@@ -37,6 +37,8 @@ DataOption = Annotated[Optional[Path], typer.Option(
     "--data", help="Folder holding the reference datasets as downloaded [default: $WORKBENCH_RAW or data/raw].")]
 SmokeOption = Annotated[bool, typer.Option(
     "--smoke", help="Minutes on a CPU: tiny images, 1 epoch, 2 trials, on a generated tree in the spec's own layout.")]
+RepeatsOption = Annotated[Optional[int], typer.Option(
+    "--repeats", min=1, help="Train each configuration N times with different seeds [default: the spec's repeats].")]
 ExperimentOption = Annotated[Optional[str], typer.Option(
     "--experiment", help="Experiment (spec) name: all its trial and single runs.")]
 SweepOption = Annotated[Optional[str], typer.Option(
@@ -77,7 +79,8 @@ def quiet_environment() -> None:
         os.close(saved)
 
 
-def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = False, data: Path | None = None):
+def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = False, data: Path | None = None,
+              repeats: int | None = None):
     """A spec as a command sees it: `--set` applied; `--data DIR` as the raw-data root for this
     command (and the workers it starts); with `--smoke`, the toy-scale version of the study on
     generated trees in its datasets' real layouts, kept apart under data/smoke/<spec>/ and in
@@ -85,7 +88,7 @@ def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = Fa
     from workbench import paths
     from workbench import spec as specs
 
-    loaded = specs.load(spec, overrides)
+    loaded = specs.load(spec, [*(overrides or []), *([f"repeats={repeats}"] if repeats else [])])
     if data is not None:
         os.environ["WORKBENCH_RAW"] = str(data.expanduser().resolve())
     if smoke:

@@ -53,7 +53,8 @@ def compare_command(
     if groups and stats:
         err_console.print("note: --stats is skipped with --group-by (the tests compare runs, not groups)")
     result = compare.compare(selection.runs, sort=sort, order=order, top=top, only_diff=only_diff, group_by=groups,
-                             stats=stats, predictions_for=lambda ids: compare.load_predictions(client, ids))
+                             stats=stats, predictions_for=lambda ids: compare.load_predictions(client, ids),
+                             repeats_for=lambda runs: compare.load_repeats(client, runs))
     table = result.table
     noun = "group" if result.grouped else "run"
     title = f"{selection.description}: {len(table)} {noun}{'' if len(table) == 1 else 's'}, by {result.sort}"
@@ -91,7 +92,8 @@ def report_command(
 
     client, selection = _select(experiment, sweep, tag, filter_, tracking_uri)
     result = compare.compare(selection.runs, sort=sort, order=order, only_diff=True, stats=stats,
-                             predictions_for=lambda ids: compare.load_predictions(client, ids))
+                             predictions_for=lambda ids: compare.load_predictions(client, ids),
+                             repeats_for=lambda runs: compare.load_repeats(client, runs))
     chosen = [r.strip() for item in runs or [] for r in item.split(",") if r.strip()]
     path = report.make_report(client, selection, result.table, runs=chosen, out=out, log=log)
     logged = (f"; attached to sweep run {selection.sweep_run_id} as report/report.html"

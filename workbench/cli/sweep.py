@@ -13,32 +13,43 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from workbench import spec as specs
-from workbench.cli.common import (DataOption, SetOption, SmokeOption, StorageOption, TrackingOption, app, console,
-                                  err_console, load_spec, quiet_environment, short)
+from workbench.cli.common import (DataOption, RepeatsOption, SetOption, SmokeOption, StorageOption, TrackingOption, app,
+                                  console, err_console, load_spec, quiet_environment, short)
 
 
 @app.command("run")
 def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption = None, data: DataOption = None,
-                smoke: SmokeOption = False) -> None:
-    """Train and evaluate one configuration of SPEC as a single MLflow run."""
+                smoke: SmokeOption = False, repeats: RepeatsOption = None) -> None:
+    """Train and evaluate one configuration of SPEC as a single MLflow run (N nested seed runs
+    with --repeats N)."""
     quiet_environment()
-    loaded = load_spec(spec, set_, smoke=smoke, data=data)
-    config = specs.single_config(loaded)
-    open_dims = [k for k, d in loaded.params.dims().items() if specs.is_searched(d)]
+    loaded = load_spec(spec, set_, smoke=smoke, data=data, repeats=repeats)
+    config = specs.first_config(loaded)
+    open_dims = [k for k, d in loaded.params.dims().items()
+                 if specs.is_searched(d) and k not in (loaded.enqueue[0] if loaded.enqueue else {})]
+    if loaded.enqueue:
+        err_console.print(f"note: training the spec's first enqueued configuration ({loaded.enqueue[0]})")
     if open_dims:
         err_console.print(f"note: {', '.join(open_dims)} not fixed: using the first choice or the middle "
                           "of the range (fix them with --set)")
     from workbench import record
     from workbench.dataset import prepare
-    from workbench.run import tracked_run
+    from workbench.run import tracked_repeats, tracked_run
 
     client = record.connect(tracking_uri)
     experiment_id = record.ensure_experiment(client, loaded.name, tracking_uri)
     prepared = prepare(loaded)
     console.print(prepared.describe(), highlight=False)
-    outcome = tracked_run(loaded, config, prepared, experiment_id=experiment_id)
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items()
-                        if k == "test_accuracy" or k.startswith("test_f1_") and not k.endswith("weighted"))
+    train_one = tracked_run if loaded.repeats == 1 else tracked_repeats
+    outcome = train_one(loaded, config, prepared, experiment_id=experiment_id)
+    spread = outcome.metrics
+
+    def shown(key: str) -> str:
+        std = spread.get(f"{key}_std")
+        return f"{key} {spread[key]:.3f}" + ("" if std is None else f" ± {std:.3f}")
+
+    metrics = ", ".join(shown(k) for k in outcome.metrics
+                        if k == "test_accuracy" or k.startswith("test_f1_") and not k.endswith(("weighted", "_std")))
     console.print(f"run {outcome.run_id} in experiment {loaded.name}: {loaded.objective.metric} "
                   f"{outcome.objective:.3f} (validation); test: {metrics}")
 
@@ -111,13 +122,14 @@ def sweep_command(
     top: Annotated[int, typer.Option(help="Rows in the closing leaderboard.")] = 8,
     data: DataOption = None,
     smoke: SmokeOption = False,
+    repeats: RepeatsOption = None,
 ) -> None:
     """Search SPEC's space with Optuna; every trial is an MLflow run nested under the sweep's run.
     Rerunning the same command resumes: --trials is the study's total, not a number to add.
     Datasets the spec names by folder are ingested first (when new or changed) and the split is
     checked for leaks; a spec with `ship` registers (and exports) the winner at the end."""
     quiet_environment()
-    loaded = load_spec(spec, set_, smoke=smoke, data=data)
+    loaded = load_spec(spec, set_, smoke=smoke, data=data, repeats=repeats)
     from workbench import record
     from workbench.sweep import run_sweep
 

@@ -1,0 +1,145 @@
+"""Beyond one dataset: `evaluate` scores a model on another dataset leaving out exactly the images
+it trained or validated on (planted exact and near copies), `matrix` trains once per merged
+dataset and fills a train x test table, and `repeats` trains a configuration on several seeds
+with the spread shown and used."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import workbench_cli, write_spec
+from workbench import crossdata, promote, record, spec as S, synth
+from workbench.dataset import prepare
+from workbench.run import tracked_run
+from workbench.sweep import run_sweep
+
+
+def two_class_spec(name: str, manifests: list[dict], **extra) -> dict:
+    return {"name": name, "dataset": {"source": "manifests", "manifests": manifests},
+            "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+            "params": {"backbone": "simple_cnn", "image_size": 32, "epochs": 1, "batch_size": 16, "dense_units": 16},
+            "trials": 1, "seed": 3, **extra}
+
+
+@pytest.fixture
+def own_data(workdir, monkeypatch):
+    """Two small photo-like folders in the `folders` layout, under the raw-data root."""
+    raw = workdir / "raw"
+    monkeypatch.setenv("WORKBENCH_RAW", str(raw))
+    monkeypatch.setenv("WORKBENCH_DATA", str(workdir / "data"))
+    synth.generate(raw / "first", "mask2", seed=1, size=32, count=60)
+    synth.generate(raw / "second", "mask2", seed=2, size=32, count=40)
+    return raw
+
+
+def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir):
+    write_spec(workdir, two_class_spec("first", [{"name": "first", "adapter": "folders", "path": "first"}]))
+    spec = S.load("first")
+    data = prepare(spec)
+    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    client = record.connect(uri)
+    outcome = tracked_run(spec, S.first_config(spec), data, experiment_id=record.ensure_experiment(client, "first", uri))
+
+    # Plant into the second dataset: 3 exact copies and 2 re-encoded (near) copies of images the
+    # model trained or validated on, and 2 copies of its test images (which it never saw).
+    target = own_data / "second" / "with_mask"
+    seen = data.frame[data.frame["split"].isin(("train", "val"))]
+    seen = seen[seen["label"] == "with_mask"]
+    for i, file in enumerate(seen["file"].iloc[:3]):
+        shutil.copy(file, target / f"planted_exact_{i}.jpg")
+    for i, file in enumerate(seen["file"].iloc[3:5]):
+        image = cv2.imread(file)
+        cv2.imwrite(str(target / f"planted_near_{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    test = data.part("test")
+    for i, file in enumerate(test[test["label"] == "with_mask"]["file"].iloc[:2]):
+        shutil.copy(file, target / f"unseen_test_{i}.jpg")
+    ingested = workbench_cli("data", "ingest", "folders", str(own_data / "second"), "--name", "second", cwd=workdir)
+    assert ingested.returncode == 0, ingested.stderr
+
+    honest = crossdata.evaluate_model(client, f"runs:/{outcome.run_id}/model", "second")
+    assert honest.excluded_seen == 5 and honest.images == 40 + 2
+    everything = crossdata.evaluate_model(client, f"runs:/{outcome.run_id}/model", "second", include_seen=True)
+    assert everything.excluded_seen == 0 and everything.images == 47
+
+    run = client.get_run(honest.run_id)
+    assert run.data.tags["workbench.role"] == "evaluation" and run.data.tags[record.MODEL_RUN] == outcome.run_id
+    assert run.data.metrics["excluded_seen"] == 5 and run.data.metrics["images_evaluated"] == 42
+    assert run.data.metrics["test_f1_macro_low"] <= run.data.metrics["test_f1_macro"] <= run.data.metrics["test_f1_macro_high"]
+    artifacts = {f.path for f in client.list_artifacts(honest.run_id, "evaluation")}
+    for name in ("confusion_matrix.png", "figures.html", "test_predictions.csv", "confusion_matrix.json",
+                 "most_confident_mistakes.png", "classification_report.txt"):
+        assert f"evaluation/{name}" in artifacts, name
+
+    # Labels the model does not know: one line, unless mapped (or mapped to null: left out).
+    (own_data / "third" / "covered").mkdir(parents=True)
+    for file in list((own_data / "second" / "with_mask").iterdir())[:6]:
+        shutil.copy(file, own_data / "third" / "covered" / file.name)
+    shutil.copytree(own_data / "second" / "without_mask", own_data / "third" / "bare")
+    workbench_cli("data", "ingest", "folders", str(own_data / "third"), "--name", "third", cwd=workdir)
+    cli = workbench_cli("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
+                        "--tracking-uri", uri, cwd=workdir)
+    assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1
+    assert "label(s) bare, covered are not classes of the model" in cli.stderr and "--classes" in cli.stderr
+    mapped = workbench_cli("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
+                           "--classes", "covered: with_mask, bare: without_mask", "--tracking-uri", uri, cwd=workdir)
+    assert mapped.returncode == 0, mapped.stderr
+    assert "macro-F1" in mapped.stdout and "left out" in mapped.stdout
+
+
+def test_matrix_has_a_row_and_a_column_per_source(own_data, workdir):
+    manifests = [{"name": "first", "adapter": "folders", "path": "first"},
+                 {"name": "second", "adapter": "folders", "path": "second"}]
+    write_spec(workdir, two_class_spec("both", manifests))
+    result = workbench_cli("matrix", "both", cwd=workdir, env={"WORKBENCH_RAW": str(own_data),
+                                                                "WORKBENCH_DATA": str(workdir / "data")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("both").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`workbench.role` = 'matrix'")
+    assert parent.info.status == "FINISHED"
+    table = crossdata.pd.read_csv(client.download_artifacts(parent.info.run_id, "matrix/matrix.csv", str(workdir)))
+    assert sorted(zip(table["trained_on"], table["tested_on"])) == [
+        ("first", "first"), ("first", "second"), ("second", "first"), ("second", "second")]
+    assert (table["test_f1_macro_low"] <= table["test_f1_macro"]).all()
+    assert (table["test_f1_macro"] <= table["test_f1_macro_high"]).all()
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    roles = sorted(r.data.tags["workbench.role"] for r in children)
+    assert roles == ["evaluation"] * 4 + ["run"] * 2
+    assert {f"f1_{s}_on_{t}" for s in ("first", "second") for t in ("first", "second")} <= set(parent.data.metrics)
+    assert "trained on first, tested on second" in result.stdout
+
+
+def test_repeats_train_each_configuration_on_several_seeds(tiny_spec, workdir):
+    storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
+    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    spec = S.load("tiny", ["epochs=1", "repeats=3", "learning_rate=[0.003, 0.01]"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    client = MlflowClient(uri)
+    trials = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(trials) == 2
+    for trial in trials:
+        repeats = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{trial.info.run_id}'")
+        assert sorted(r.data.tags["workbench.repeat"] for r in repeats) == ["0", "1", "2"]
+        assert sorted(r.data.params["seed"] for r in repeats) == ["7", "8", "9"]
+        objectives = [r.data.metrics["objective"] for r in repeats]
+        assert trial.data.metrics["objective"] == pytest.approx(np.mean(objectives))
+        assert trial.data.metrics["objective_std"] == pytest.approx(np.std(objectives, ddof=1))
+        f1 = [r.data.metrics["test_f1_macro"] for r in repeats]
+        assert trial.data.metrics["test_f1_macro_std"] == pytest.approx(np.std(f1, ddof=1))
+        optuna_trial = result.study.trials[int(trial.data.tags["workbench.trial"])]
+        assert optuna_trial.value == pytest.approx(np.mean(objectives))  # the sweep optimises the mean
+
+    shown = workbench_cli("compare", "--experiment", "tiny", "--format", "markdown", "--tracking-uri", uri, cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    assert " ± " in shown.stdout and "paired t-test over 3 seeds" in shown.stdout
+    # compare lists configurations, not their seeds; promote ships the best seed of the best one.
+    assert shown.stdout.count("| trial-") == 2
+    done = promote.promote(record.connect(uri), "seeds", sweep=result.parent_run_id)
+    version = client.get_model_version("seeds", done.version)
+    best = client.get_run(done.run_id).data.tags[record.MODEL_RUN]
+    assert version.run_id == best

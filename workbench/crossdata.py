@@ -1,0 +1,304 @@
+"""Beyond one dataset: scoring a trained model on data it was not trained on, honestly, and the
+train x test matrix that asks S1's question (how do datasets collected by different people
+influence each other?) in one command.
+
+Honest by default: an image whose duplicate group (exact or near copy, as `data check` groups
+them) meets any image the model trained or validated on is left out, and the count is recorded
+(`excluded_seen`); images of classes the model does not know are an error unless mapped, or, in
+the matrix, left out and counted (`excluded_unknown`). Macro averages run over the classes the
+scored images hold. An evaluation is an MLflow run (`workbench.role=evaluation`) with the same
+evidence a trial logs: metrics, per-class report, confusion matrix, per-image predictions and the
+most confident mistakes. The scoring is values in, values out; `evaluate_model` and `matrix` are
+the edges that load models and write runs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbench import dataset, ingest, leakage, paths, pipeline, record, stats
+from workbench.errors import DataError, WorkbenchError
+from workbench.evaluate import Evaluation, evaluate, most_confident_mistakes
+from workbench.record import Artifacts
+from workbench.spec import Spec, first_config, validate
+
+SPLIT_CHOICES = ("all", "train", "val", "test")
+
+
+# --- which images, under which labels --------------------------------------------------------------
+
+def target_frame(data: str, split: str = "all") -> tuple[str, pd.DataFrame]:
+    """The images `data` names: an ingested dataset NAME (all of it, or one of its own published
+    splits), or a SPEC (its merged data, whole or one of its splits). Returns a name and rows
+    with `file`, `label`, `sha256`, `phash`."""
+    if split not in SPLIT_CHOICES:
+        raise WorkbenchError(f"--split {split}: choose from {', '.join(SPLIT_CHOICES)}")
+    if (paths.manifests_dir() / f"{data}.csv").is_file():
+        frame, _ = ingest.read_manifest(data, paths.manifests_dir())
+        frame = frame.assign(file=dataset.files(frame), split=frame["original_split"])
+    else:
+        from workbench.spec import load
+
+        prepared = dataset.prepare(load(data))
+        frame, data = prepared.frame, prepared.name
+    if split != "all":
+        frame = frame[frame["split"] == split]
+        if frame.empty:
+            raise DataError(f"--data {data} --split {split}: no images in that split")
+    return data, frame.reset_index(drop=True)
+
+
+def parse_mapping(text: str | None) -> dict[str, str | None]:
+    """`--classes 'a: x, b: y'` (a YAML mapping, braces optional; `null` leaves a label out)."""
+    import yaml
+
+    if not text or not text.strip():
+        return {}
+    body = text.strip()
+    try:
+        mapping = yaml.safe_load(body if body.startswith("{") else "{" + body + "}")
+    except yaml.YAMLError:
+        mapping = None
+    if not isinstance(mapping, dict):
+        raise WorkbenchError(f"--classes {text!r}: expected 'label: class, label: class'")
+    return {str(k): None if v is None else str(v) for k, v in mapping.items()}
+
+
+def map_labels(frame: pd.DataFrame, classes: tuple[str, ...], mapping: dict[str, str | None],
+               strict: bool, what: str) -> tuple[pd.DataFrame, int]:
+    """Rows relabelled to the model's classes. Labels mapped to null are left out; labels the model
+    does not know are an error when `strict`, else left out. Returns rows and how many were left
+    out for an unknown label."""
+    bad_targets = sorted({v for v in mapping.values() if v is not None} - set(classes))
+    if bad_targets:
+        raise WorkbenchError(f"--classes: {', '.join(bad_targets)} not among the model's classes ({', '.join(classes)})")
+    labels = frame["label"].map(lambda label: mapping.get(label, label))
+    kept = frame.assign(label=labels)[labels.notna()]
+    unknown = sorted(set(kept["label"]) - set(classes))
+    if unknown and strict:
+        raise WorkbenchError(f"{what}: label(s) {', '.join(unknown)} are not classes of the model "
+                             f"({', '.join(classes)}); map them with --classes '{unknown[0]}: CLASS' "
+                             f"(or '{unknown[0]}: null' to leave them out)")
+    known = kept[kept["label"].isin(classes)]
+    return known.reset_index(drop=True), len(kept) - len(known)
+
+
+def seen(frame: pd.DataFrame, trained_on: pd.DataFrame, max_distance: int = 4) -> np.ndarray:
+    """Which rows of `frame` share a duplicate group (same bytes, or perceptual hashes within
+    `max_distance` bits) with an image the model trained or validated on."""
+    if trained_on is None or trained_on.empty or frame.empty:
+        return np.zeros(len(frame), dtype=bool)
+
+    def column(table: pd.DataFrame, name: str) -> list[str]:
+        return table[name].fillna("").astype(str).tolist() if name in table else [""] * len(table)
+
+    keys = [f"seen:{i}" for i in range(len(trained_on))] + [f"new:{i}" for i in range(len(frame))]
+    groups = leakage.near_duplicate_groups(keys, column(trained_on, "sha256") + column(frame, "sha256"),
+                                           column(trained_on, "phash") + column(frame, "phash"), max_distance)
+    touched = {groups[k] for k in keys[:len(trained_on)]}
+    return np.array([groups[f"new:{i}"] in touched for i in range(len(frame))])
+
+
+@dataclass(frozen=True)
+class Scored:
+    evaluation: Evaluation
+    frame: pd.DataFrame          # the scored rows, in the evaluation's order
+    mistakes: list[int]
+    mistake_images: np.ndarray
+
+
+def score(model, classes: tuple[str, ...], image_size: int, frame: pd.DataFrame) -> Scored:
+    """The model on these images, decoded exactly as training decodes them."""
+    if frame.empty:
+        raise DataError("nothing left to score: every image was left out")
+    images = pipeline.image_dataset(frame, classes, image_size=image_size, batch_size=32)
+    probabilities = model.predict(images, verbose=0)
+    y = pipeline.labels_of(frame, classes)
+    evaluation = evaluate(y, probabilities, classes, present_only=True)
+    mistakes = most_confident_mistakes(y, probabilities, k=16)
+    return Scored(evaluation, frame, mistakes,
+                  pipeline.load_images([frame["file"].iloc[i] for i in mistakes], image_size))
+
+
+def intervals(scored: Scored, resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Bootstrap 95 % intervals of accuracy and macro-F1 (over the classes present)."""
+    e = scored.evaluation
+    predicted = e.probabilities.argmax(axis=1)
+    present = sorted(set(e.y_true.tolist()))
+    acc = stats.bootstrap_accuracy(predicted == e.y_true, resamples, seed)
+    f1 = stats.bootstrap_f1_macro(e.y_true, predicted, list(range(len(e.classes))), resamples, seed,
+                                  average_over=present)
+    return {"test_accuracy_low": acc[0], "test_accuracy_high": acc[1],
+            "test_f1_macro_low": f1[0], "test_f1_macro_high": f1[1]}
+
+
+# --- the MLflow edge ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    run_id: str
+    data: str
+    images: int
+    excluded_seen: int
+    excluded_unknown: int
+    metrics: dict[str, float]
+
+
+def trained_on(client, run_id: str | None) -> pd.DataFrame | None:
+    """The training and validation images of a model's run (its logged split manifest)."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            frame = pd.read_csv(client.download_artifacts(run_id, Artifacts.MANIFEST, tmp), dtype=str,
+                                keep_default_na=False)
+    except (MlflowException, OSError, pd.errors.ParserError):
+        return None
+    return frame[frame["split"].isin(("train", "val"))]
+
+
+def log_evaluation(scored: Scored, *, experiment_id: str, name: str, tags: dict[str, str], params: dict,
+                   extra_metrics: dict[str, float], parent_run_id: str | None = None) -> tuple[str, dict[str, float]]:
+    import mlflow
+
+    from workbench.run import log_evidence, provenance_tags
+
+    metrics = {**scored.evaluation.metrics, **intervals(scored), **extra_metrics,
+               "images_evaluated": float(len(scored.frame))}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
+                          tags={record.ROLE: "evaluation", record.STATE: "finished", **provenance_tags(), **tags}) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        log_evidence(scored.evaluation, scored.frame, scored.mistakes, scored.mistake_images,
+                     title=f"workbench evaluation: {name}")
+    return run.info.run_id, metrics
+
+
+def evaluate_model(client, model_uri: str, data: str, *, split: str = "all", mapping: dict | None = None,
+                   include_seen: bool = False) -> EvaluationOutcome:
+    """`workbench evaluate`: score a model (runs:/... or models:/NAME@alias) on an ingested dataset
+    or a spec's data, leaving out what it saw unless `include_seen`, and log it as an evaluation
+    run in the model's own experiment, linked to the run (and version) that trained it."""
+    from workbench import predict
+
+    loaded = predict.load_model(model_uri)
+    name, frame = target_frame(data, split)
+    frame, unknown = map_labels(frame, loaded.classes, mapping or {}, strict=True, what=f"--data {data}")
+    mask = np.zeros(len(frame), dtype=bool) if include_seen else seen(frame, trained_on(client, loaded.run_id))
+    scored = score(loaded.model, loaded.classes, loaded.image_size, frame[~mask].reset_index(drop=True))
+    experiment_id = (client.get_run(loaded.run_id).info.experiment_id if loaded.run_id
+                     else record.ensure_experiment(client, "evaluations"))
+    tags = {record.MODEL_URI: model_uri, **({record.MODEL_RUN: loaded.run_id} if loaded.run_id else {})}
+    if model_uri.startswith("models:/"):
+        tags["workbench.model_version"] = _version_of(client, model_uri)
+    params = {"data": name, "split": split, "include_seen": include_seen, record.CLASSES: ",".join(loaded.classes),
+              "classes_mapping": ", ".join(f"{k}: {v}" for k, v in (mapping or {}).items()) or "-"}
+    run_id, metrics = log_evaluation(scored, experiment_id=experiment_id, name=f"evaluate-{name}", tags=tags,
+                                     params=params, extra_metrics={"excluded_seen": float(mask.sum()),
+                                                                   "excluded_unknown": float(unknown)})
+    return EvaluationOutcome(run_id, name, len(scored.frame), int(mask.sum()), unknown, metrics)
+
+
+def _version_of(client, uri: str) -> str:
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        model, alias = rest.split("@", 1)
+        return str(client.get_model_version_by_alias(model, alias).version)
+    return rest.split("/", 1)[1] if "/" in rest else ""
+
+
+# --- the matrix ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Matrix:
+    parent_run_id: str
+    experiment_id: str
+    table: pd.DataFrame     # one row per (trained_on, tested_on)
+
+
+def per_source(spec: Spec, source: str) -> Spec:
+    """The spec restricted to one of its datasets (same classes mapping, split and configuration)."""
+    raw = spec.model_dump(mode="json", exclude_none=True)
+    raw["dataset"]["manifests"] = [m for m in raw["dataset"]["manifests"] if m["name"] == source]
+    return validate(raw, source=f"{spec.name} [{source}]")
+
+
+def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matrix:
+    """`workbench matrix SPEC`: train the spec's configuration once per dataset it merges, then
+    score every model on every dataset: its own test split on the diagonal, elsewhere the whole
+    other dataset minus every image it saw (exact or near copies). All runs nest under one
+    `matrix` run, which holds the table and its heatmap."""
+    from workbench import figures, predict
+    from workbench.run import tracked_run
+
+    sources = [m.name for m in getattr(spec.dataset, "manifests", [])]
+    if len(sources) < 2:
+        raise WorkbenchError(f"{spec.name}: the matrix needs a spec that merges several datasets "
+                             f"(dataset.manifests has {len(sources)})")
+    client = record.connect(tracking_uri)
+    experiment_id = record.ensure_experiment(client, spec.name, tracking_uri)
+    parent = client.create_run(experiment_id, run_name="matrix", tags={
+        record.ROLE: "matrix", record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash()}).info.run_id
+    status = "FAILED"
+    try:
+        config = first_config(spec)
+        data = {s: dataset.prepare(per_source(spec, s)) for s in sources}
+        models = {}
+        for s in sources:
+            outcome = tracked_run(per_source(spec, s), config, data[s], experiment_id=experiment_id,
+                                  parent_run_id=parent, name=f"train-{s}", tags={"workbench.matrix_source": s})
+            models[s] = outcome.run_id
+        rows = []
+        for s in sources:
+            loaded = predict.load_model(f"runs:/{models[s]}/model")
+            seen_by_s = data[s].frame[data[s].frame["split"].isin(("train", "val"))]
+            for t in sources:
+                frame = data[t].part("test") if t == s else data[t].frame
+                frame, unknown = map_labels(frame, loaded.classes, {}, strict=False, what=t)
+                mask = seen(frame, seen_by_s) if t != s else np.zeros(len(frame), dtype=bool)
+                kept = frame[~mask].reset_index(drop=True)
+                row = {"trained_on": s, "tested_on": t, "images": len(kept), "excluded_seen": int(mask.sum()),
+                       "excluded_unknown": unknown, "model_run_id": models[s]}
+                if len(kept):
+                    scored = score(loaded.model, loaded.classes, loaded.image_size, kept)
+                    run_id, metrics = log_evaluation(
+                        scored, experiment_id=experiment_id, name=f"{s}-on-{t}", parent_run_id=parent,
+                        tags={record.MODEL_RUN: models[s], "workbench.matrix_cell": f"{s}->{t}"},
+                        params={"data": t, "split": "test" if t == s else "all", record.CLASSES: ",".join(loaded.classes)},
+                        extra_metrics={"excluded_seen": float(mask.sum()), "excluded_unknown": float(unknown)})
+                    row.update({k: metrics[k] for k in ("test_accuracy", "test_accuracy_low", "test_accuracy_high",
+                                                        "test_f1_macro", "test_f1_macro_low", "test_f1_macro_high")},
+                               evaluation_run_id=run_id)
+                rows.append(row)
+                if on_cell:
+                    on_cell(row)
+        table = pd.DataFrame(rows)
+        _log_matrix(client, parent, table, spec.name, figures)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(parent, status=status)
+    return Matrix(parent, experiment_id, table)
+
+
+def _log_matrix(client, parent: str, table: pd.DataFrame, name: str, figures) -> None:
+    import mlflow
+
+    metrics = []
+    for row in table.itertuples():
+        if not np.isnan(getattr(row, "test_f1_macro", np.nan)):
+            metrics.append(mlflow.entities.Metric(f"f1_{row.trained_on}_on_{row.tested_on}", float(row.test_f1_macro), 0, 0))
+    if metrics:
+        client.log_batch(parent, metrics=metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        table.to_csv(Path(tmp) / Path(Artifacts.MATRIX).name, index=False)
+        sections = [figures.matrix_heatmap(table, value) for value in ("test_accuracy", "test_f1_macro")]
+        figures.write_html_page({str(i): fig for i, fig in enumerate(sections) if fig is not None},
+                                Path(tmp) / "matrix.html", title=f"{name}: trained on x tested on")
+        client.log_artifacts(parent, tmp, artifact_path=str(Path(Artifacts.MATRIX).parent))
