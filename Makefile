@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 SPEC   ?= quickstart
 TRIALS ?=
 PORT   ?= 5000
+# Servers listen on loopback only; HOST=0.0.0.0 exposes them (workbench warns when it does).
+HOST   ?= 127.0.0.1
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
 NAME   ?= faces
@@ -43,19 +45,17 @@ report: $(STAMP)  ## interactive HTML report on the latest SPEC sweep (reports/$
 promote: $(STAMP)  ## register SPEC's best finished run (by validation objective) as models:/$(NAME)@champion
 	$(BIN)/workbench promote --name $(NAME) --experiment $(SPEC) --tracking-uri $(TRACKING_URI)
 
-serve: $(STAMP)  ## serve models:/$(NAME)@champion on http://127.0.0.1:$(SERVE_PORT) (POST /invocations)
-	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$(TRACKING_URI) $(BIN)/mlflow models serve \
-		-m models:/$(NAME)@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+serve: $(STAMP)  ## serve models:/$(NAME)@champion on http://$(HOST):$(SERVE_PORT) (POST /invocations)
+	$(BIN)/workbench serve model --model $(NAME) --host $(HOST) --port $(SERVE_PORT) --tracking-uri $(TRACKING_URI)
 
-dashboard: $(STAMP)  ## optuna-dashboard on the local study storage, http://127.0.0.1:8080
-	$(BIN)/optuna-dashboard $${WORKBENCH_STORAGE:-sqlite:///mlruns/optuna.db} --host 127.0.0.1 --port 8080
+dashboard: $(STAMP)  ## optuna-dashboard on the study storage, http://$(HOST):8080
+	$(BIN)/workbench serve dashboard --host $(HOST) --port 8080
 
 bench: $(STAMP)  ## speed and memory benchmarks -> bench/results/latest.json (BENCH_ARGS=--sweep adds the full sweep)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
-ui: $(STAMP)  ## browse runs in the MLflow UI on http://127.0.0.1:$(PORT)
-	@echo "MLflow UI: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (runs and charts, not the GenAI view)"
-	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+ui: $(STAMP)  ## browse runs in the MLflow UI on http://$(HOST):$(PORT)
+	$(BIN)/workbench serve ui --host $(HOST) --port $(PORT) --tracking-uri $(TRACKING_URI)
 
 clean-runs:  ## delete every local run and study (asks first)
 	@read -p "delete mlruns/ (all local runs and studies)? [y/N] " ok && [ "$$ok" = y ] && \

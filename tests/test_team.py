@@ -95,7 +95,10 @@ def mlflow_server(postgres, tmp_path):
 
 
 def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir, postgres, mlflow_server):
-    storage = f"{postgres}/optuna"
+    # A password in the storage URL (the test cluster trusts every local login, so any works):
+    # it must never be written down or shown.
+    secret = "s3cret-pw-4711"
+    storage = f"{postgres}/optuna".replace("postgres@", f"postgres:{secret}@")
     result = workbench_cli("sweep", "tiny", "--trials", "3", "--workers", "2", "--storage", storage,
                            "--tracking-uri", mlflow_server, "--set", "epochs=1",
                            "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}", cwd=workdir)
@@ -112,3 +115,12 @@ def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir,
     # Artifacts went through the server: a trial's model loads back over HTTP.
     files = {f.path for f in client.list_artifacts(children[0].info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in files
+    # Nothing secret is logged: the parent names its storage with the password masked, no run's
+    # params or tags hold it, nor the output or the workers' logs.
+    sweep_run = client.get_run(parent)
+    assert sweep_run.data.params["storage"] == storage.replace(secret, "***")
+    for run in [sweep_run, *children]:
+        assert secret not in repr(run.data.params) + repr(run.data.tags)
+    assert secret not in result.stdout + result.stderr
+    for log in (workdir / "mlruns" / "workers").glob("*"):
+        assert secret not in log.read_text(errors="replace"), log

@@ -4,9 +4,16 @@ error's code instead of a traceback, so bad input never looks like a crash."""
 
 
 class WorkbenchError(Exception):
-    """A problem the user can fix; `str(err)` is the one line to show them."""
+    """A problem the user can fix; `str(err)` is the one line to show them. Exit code 2 means
+    the input named something invalid (a spec, a folder, a URL, a model); 1, that a valid
+    request could not be carried out (a leak found, a run that cannot be promoted)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class SpecError(WorkbenchError):
@@ -24,4 +31,7 @@ class WeightsError(WorkbenchError):
 
 
 class TrackingError(WorkbenchError):
-    """The MLflow tracking store or Optuna storage refuses what we ask."""
+    """The MLflow tracking store or Optuna storage cannot be used as named (a bad URL, a
+    corrupted database): bad input, exit code 2."""
+
+    exit_code = 2

@@ -62,11 +62,22 @@ class ImageResult:
 
 # --- the model ---------------------------------------------------------------------------------------
 
-def model_uri(model: str | None, registered_champions: list[str] | None = None) -> str:
+# Models come from the configured tracking store: its registry or its runs. Anything else (a
+# file path, http, s3) is code from elsewhere, loaded only when the user says so.
+TRUSTED_SCHEMES = ("models:/", "runs:/")
+
+
+def model_uri(model: str | None, registered_champions: list[str] | None = None, allow_external: bool = False) -> str:
     """A full model URI from what the user typed: a URI as is, a bare NAME as NAME's champion,
-    nothing as the champion of the only registered model that has one."""
+    nothing as the champion of the only registered model that has one. URIs outside the
+    configured store are refused unless `allow_external`."""
     if model:
-        return model if ":/" in model else f"models:/{model}@champion"
+        uri = model if ":/" in model or "/" in model else f"models:/{model}@champion"
+        if not uri.startswith(TRUSTED_SCHEMES) and not allow_external:
+            raise WorkbenchError(f"--model {model}: not a model of the configured tracking store (models:/NAME@alias, "
+                                 "models:/NAME/VERSION or runs:/RUN_ID/model); pass --allow-external-model to load "
+                                 "it anyway", exit_code=2)
+        return uri
     champions = registered_champions or []
     if len(champions) == 1:
         return f"models:/{champions[0]}@champion"
@@ -86,11 +97,17 @@ def load_model(uri: str) -> LoadedModel:
 
     try:
         info = mlflow.models.get_model_info(uri)
-        model = mlflow.keras.load_model(uri)
+        # Keras' safe mode refuses models that carry arbitrary code (Lambda layers, pickled functions).
+        model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
     except (MlflowException, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WorkbenchError(f"--model {uri}: cannot load it ({first[:200]}); check the name, alias and "
-                             "--tracking-uri") from None
+                             "--tracking-uri", exit_code=2) from None
+    except ValueError as err:
+        if "safe_mode" not in str(err) and "unsafe" not in str(err).lower() and "lambda" not in str(err).lower():
+            raise
+        raise WorkbenchError(f"--model {uri}: refused: the model carries code (e.g. a Lambda layer) that Keras' "
+                             "safe mode will not run; workbench's own models never do", exit_code=2) from None
     metadata = info.metadata or {}
     classes = metadata.get("classes")
     if not classes and info.run_id:

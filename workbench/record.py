@@ -143,6 +143,14 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or paths.default_tracking_uri()
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
+
+
+def scrub(text: str) -> str:
+    """Any text with the passwords of URLs in it replaced by *** (error messages quote URLs)."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
 def masked(url: str) -> str:
     """A storage or tracking URL as it may be shown or logged: any password replaced by ***."""
     try:
@@ -206,7 +214,7 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str | None = None) -
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(uri)
-    found = client.get_experiment_by_name(name)
+    found = _ask(lambda: client.get_experiment_by_name(name), uri)
     if found is None:
         root = artifact_root(uri)
         try:
@@ -225,9 +233,28 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str | None = None) -
     return experiment_id
 
 
+def _ask(question, uri: str):
+    """The first question put to a store: a store that cannot answer (unreachable, corrupted,
+    another program's database) is one line naming it, never a traceback or a fresh store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return question()
+    except MlflowException as err:
+        if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrackingError(f"--tracking-uri {masked(uri)}: the tracking store cannot be used "
+                            f"({scrub(first)[:200]})") from None
+    except Exception as err:  # SQLAlchemy and HTTP errors surface as their own types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrackingError(f"--tracking-uri {masked(uri)}: the tracking store cannot be used "
+                            f"({type(err).__name__}: {scrub(first)[:200]})") from None
+
+
 def find_experiment(client: MlflowClient, name: str, uri: str | None = None, option: str = "--experiment"):
     """An existing experiment, or a one-line error listing the ones there are."""
-    found = client.get_experiment_by_name(name)
+    found = _ask(lambda: client.get_experiment_by_name(name), tracking_uri(uri))
     if found is None or found.lifecycle_stage == "deleted":
         known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
         raise WorkbenchError(f"{option} {name}: no such experiment in {masked(tracking_uri(uri))} "

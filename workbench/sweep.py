@@ -222,12 +222,12 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None,
             study_name=name, storage=make_storage(storage, on_stale if tracking_uri else None),
             load_if_exists=True, directions=directions, sampler=make_sampler(spec), pruner=make_pruner(spec))
     except ValueError as err:  # e.g. an existing study with other directions
-        raise SpecError(f"study {name} in {record.masked(storage)}: {err}") from None
+        raise SpecError(f"study {name} in {record.masked(storage)}: {record.scrub(str(err))}") from None
     except WorkbenchError:
         raise
     except Exception as err:  # storage unreachable or not a database Optuna can use
         raise TrackingError(f"--storage {record.masked(storage)}: cannot open Optuna storage "
-                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+                            f"({type(err).__name__}: {record.scrub(str(err).splitlines()[0])[:200]})") from None
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
@@ -306,7 +306,7 @@ def reap(study: optuna.Study, tracking_uri: str) -> int:
     return sum(RETRY_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: str, spec: Spec) -> str:
+def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: str, spec: Spec, storage: str) -> str:
     """The sweep's MLflow run: created with the study, reopened when the sweep resumes."""
     run_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if run_id:
@@ -323,7 +323,9 @@ def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: 
         mlflow.entities.Param(k, str(v)) for k, v in {
             "spec": spec.name, record.OBJECTIVE_PARAM: spec.objective.metric, "direction": spec.objective.direction,
             "latency_objective": spec.objective.latency, "sampler": spec.sampler, "pruner": spec.pruner,
-            "seed": spec.seed}.items()])
+            "seed": spec.seed, "repeats": spec.repeats,
+            # Where the study lives, for whoever resumes it; never with its password.
+            "storage": record.masked(storage)}.items()])
     client.log_dict(run.info.run_id, spec.model_dump(mode="json"), Artifacts.SPEC)
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     return run.info.run_id
@@ -368,7 +370,7 @@ def open_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | No
     experiment_id = record.ensure_experiment(client, spec.name, uri)
     study = open_study(spec, storage, study_name, uri)
     retries = reap(study, uri)
-    parent = ensure_parent_run(study, client, experiment_id, spec)
+    parent = ensure_parent_run(study, client, experiment_id, spec, storage)
     return Sweep(spec, study, client, uri, storage, experiment_id, parent, found_in(study, retries))
 
 
@@ -544,8 +546,10 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
     # The workers load exactly this spec (overrides applied), so its content hash matches.
     spec_file = logs / f"{name}.spec.yaml"
     spec_file.write_text(sweep.spec.to_yaml(), encoding="utf-8")
-    argv = [sys.executable, "-m", "workbench.cli", "sweep", str(spec_file), "--trials", str(total),
-            "--storage", sweep.storage, "--tracking-uri", sweep.tracking_uri, "--study", name, "--worker"]
+    argv = [sys.executable, "-m", "workbench.cli", "sweep", str(spec_file), "--trials", str(total), "--study", name,
+            "--worker"]
+    # Store URLs travel in the environment, not on the command line, where `ps` would show their passwords.
+    urls = {"WORKBENCH_STORAGE": sweep.storage, "MLFLOW_TRACKING_URI": sweep.tracking_uri}
     gpus = gpu_count()
     seen = {t.number for t in sweep.study.get_trials(deepcopy=False) if t.state.is_finished()}
     started = []
@@ -553,7 +557,7 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
         log_path = logs / f"{name}-worker{index}.log"
         with open(log_path, "w") as handle:
             started.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
-                                             env=worker_env(index, gpus, workers)), log_path))
+                                             env={**worker_env(index, gpus, workers), **urls}), log_path))
 
     def report() -> None:
         for trial in sweep.study.get_trials(deepcopy=False):

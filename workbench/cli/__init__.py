@@ -13,7 +13,11 @@ import sys
 # Imported in the order the stages run, which is the order `workbench --help` lists them.
 from workbench.cli import data, sweep, compare, crossdata, ship  # noqa: F401,I001  (registers the commands)
 from workbench.cli.common import app, err_console
+from workbench.cli.serve import serve_app
+
+app.add_typer(serve_app, name="serve")
 from workbench.errors import WorkbenchError
+from workbench.record import scrub
 
 
 def main() -> None:
@@ -27,8 +31,15 @@ def main() -> None:
     except WorkbenchError as err:
         if debug:
             raise
-        err_console.print(f"error: {err}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"error: {scrub(str(err))}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted: the current run was ended as KILLED; rerun the same command to resume")
         sys.exit(130)
+    except Exception as err:  # a bug of ours, or a failure nobody foresaw: still one line
+        if debug:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        err_console.print(f"error: {type(err).__name__}: {scrub(first)[:300]} (unexpected; rerun with --debug for "
+                          "the traceback)", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)

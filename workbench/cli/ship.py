@@ -32,10 +32,14 @@ class Quantize(str, Enum):
     float16 = "float16"
 
 
-def _model_uri(client, model: str | None) -> str:
+AllowExternalOption = Annotated[bool, typer.Option(
+    "--allow-external-model", help="Load a model from outside the configured tracking store (a path, http, s3).")]
+
+
+def _model_uri(client, model: str | None, allow_external: bool = False) -> str:
     from workbench import predict
 
-    return predict.model_uri(model, None if model else predict.registered_champions(client))
+    return predict.model_uri(model, None if model else predict.registered_champions(client), allow_external)
 
 
 @app.command("promote")
@@ -91,6 +95,7 @@ def predict_command(
     format_: Annotated[OutputFormat, typer.Option("--format", help="table for people, json for programs.")
                        ] = OutputFormat.table,
     tracking_uri: TrackingOption = None,
+    allow_external: AllowExternalOption = False,
 ) -> None:
     """Classify images with a registered (or any logged) model: class and probabilities per image or face."""
     from workbench import predict
@@ -98,7 +103,7 @@ def predict_command(
     pictures = predict.read_images(images)
     detector = predict.face_detector() if detect_faces else None
     client = connect(tracking_uri, loads_models=True)
-    loaded = predict.load_model(_model_uri(client, model))
+    loaded = predict.load_model(_model_uri(client, model, allow_external))
     results = predict.predict_images(loaded, pictures, [str(p) for p in images], detector=detector, margin=margin)
     if format_ is OutputFormat.json:
         print(json.dumps({"model": loaded.uri, "classes": list(loaded.classes),
@@ -130,12 +135,13 @@ def export_command(
                                                  min=0.0, max=1.0)] = 0.995,
     max_images: Annotated[int, typer.Option(help="Most images the agreement check uses.", min=1)] = 500,
     tracking_uri: TrackingOption = None,
+    allow_external: AllowExternalOption = False,
 ) -> None:
     """Write model.tflite and labels.txt, check they decide like the Keras model, and log both on its run."""
     from workbench import export, predict
 
     client = connect(tracking_uri, loads_models=True)
-    loaded = predict.load_model(_model_uri(client, model))
+    loaded = predict.load_model(_model_uri(client, model, allow_external))
     result = export.export(client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
                            min_agreement=min_agreement, max_images=max_images)
     console.print(f"wrote {result.tflite_path} ({result.size_mb:.2f} MB, quantize {quantize.value}) and "
