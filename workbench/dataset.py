@@ -18,8 +18,6 @@ the requested ratios (stratification). Balancing touches the training split only
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +30,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from workbench import ingest, leakage, paths, synth
+from workbench import ingest, leakage, paths, record, synth
 from workbench.errors import DataError
 from workbench.spec import ManifestSource, Spec, Split, SyntheticData
 
@@ -71,19 +69,6 @@ class Dataset:
 
 # --- building things once ---------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` (created if missing): concurrent workers of one machine build a
-    shared artefact once, the others wait and then find it ready."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def build_once(target: Path, done: str, build: Callable[[Path], None]) -> Path:
     """Make folder `target` with `build(staging)` unless `target/done` already exists. The build
     happens in a staging folder renamed into place when complete, so an interrupted build never
@@ -92,7 +77,7 @@ def build_once(target: Path, done: str, build: Callable[[Path], None]) -> Path:
         return target
     # The lock lives under the data folder, not beside the target (which may be a raw-data root).
     key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
-    with _locked(paths.data_dir() / ".locks" / f"{target.name}-{key}.lock"):
+    with record.locked(paths.data_dir() / ".locks" / f"{target.name}-{key}.lock"):
         if (target / done).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +111,7 @@ def ensure_synthetic(data: SyntheticData, seed: int) -> str:
     name = synthetic_name(data, seed)
     manifests = paths.manifests_dir()
     if not (manifests / f"{name}.json").is_file():
-        with _locked(manifests / f".{name}.lock"):
+        with record.locked(manifests / f".{name}.lock"):
             if not (manifests / f"{name}.json").is_file():
                 ingest.ingest("folders", root, name, manifests, paths.decoded_dir(),
                               extra={"synthetic": json.loads((root / "dataset.json").read_text())})
@@ -192,7 +177,7 @@ def ensure_ingested(source: ManifestSource) -> None:
 
     if current():
         return
-    with _locked(manifests / f".{source.name}.lock"):
+    with record.locked(manifests / f".{source.name}.lock"):
         if not current():
             ingest.ingest(source.adapter, root, source.name, manifests, paths.decoded_dir(), extra={"fingerprint": mark})
 

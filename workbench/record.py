@@ -9,6 +9,7 @@ MLflow is imported inside the functions that talk to a store, so importing this 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -181,6 +182,13 @@ def connect(uri: str | None = None) -> MlflowClient:
         db = Path(uri.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         _check_sqlite(db)
+        # MLflow creates and migrates a new database's tables on first use; two processes doing
+        # that at once collide ("index already exists"), so the first use is taken in turn.
+        with locked(db.with_name(f".{db.name}.lock")):
+            client = MlflowClient(uri)
+            _ask(lambda: client.search_experiments(max_results=1), uri)
+        mlflow.set_tracking_uri(uri)
+        return client
     elif parsed.scheme in ("", "file"):
         raise TrackingError(f"--tracking-uri {masked(uri)}: MLflow 3 no longer accepts a file store; "
                             "use sqlite:///path/to/mlflow.db or an http(s):// server")
@@ -192,13 +200,40 @@ def connect(uri: str | None = None) -> MlflowClient:
     return MlflowClient(uri)
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on `path` (created if missing): processes of one machine that would
+    create the same thing (a database's tables, a dataset) take turns, the later ones finding
+    it made."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _check_sqlite(db: Path) -> None:
-    """A file that is not an SQLite database must never be silently replaced by a fresh store."""
-    if db.is_file() and db.stat().st_size:
-        with db.open("rb") as handle:
-            if handle.read(16) != b"SQLite format 3\x00":
-                raise TrackingError(f"{db}: not an SQLite database (corrupted?); move it aside to start a new "
-                                    "store, or restore it from a backup")
+    """A file that is not an SQLite database, or a damaged one, must never be silently replaced
+    by a fresh store nor fail halfway through a sweep: it is one line, before anything runs."""
+    import sqlite3
+
+    if not (db.is_file() and db.stat().st_size):
+        return
+    advice = "move it aside to start a new store, or restore it from a backup"
+    with db.open("rb") as handle:
+        if handle.read(16) != b"SQLite format 3\x00":
+            raise TrackingError(f"{db}: not an SQLite database (corrupted?); {advice}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as connection:
+            verdict = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+    except sqlite3.DatabaseError as err:
+        verdict = str(err)
+    if verdict != "ok":
+        raise TrackingError(f"{db}: a damaged SQLite database ({verdict}); {advice}")
 
 
 def artifact_root(uri: str) -> str | None:

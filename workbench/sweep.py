@@ -190,13 +190,19 @@ def make_storage(url: str, on_stale: Callable | None = None):
     noticed; SQLite also gets a long busy timeout, so a few local workers can share one file."""
     if url.startswith(("sqlite", "postgresql", "mysql")):
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        interval, grace = heartbeat()
+
+        def storage():
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
+                                              grace_period=grace, heartbeat_stale_trial_callback=on_stale)
+
         if url.startswith("sqlite:///"):
             db = Path(url.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
             record._check_sqlite(db)
-        interval, grace = heartbeat()
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
-                                          grace_period=grace, heartbeat_stale_trial_callback=on_stale)
+            with record.locked(db.with_name(f".{db.name}.lock")):  # table creation, one process at a time
+                return storage()
+        return storage()
     if url.startswith("journal:///"):
         path = Path(url.removeprefix("journal:///"))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import ipaddress
 import os
 import shutil
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -74,6 +74,8 @@ def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port:
 def serve_dashboard(host: HostOption = "127.0.0.1", port: int = 8080, storage: StorageOption = None) -> None:
     """optuna-dashboard on the study storage."""
     from workbench import paths
+    from workbench.sweep import make_storage
 
     url = storage or paths.default_storage_url()
+    make_storage(url)  # a damaged store is one line here; a new one gets its tables (the dashboard will not make them)
     _start(["optuna-dashboard", url, "--host", host, "--port", str(port)], host, "optuna-dashboard", port)

@@ -1,0 +1,177 @@
+"""Faults and safe defaults: an artefact store that turns read-only during a trial fails that
+trial with its reason while the sweep goes on and earlier runs stay intact; two sweeps of
+different specs at once share one store without disturbing each other; a corrupted MLflow or
+Optuna database is one line, never silently replaced; servers bind loopback unless told, with a
+warning; models load in Keras' safe mode and only from the configured store; nothing secret from
+the environment reaches a run."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import TINY, workbench_cli, write_spec
+from workbench import predict, record, spec as S
+from workbench.errors import WorkbenchError
+from workbench.sweep import run_sweep
+
+
+@pytest.fixture
+def stores(workdir):
+    mlruns = workdir / "mlruns"
+    return f"sqlite:///{mlruns / 'optuna.db'}", f"sqlite:///{mlruns / 'mlflow.db'}"
+
+
+def test_a_store_that_turns_read_only_fails_the_trial_and_the_sweep_goes_on(tiny_spec, stores, monkeypatch):
+    """Running as root, a chmod cannot make a folder read-only, so the store's own write raises
+    what a read-only or full disk raises (EROFS) for the second trial's artefacts only."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    storage, uri = stores
+    original = LocalArtifactRepository.log_artifacts
+    calls = {"n": 0}
+
+    def flaky(self, local_dir, artifact_path=None):
+        if artifact_path == "evaluation":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.EROFS, "Read-only file system", str(self.artifact_dir))
+        return original(self, local_dir, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", flaky)
+    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
+    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    states = [t.state for t in result.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "Read-only file system" in result.study.trials[1].user_attrs["error"]
+    client = MlflowClient(uri)
+    first = client.get_run(result.study.trials[0].user_attrs["mlflow_run_id"])
+    assert first.info.status == "FINISHED" and "test_f1_macro" in first.data.metrics
+    assert {f.path for f in client.list_artifacts(first.info.run_id, "evaluation")} >= {"evaluation/figures.html"}
+    failed = client.get_run(result.study.trials[1].user_attrs["mlflow_run_id"])
+    assert failed.info.status == "FAILED" and "Read-only file system" in failed.data.tags["workbench.error"]
+
+
+def test_two_sweeps_of_different_specs_at_once_share_one_store(workdir, stores):
+    storage, uri = stores
+    write_spec(workdir, {**TINY, "name": "left"})
+    write_spec(workdir, {**TINY, "name": "right", "seed": 8})
+    exe = Path(sys.executable).with_name("workbench")
+    sweeps = [subprocess.Popen([str(exe), "sweep", name, "--trials", "2", "--set", "epochs=1"], cwd=workdir,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("left", "right")]
+    outputs = [p.communicate(timeout=600) for p in sweeps]
+    assert [p.returncode for p in sweeps] == [0, 0], outputs
+    client = MlflowClient(uri)
+    for name in ("left", "right"):
+        experiment = client.get_experiment_by_name(name).experiment_id
+        trials = client.search_runs([experiment], "tags.`workbench.role` = 'trial'")
+        assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+        assert {r.data.tags["workbench.spec"] for r in trials} == {name}
+
+
+@pytest.mark.parametrize("which", ["mlflow.db", "optuna.db"])
+@pytest.mark.parametrize("damage", ["not sqlite", "truncated sqlite"])
+def test_a_corrupted_database_is_one_line_and_never_replaced(tiny_spec, workdir, stores, which, damage):
+    storage, uri = stores
+    run_sweep(S.load("tiny", ["epochs=1"]), storage=storage, tracking_uri=uri, trials=1)
+    target = workdir / "mlruns" / which
+    data = target.read_bytes()
+    broken = b"this is no database\n" * 64 if damage == "not sqlite" else data[:4096] + b"\x00" * 128
+    target.write_bytes(broken)
+    result = workbench_cli("sweep", "tiny", "--trials", "2", "--set", "epochs=1", cwd=workdir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "Traceback" not in result.stdout
+    assert which in line or "cannot" in line, line
+    assert target.read_bytes() == broken  # never silently started afresh
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def listening_on(port: int) -> set[str]:
+    """Local addresses that have `port` in LISTEN state, from /proc/net/tcp(6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if int(hex_port, 16) == port and state == "0A":
+                found.add(address)
+    return found
+
+
+@pytest.mark.parametrize("host, exposed", [(None, False), ("0.0.0.0", True)])
+def test_servers_bind_loopback_unless_told_and_warn_when_exposed(workdir, host, exposed):
+    port = free_port()
+    args = ["serve", "dashboard", "--port", str(port), "--storage", f"sqlite:///{workdir / 'optuna.db'}"]
+    if host:
+        args += ["--host", host]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("workbench")), *args], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening_on(port) and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.3)
+        addresses = listening_on(port)
+        assert addresses, "the dashboard never listened"
+        loopback = {"0100007F", "00000000000000000000000001000000"}
+        assert (addresses <= loopback) is not exposed, addresses
+    finally:
+        os.killpg(server.pid, 15)
+        _, err = server.communicate(timeout=30)
+    assert ("warning: optuna-dashboard will listen on 0.0.0.0" in err) is exposed
+
+
+def test_models_load_in_safe_mode_and_only_from_the_configured_store(workdir, stores):
+    _, uri = stores
+    record.connect(uri)
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs)))
+    with mlflow.start_run(experiment_id=record.ensure_experiment(record.connect(uri), "unsafe", uri)) as run:
+        mlflow.keras.log_model(keras.Model(inputs, outputs), name="model", metadata={"classes": ["a", "b"]})
+    with pytest.raises(WorkbenchError, match="refused: the model carries code") as err:
+        predict.load_model(f"runs:/{run.info.run_id}/model")
+    assert err.value.exit_code == 2
+    for outside in ("/tmp/some/model", "file:///tmp/model", "s3://bucket/model", "https://example.org/m"):
+        with pytest.raises(WorkbenchError, match="not a model of the configured tracking store"):
+            predict.model_uri(outside)
+    assert predict.model_uri("/tmp/some/model", allow_external=True) == "/tmp/some/model"
+    image = workdir / "face.png"
+    keras.utils.save_img(str(image), np.zeros((8, 8, 3)))
+    result = workbench_cli("predict", str(image), "--model", "/tmp/some/model", cwd=workdir)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--allow-external-model" in result.stderr
+
+
+def test_nothing_secret_from_the_environment_reaches_a_run(tiny_spec, workdir, stores):
+    secret = "tok-93f1c2-never-log-me"
+    result = workbench_cli("run", "tiny", "--set", "epochs=1", cwd=workdir,
+                           env={"AWS_SECRET_ACCESS_KEY": secret, "WORKBENCH_API_TOKEN": secret})
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(stores[1])
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert secret not in repr(run.data.params) + repr(run.data.tags) + repr(run.data.metrics)
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, tracking_uri=stores[1]))
+    for file in artifacts.rglob("*"):
+        if file.is_file():
+            assert secret.encode() not in file.read_bytes(), file
+    assert record.masked("postgresql://me:pw@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+    assert record.scrub("could not connect to postgresql+psycopg2://me:pw@db/x") == \
+        "could not connect to postgresql+psycopg2://me:***@db/x"
