@@ -97,7 +97,7 @@ def raw(tmp_path_factory) -> Path:
     save(good / "other.png", picture(501, 64))
     save(good / "UPPER.JPG", picture(502), quality=90)
     save(good / "gray.png", Image.fromarray(picture(503)).convert("L"))
-    (good / "README.txt").write_text("not an image, not counted")
+    (good / "README.txt").write_text("not an image, so it is reported")
     (good / ".DS_Store").write_bytes(b"\0\1junk")
     save(good / ".hidden.png", picture(504))
 
@@ -199,9 +199,12 @@ def test_unusable_files_are_reported_and_the_rest_kept(messy):
     assert reasons["odd/truncated.jpg"].startswith("truncated: ")
     assert reasons["odd/tiny.png"] == "too small: 10x10"
     assert reasons["odd/strip.png"] == "too large: 20001x16"
-    assert len(reasons) == result.skipped == sidecar["skipped"] == 5
-    # Hidden files and non-image extensions are neither kept nor reported.
-    assert not any("README" in p or "/." in p for p in [*frame["path"], *reasons])
+    # The content decides, not the suffix: a text file in a class folder is reported, not skipped.
+    assert reasons["good/README.txt"] == "not an image: text"
+    assert len(reasons) == result.skipped == sidecar["skipped"] == 6
+    # Hidden files (.DS_Store, .hidden.png) are neither kept nor reported, only counted.
+    assert not any("/." in p for p in [*frame["path"], *reasons])
+    assert result.ignored == sidecar["ignored"] == 2
     assert result.kept == len(frame) == 13
     assert "good/UPPER.JPG" in frame.index
 
