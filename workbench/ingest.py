@@ -294,7 +294,7 @@ def read_file(file: Path) -> bytes | str:
     try:
         info = os.stat(file)
     except FileNotFoundError:
-        return "unreadable: broken symlink" if os.path.islink(file) else "unreadable: no such file"
+        return "unreadable: broken symlink" if os.path.islink(file) else "no such file"
     except OSError as err:
         return f"unreadable: {err.strerror or _one_line(err)}"
     if not stat.S_ISREG(info.st_mode):
@@ -373,6 +373,7 @@ def decode(data: bytes) -> Picture | str:
             return f"too small: {width}x{height}"
         if max(width, height) > MAX_SIDE:
             return f"too large: {width}x{height}"
+        sixteen_bit = _is_sixteen_bit(img)  # before load(), which drops the tile that tells
         try:
             img.load()  # lazy PIL reads only the header; a full decode finds truncation
         except MemoryError:
@@ -381,7 +382,6 @@ def decode(data: bytes) -> Picture | str:
             message = _one_line(err)
             kind = "truncated" if "truncat" in message.lower() or isinstance(err, EOFError) else "corrupt"
             return f"{kind}: {message}"
-        sixteen_bit = _is_sixteen_bit(img)
         orientation = _orientation(img)
         image_format = (img.format or "").lower()
         tf_misreads = (image_format not in TF_FORMATS or img.mode not in TF_MODES or sixteen_bit
