@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,34 @@ def test_ingest_is_deterministic(messy, raw, tmp_path):
     assert {k: v for k, v in fresh.items() if k not in ("created", "interim_root")} == \
         {k: v for k, v in sidecar.items() if k not in ("created", "interim_root")}
     assert sidecar["raw_root"] == str((raw / "messy").resolve())
+
+
+def test_names_that_are_not_utf8_and_empty_class_folders_in_split_layouts(tmp_path):
+    root = os.fsencode(tmp_path / "raw")
+    for name, seed in ((b"train/se\xf1ora/a.png", 1), (b"train/se\xf1ora/b\xff.png", 2), (b"train/plain/caf\\xe9.png", 3),
+                       (b"train/plain/caf\xe9.png", 4), (b"val/plain/c.png", 5)):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(_png(picture(seed)))
+    os.makedirs(os.path.join(root, b"val/se\xf1ora"))
+    result = ingest("folders", tmp_path / "raw", "latin", tmp_path / "m", tmp_path / "i")
+    frame, sidecar = read_manifest("latin", tmp_path / "m")
+    rows = frame.set_index("path")
+    # The label and path are written with escapes (a UTF-8 file cannot hold the raw bytes), and the
+    # image is read through a copy whose name is valid UTF-8 too.
+    assert rows.at["train/se\\xf1ora/b\\xff.png", "label"] == "se\\xf1ora"
+    assert rows.at["train/se\\xf1ora/a.png", "decoded"] == "latin/train/se\\xf1ora/a.png.png"
+    assert rows.at["train/plain/caf\\xe9.png", "decoded"] == ""          # a real backslash: read as it is
+    report = pd.read_csv(result.report_path, dtype=str, keep_default_na=False)
+    assert dict(zip(report["path"], report["reason"])) == {
+        "train/plain/caf\\xe9.png": "name collides with another file's once written as valid UTF-8",
+        "val/se\\xf1ora/": "empty class folder: no files, so no images of this class"}
+    assert result.counts == {"plain": {"train": 1, "val": 1}, "se\\xf1ora": {"train": 2}}
+    assert sidecar["notes"] == []   # every class has images somewhere
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
