@@ -287,8 +287,8 @@ def test_ingest_is_deterministic(messy, raw, tmp_path):
 
 def test_names_that_are_not_utf8_and_empty_class_folders_in_split_layouts(tmp_path):
     root = os.fsencode(tmp_path / "raw")
-    for name, seed in ((b"train/se\xf1ora/a.png", 1), (b"train/se\xf1ora/b\xff.png", 2), (b"train/plain/caf\\xe9.png", 3),
-                       (b"train/plain/caf\xe9.png", 4), (b"val/plain/c.png", 5)):
+    for name, seed in ((b"train/se\xf1ora/a.png", 1), (b"train/se\xf1ora/b\xff.png", 2),
+                       (b"train/plain/caf\\xe9.png", 3), (b"train/plain/caf\xe9.png", 4), (b"val/plain/c.png", 5)):
         path = os.path.join(root, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as handle:
@@ -314,3 +314,19 @@ def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists and reads a mode-000 folder anyway")
+def test_an_unreadable_folder_is_reported_not_skipped(tmp_path):
+    good, hidden_away = tmp_path / "raw" / "a", tmp_path / "raw" / "a" / "locked"
+    save(good / "x.png", picture(1))
+    save(hidden_away / "y.png", picture(2))
+    save(tmp_path / "raw" / "b" / "z.png", picture(3))
+    hidden_away.chmod(0)
+    try:
+        result = ingest("folders", tmp_path / "raw", "locked", tmp_path / "m", tmp_path / "i")
+    finally:
+        hidden_away.chmod(0o755)
+    report = pd.read_csv(result.report_path, dtype=str, keep_default_na=False)
+    assert dict(zip(report["path"], report["reason"])) == {"a/locked/": "unreadable folder: Permission denied"}
+    assert result.kept == 2

@@ -128,7 +128,11 @@ def _images(folder: Path) -> list[tuple[Path, str]]:
     order, each with the reason it is left out unopened ("" when it is to be opened). Linked
     folders are listed, never entered: they may lead outside the root or round in a loop."""
     found: list[tuple[Path, str]] = []
-    for top, dirs, files in os.walk(folder):
+
+    def unreadable(err: OSError) -> None:  # os.walk would otherwise skip such a folder silently
+        found.append((Path(err.filename), f"unreadable folder: {err.strerror or _one_line(err)}"))
+
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
         base = Path(top)
         linked = {d for d in dirs if _visible(d) and (base / d).is_symlink()}
         found += [(base / d, _LINKED_FOLDER) for d in linked]
@@ -468,7 +472,11 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
         # interim_dir/<name> is replaced wholesale, which must never take the raw folder with it.
         raise DataError(f"{interim_dir / name}: would replace the raw folder {raw_root}; "
                         "choose another interim folder or dataset name")
-    items = adapter.scan(raw_root)
+    try:
+        items = adapter.scan(raw_root)
+    except OSError as err:  # a folder of the layout itself cannot be listed
+        raise DataError(f"{printable(str(err.filename or raw_root))}: cannot read this folder "
+                        f"({err.strerror or _one_line(err)})") from None
     if not items:
         raise DataError(f"{printable(str(raw_root))}: no class folders in the {source} layout ({adapter.layout})")
     # Training reads a file by the manifest's path, which must be valid UTF-8: where the real
@@ -484,7 +492,8 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
     try:
         for item in items:
             real_path = item.file.relative_to(raw_root).as_posix()
-            path = printable(real_path) + ("/" if item.problem == _EMPTY_FOLDER else "")
+            folder = item.problem == _EMPTY_FOLDER or item.problem.startswith("unreadable folder")
+            path = printable(real_path) + ("/" if folder else "")
             copy_name = _copy_name(path)
             if not contained(item.file, raw_root):
                 described = "symlink outside the dataset root: not followed"
