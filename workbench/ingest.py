@@ -279,11 +279,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def _downscaled(img: Image.Image) -> Image.Image:
+def _downscaled(img: Image.Image, max_side: int | None = DECODED_MAX_SIDE) -> Image.Image:
     width, height = img.size
-    if max(width, height) <= DECODED_MAX_SIDE:
+    if max_side is None or max(width, height) <= max_side:
         return img
-    scale = DECODED_MAX_SIDE / max(width, height)
+    scale = max_side / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
@@ -356,9 +356,10 @@ def _bomb(err: Exception) -> str:
     return f"too large: {_one_line(err)}"
 
 
-def decode(data: bytes) -> Picture | str:
+def decode(data: bytes, max_side: int | None = DECODED_MAX_SIDE) -> Picture | str:
     """Decode an image file's bytes as workbench reads every image, or return the one-line reason
-    they are not a usable image. The content decides, never the file's name."""
+    they are not a usable image. The content decides, never the file's name. `rgb` is cut down to
+    `max_side` (None: full size, which face detection in a large group photo needs)."""
     with warnings.catch_warnings():
         # PIL warns about odd palettes, EXIF and big images; the manifest records what matters.
         warnings.simplefilter("ignore")
@@ -392,15 +393,15 @@ def decode(data: bytes) -> Picture | str:
                        or orientation != 1 or "transparency" in img.info
                        or max(width, height) > DECODED_MAX_SIDE)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-        rgb = _downscaled(to_rgb(upright))
+        rgb = _downscaled(to_rgb(upright), max_side)
     return Picture(data=data, width=width, height=height, channels=len(img.getbands()), format=image_format,
                    tf_misreads=tf_misreads, rgb=rgb)
 
 
-def read_picture(file: Path) -> Picture | str:
+def read_picture(file: Path, max_side: int | None = DECODED_MAX_SIDE) -> Picture | str:
     """`decode` of a file's bytes, or the reason the file cannot be read or used."""
     data = read_file(file)
-    return data if isinstance(data, str) else decode(data)
+    return data if isinstance(data, str) else decode(data, max_side)
 
 
 def inspect_image(file: Path, decoded_to: Path, copy: bool = False) -> dict[str, str] | str:

@@ -4,11 +4,11 @@ classify image files, whole or face by face.
 A model knows its classes and input size from the metadata logged with it, so any image ingest
 accepts (any size, JPEG, PNG, BMP, WebP, TIFF..., grayscale, 16-bit, CMYK, with alpha or EXIF
 rotation) is decoded by ingest's own reader and converted the way training saw images: upright
-RGB, resized to the model's side with area interpolation, float pixels in [0, 255]; a file ingest
-would leave out is refused with ingest's reason. With face
-detection on, OpenCV's Haar cascade finds frontal faces; each box, widened by a margin so the crop
-is framed like the training images (a head with some background), is classified on its own.
-Loading and reading are the edges; the rest takes arrays and returns values.
+RGB, resized to the model's side with area interpolation, float pixels in [0, 255]; a file that
+ingest would leave out is refused with ingest's reason. With face detection on, OpenCV's Haar
+cascade finds frontal faces; each box, widened by a margin so the crop is framed like the
+training images (a head with some background), is classified on its own. Loading and reading
+are the edges; the rest takes arrays and returns values.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def read_image(path: str | Path) -> np.ndarray:
     EXIF orientation, transparency over white, 16-bit and CMYK scaled to 8-bit RGB), or a one-line
     error naming the file and the reason it is not a usable image (the reason ingest's report
     would give)."""
-    picture = ingest.read_picture(Path(path))
+    picture = ingest.read_picture(Path(path), max_side=None)  # full size: faces in a group photo are small
     if isinstance(picture, str):
         raise WorkbenchError(f"{ingest.printable(str(path))}: {picture}")
     return np.ascontiguousarray(np.asarray(picture.rgb, dtype=np.uint8)[:, :, ::-1])
