@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def raw(tmp_path_factory) -> Path:
     save(good / "other.png", picture(501, 64))
     save(good / "UPPER.JPG", picture(502), quality=90)
     save(good / "gray.png", Image.fromarray(picture(503)).convert("L"))
-    (good / "README.txt").write_text("not an image, not counted")
+    (good / "README.txt").write_text("not an image, so it is reported")
     (good / ".DS_Store").write_bytes(b"\0\1junk")
     save(good / ".hidden.png", picture(504))
 
@@ -199,9 +200,12 @@ def test_unusable_files_are_reported_and_the_rest_kept(messy):
     assert reasons["odd/truncated.jpg"].startswith("truncated: ")
     assert reasons["odd/tiny.png"] == "too small: 10x10"
     assert reasons["odd/strip.png"] == "too large: 20001x16"
-    assert len(reasons) == result.skipped == sidecar["skipped"] == 5
-    # Hidden files and non-image extensions are neither kept nor reported.
-    assert not any("README" in p or "/." in p for p in [*frame["path"], *reasons])
+    # The content decides, not the suffix: a text file in a class folder is reported, not skipped.
+    assert reasons["good/README.txt"] == "not an image: text"
+    assert len(reasons) == result.skipped == sidecar["skipped"] == 6
+    # Hidden files (.DS_Store, .hidden.png) are neither kept nor reported, only counted.
+    assert not any("/." in p for p in [*frame["path"], *reasons])
+    assert result.ignored == sidecar["ignored"] == 2
     assert result.kept == len(frame) == 13
     assert "good/UPPER.JPG" in frame.index
 
@@ -279,3 +283,50 @@ def test_ingest_is_deterministic(messy, raw, tmp_path):
     assert {k: v for k, v in fresh.items() if k not in ("created", "interim_root")} == \
         {k: v for k, v in sidecar.items() if k not in ("created", "interim_root")}
     assert sidecar["raw_root"] == str((raw / "messy").resolve())
+
+
+def test_names_that_are_not_utf8_and_empty_class_folders_in_split_layouts(tmp_path):
+    root = os.fsencode(tmp_path / "raw")
+    for name, seed in ((b"train/se\xf1ora/a.png", 1), (b"train/se\xf1ora/b\xff.png", 2),
+                       (b"train/plain/caf\\xe9.png", 3), (b"train/plain/caf\xe9.png", 4), (b"val/plain/c.png", 5)):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(_png(picture(seed)))
+    os.makedirs(os.path.join(root, b"val/se\xf1ora"))
+    result = ingest("folders", tmp_path / "raw", "latin", tmp_path / "m", tmp_path / "i")
+    frame, sidecar = read_manifest("latin", tmp_path / "m")
+    rows = frame.set_index("path")
+    # The label and path are written with escapes (a UTF-8 file cannot hold the raw bytes), and the
+    # image is read through a copy whose name is valid UTF-8 too.
+    assert rows.at["train/se\\xf1ora/b\\xff.png", "label"] == "se\\xf1ora"
+    assert rows.at["train/se\\xf1ora/a.png", "decoded"] == "latin/train/se\\xf1ora/a.png.png"
+    assert rows.at["train/plain/caf\\xe9.png", "decoded"] == ""          # a real backslash: read as it is
+    report = pd.read_csv(result.report_path, dtype=str, keep_default_na=False)
+    assert dict(zip(report["path"], report["reason"])) == {
+        "train/plain/caf\\xe9.png": "name collides with another file's once written as valid UTF-8",
+        "val/se\\xf1ora/": "empty class folder: no files, so no images of this class"}
+    assert result.counts == {"plain": {"train": 1, "val": 1}, "se\\xf1ora": {"train": 2}}
+    assert sidecar["notes"] == []   # every class has images somewhere
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists and reads a mode-000 folder anyway")
+def test_an_unreadable_folder_is_reported_not_skipped(tmp_path):
+    good, hidden_away = tmp_path / "raw" / "a", tmp_path / "raw" / "a" / "locked"
+    save(good / "x.png", picture(1))
+    save(hidden_away / "y.png", picture(2))
+    save(tmp_path / "raw" / "b" / "z.png", picture(3))
+    hidden_away.chmod(0)
+    try:
+        result = ingest("folders", tmp_path / "raw", "locked", tmp_path / "m", tmp_path / "i")
+    finally:
+        hidden_away.chmod(0o755)
+    report = pd.read_csv(result.report_path, dtype=str, keep_default_na=False)
+    assert dict(zip(report["path"], report["reason"])) == {"a/locked/": "unreadable folder: Permission denied"}
+    assert result.kept == 2

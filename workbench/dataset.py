@@ -121,17 +121,25 @@ def ensure_synthetic(data: SyntheticData, seed: int) -> str:
 def files(frame: pd.DataFrame, manifests_dir: Path | None = None) -> list[str]:
     """Where to read each row's image: the normalised copy ingest made for files TensorFlow cannot
     decode as they are, else the raw file. Rows need `source` (the manifest name), `path` and
-    `decoded`; this is the one rule training, evaluation and export all use."""
+    `decoded`; this is the one rule training, evaluation and export all use. A row that resolves
+    outside its dataset's root (an edited manifest's `..` or absolute path, a link swapped in after
+    ingest) is refused, so a manifest can never make a run read another file of the machine."""
     manifests_dir = manifests_dir or paths.manifests_dir()
-    sidecars: dict[str, dict] = {}
+    roots: dict[str, tuple[Path, Path]] = {}
     out = []
     for source, path, decoded in zip(frame["source"], frame["path"], frame.get("decoded", [""] * len(frame))):
-        if source not in sidecars:
-            sidecars[source] = ingest.read_sidecar(source, manifests_dir)
-        sidecar = sidecars[source]
+        if source not in roots:
+            sidecar = ingest.read_sidecar(source, manifests_dir)
+            roots[source] = (Path(os.path.realpath(sidecar["raw_root"])),
+                             Path(os.path.realpath(sidecar["interim_root"])))
+        raw_root, interim_root = roots[source]
         # `decoded` is relative to the folder holding the dataset's interim copies.
-        out.append(str(Path(sidecar["interim_root"]).parent / decoded) if decoded
-                   else str(Path(sidecar["raw_root"]) / path))
+        root, file = (interim_root, interim_root.parent / decoded) if decoded else (raw_root, raw_root / path)
+        if not ingest.contained(file, root):
+            raise DataError(f"{manifests_dir / source}.csv: row {ingest.printable(str(decoded or path))!r} "
+                            f"resolves outside {root}; the manifest or the folder changed after ingest: "
+                            f"ingest {source} again")
+        out.append(str(file))
     return out
 
 
@@ -275,6 +283,19 @@ def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _sizes(frame: pd.DataFrame, labels: set[str]) -> str:
+    """`lonely (1 image), rare (3 images, 1 group of duplicates)`: why a class cannot fill a split."""
+    described = []
+    for label in sorted(labels):
+        rows = frame[frame["label"] == label]
+        images, groups = len(rows), rows["group_id"].nunique()
+        size = f"{images} image{'s' * (images != 1)}"
+        if groups != images:
+            size += f", {groups} group{'s' * (groups != 1)} of duplicates"
+        described.append(f"{label} ({size})")
+    return ", ".join(described)
+
+
 def digest(frame: pd.DataFrame) -> str:
     """Content identity of a split dataset: image bytes, labels and split assignment."""
     rows = sorted(zip(frame["sha256"], frame["label"], frame["split"]))
@@ -302,8 +323,9 @@ def prepare(spec: Spec) -> Dataset:
     for split in SPLITS:
         absent = set(classes) - set(frame.loc[frame["split"] == split, "label"])
         if absent:
-            raise DataError(f"dataset {name}: split '{split}' has no images of class(es) "
-                            f"{', '.join(sorted(absent))}; use more images or other split ratios")
+            raise DataError(f"dataset {name}: split '{split}' gets no image of class {_sizes(frame, absent)}; "
+                            "every class needs images in train, val and test: add images of it, map it to "
+                            "null in the spec's classes, or change the split ratios")
     synthetic = all(ingest.read_sidecar(s.name, paths.manifests_dir()).get("synthetic") for s in sources)
     return Dataset(name=name, source=str(paths.manifests_dir().resolve()), frame=frame, classes=classes,
                    digest=digest(frame), synthetic=synthetic, left_out=left_out)

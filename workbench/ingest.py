@@ -1,15 +1,20 @@
-"""Dataset adapters: from a raw folder, as downloaded, to a manifest workbench can trust.
+"""Dataset adapters: from a raw folder, as downloaded or scraped, to a manifest workbench can trust.
 
 Each adapter knows one published layout (Face Mask 12K, Yonsei real/fake, Mask Dataset V1, or any
-tree of class folders, pre-split or not) and lists its files with the label and original split the
-layout gives them; class folder names are kept exactly as on disk, since mapping them to a spec's
-classes happens later. `ingest` then opens every image once, leaves out what cannot be used (empty,
-not an image, truncated or corrupt, absurdly small or large) with the reason in a report, records
-what each file really is (size, bands, format, sha256, perceptual hash), writes a normalised RGB
-PNG under the interim folder for the files TensorFlow's decoder would read wrongly (EXIF rotation,
-alpha, palette, 16-bit, CMYK, WebP / TIFF, very large), and groups exact and near duplicates so
-that splits keep them together. Raw folders are only ever read. The outputs are a pure function
-of the raw files and the arguments, apart from the sidecar's timestamp.
+tree of class folders, pre-split or not) and lists every file under its class folders with the
+label and original split the layout gives them; class folder names are kept as on disk, since
+mapping them to a spec's classes happens later. The content decides what a file is, never its
+name: `ingest` opens every candidate once and keeps what Pillow decodes as a photo format, and
+lists everything else (empty, text or HTML, truncated or corrupt, absurdly small or large,
+unreadable, a pipe, a link leading outside the dataset root, an empty class folder) with its
+reason in a report; hidden files and `__MACOSX` forks are only counted. For what it keeps it
+records what each file really is (size, bands, format, sha256, perceptual hash), writes a
+normalised RGB PNG under the interim folder for the files TensorFlow would read wrongly or not at
+all (EXIF rotation, alpha, palette, 16-bit, CMYK, WebP / TIFF, very large, a name that is not
+UTF-8), and groups exact and near duplicates so that splits keep them together. `read_picture`
+is the one way an image file becomes pixels, so prediction sees what training saw. Raw folders
+are only ever read. The outputs are a pure function of the raw files and the arguments, apart
+from the sidecar's timestamp.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -38,15 +45,22 @@ from workbench.leakage import near_duplicate_groups
 MANIFEST_COLUMNS = ["path", "sha256", "width", "height", "channels", "format", "label", "source",
                     "original_split", "group_id", "phash", "decoded"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Pillow guesses at dozens of formats, some from a few loose header bytes (TGA) and some by
+# running other programs (EPS through Ghostscript); a photo folder needs only these.
+PHOTO_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "AVIF", "JPEG2000", "PPM")
 TF_FORMATS = frozenset({"jpeg", "png", "bmp", "gif"})   # what tf.io.decode_image reads natively
 TF_MODES = frozenset({"RGB", "L"})
 DECODED_MAX_SIDE = 1024       # larger images are stored downscaled: nothing trains above this
 MIN_SIDE, MAX_SIDE = 16, 20000
+MAX_FILE_BYTES = 512 * 2**20  # read whole into memory: a 20,000 px photo is far smaller
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 IGNORED_DIRS = frozenset({"__MACOSX"})  # resource forks left by macOS zip archives
+NAME_MAX = 255                # bytes in one file name on Linux and macOS file systems
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_EMPTY_FOLDER = "empty class folder: no files, so no images of this class"
+_LINKED_FOLDER = "symlinked folder: not followed"
+_BREAKING = ("Cc", "Zl", "Zp")   # control characters and line / paragraph separators
 
 
 class Item(NamedTuple):
@@ -54,6 +68,7 @@ class Item(NamedTuple):
     label: str
     original_split: str
     extra: dict[str, str]
+    problem: str = ""       # why it is left out before it is even opened (an empty class folder)
 
 
 @dataclass(frozen=True)
@@ -72,12 +87,29 @@ class IngestResult:
     kept: int
     skipped: int
     counts: dict[str, dict[str, int]]   # label -> original_split -> images
+    ignored: int = 0                    # hidden entries and __MACOSX folders, neither kept nor reported
+    notes: tuple[str, ...] = ()         # what a user should know about the whole dataset
+
+
+# --- names ------------------------------------------------------------------------------------------
+
+def printable(name: str) -> str:
+    """`name` as one line of valid UTF-8: bytes that are not UTF-8 (which Python carries as
+    surrogate escapes, and no UTF-8 file can hold) become `\\xNN`, and control and line-breaking
+    characters their backslash escape, so a manifest, a report and an error line can show it."""
+    try:
+        text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system decoding produces
+        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _BREAKING else c
+                   for c in text)
 
 
 # --- walking the raw tree -------------------------------------------------------------------------
 
-def _visible(entry: os.DirEntry | Path) -> bool:
-    return not entry.name.startswith(".") and entry.name not in IGNORED_DIRS
+def _visible(entry: os.DirEntry | Path | str) -> bool:
+    name = entry if isinstance(entry, str) else entry.name
+    return not name.startswith(".") and name not in IGNORED_DIRS
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -91,14 +123,36 @@ def _child(folder: Path, name: str) -> Path | None:
     return (exact or matches or [None])[0]
 
 
-def _images(folder: Path) -> list[Path]:
-    """Image files under `folder`, at any depth, in a stable order; hidden entries are skipped."""
-    found = []
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if _visible(Path(d))]
-        found += [Path(top) / f for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(found)
+def _images(folder: Path) -> list[tuple[Path, str]]:
+    """Every candidate file under a class folder, at any depth and whatever its name, in a stable
+    order, each with the reason it is left out unopened ("" when it is to be opened). Linked
+    folders are listed, never entered: they may lead outside the root or round in a loop."""
+    found: list[tuple[Path, str]] = []
+
+    def unreadable(err: OSError) -> None:  # os.walk would otherwise skip such a folder silently
+        found.append((Path(err.filename), f"unreadable folder: {err.strerror or _one_line(err)}"))
+
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
+        base = Path(top)
+        linked = {d for d in dirs if _visible(d) and (base / d).is_symlink()}
+        found += [(base / d, _LINKED_FOLDER) for d in linked]
+        dirs[:] = sorted(d for d in dirs if _visible(d) and d not in linked)
+        found += [(base / f, "") for f in files if _visible(f)]
+    return sorted(found) or [(folder, _EMPTY_FOLDER)]
+
+
+def _class_items(folder: Path, label: str, split: str, extra: Callable[[Path], dict[str, str]] | None = None
+                 ) -> list[Item]:
+    return [Item(f, label, split, extra(f) if extra else {}, problem) for f, problem in _images(folder)]
+
+
+def _ignored(raw_root: Path) -> int:
+    """Hidden entries and __MACOSX folders under the root (each counted once, not entered)."""
+    count = 0
+    for _, dirs, files in os.walk(raw_root):
+        count += sum(not _visible(name) for name in [*dirs, *files])
+        dirs[:] = [d for d in dirs if _visible(d)]
+    return count
 
 
 def _locate(raw_root: Path, wrappers: tuple[str, ...], required: tuple[str, ...],
@@ -120,7 +174,7 @@ def _split_class_items(root: Path, splits: dict[str, str], layout: str) -> list[
         if not class_dirs:
             raise DataError(f"{split_dir}: no class folders; expected {layout}")
         for class_dir in class_dirs:
-            items += [Item(f, class_dir.name, split, {}) for f in _images(class_dir)]
+            items += _class_items(class_dir, class_dir.name, split)
     return items
 
 
@@ -153,9 +207,8 @@ def _scan_yonsei(raw_root: Path) -> list[Item]:
     # Kaggle's archive nests a second copy one level deeper; either wrapper is accepted.
     root = _locate(raw_root, ("real_and_fake_face", "real_and_fake_face_detection/real_and_fake_face"),
                    ("training_real", "training_fake"), "yonsei_realfake", _YONSEI_LAYOUT)
-    real = [Item(f, "real", "", {"difficulty": ""}) for f in _images(_child(root, "training_real"))]
-    fake = [Item(f, "fake", "", {"difficulty": difficulty_of(f.name)})
-            for f in _images(_child(root, "training_fake"))]
+    real = _class_items(_child(root, "training_real"), "real", "", lambda f: {"difficulty": ""})
+    fake = _class_items(_child(root, "training_fake"), "fake", "", lambda f: {"difficulty": difficulty_of(f.name)})
     return real + fake
 
 
@@ -166,7 +219,7 @@ def _scan_folders(raw_root: Path) -> list[Item]:
     if all(d.name.lower() in SPLIT_NAMES for d in top):
         return _split_class_items(raw_root, {d.name: SPLIT_NAMES[d.name.lower()] for d in top},
                                   _FOLDERS_LAYOUT)
-    return [Item(f, d.name, "", {}) for d in top for f in _images(d)]
+    return [item for d in top for item in _class_items(d, d.name, "")]
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -178,6 +231,19 @@ ADAPTERS: dict[str, Adapter] = {
 
 
 # --- one image ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Picture:
+    """One image file as workbench reads it: the file's bytes and what it really is, and the
+    pixels a viewer shows (upright 8-bit RGB, longer side at most DECODED_MAX_SIDE)."""
+    data: bytes
+    width: int
+    height: int
+    channels: int
+    format: str             # Pillow's name for the content, lower case ("jpeg", "png", ...)
+    tf_misreads: bool       # TensorFlow's decoder would not show what `rgb` shows
+    rgb: Image.Image = field(repr=False)
+
 
 def _orientation(img: Image.Image) -> int:
     try:
@@ -213,58 +279,147 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def _downscaled(img: Image.Image) -> Image.Image:
+def _downscaled(img: Image.Image, max_side: int | None = DECODED_MAX_SIDE) -> Image.Image:
     width, height = img.size
-    if max(width, height) <= DECODED_MAX_SIDE:
+    if max_side is None or max(width, height) <= max_side:
         return img
-    scale = DECODED_MAX_SIDE / max(width, height)
+    scale = max_side / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def inspect_image(file: Path, decoded_to: Path) -> dict[str, str] | str:
-    """Describe one image file (writing its normalised PNG to `decoded_to` when TensorFlow would
-    misread the original), or return the one-line reason it cannot be used."""
-    data = file.read_bytes()
-    if not data:
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def read_file(file: Path) -> bytes | str:
+    """The bytes of a regular file, or the one-line reason they cannot be had. Pipes and devices
+    are refused before opening: reading one would wait forever or never end."""
+    try:
+        info = os.stat(file)
+    except FileNotFoundError:
+        return "unreadable: broken symlink" if os.path.islink(file) else "no such file"
+    except OSError as err:
+        return f"unreadable: {err.strerror or _one_line(err)}"
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "a special file")
+        return f"not a regular file: {kind}"
+    if info.st_size == 0:
         return "empty file"
+    if info.st_size > MAX_FILE_BYTES:
+        return f"too large: {info.st_size} bytes on disk (at most {MAX_FILE_BYTES})"
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        return f"unreadable: {err.strerror or _one_line(err)}"
+    return data or "empty file"
+
+
+# Signatures of the formats Pillow reads, to tell a damaged image from something else entirely.
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"))
+
+
+def _what_else(data: bytes) -> str:
+    """Why bytes Pillow cannot open are not an image, as precisely as their first bytes allow."""
+    head = data[:4096]
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"truncated or corrupt: starts like a {name} file but its header cannot be read"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "truncated or corrupt: starts like a WebP file but its header cannot be read"
+    if head.startswith(b"%PDF"):
+        return "not an image: a PDF document"
+    if b"\x00" in head:
+        return "not an image: unrecognised format"
+    text = head.decode("utf-8", "replace")  # latin-1 or cut multi-byte characters are still text
+    if sum(ord(c) < 32 and c not in "\t\n\r\f" for c in text) > len(text) // 100:
+        return "not an image: unrecognised format"
+    lower = text.lstrip("\ufeff \t\r\n").lower()
+    if lower.startswith(("<!doctype html", "<html")) or "<html" in lower[:1024]:
+        return "not an image: an HTML page (a saved web page or a failed download?)"
+    if "<svg" in lower[:1024]:
+        return "not an image: an SVG drawing (vector graphics; export it as PNG)"
+    return "not an image: text"
+
+
+def _photo_formats() -> tuple[str, ...]:
+    Image.init()  # registers every plugin, so what this Pillow build lacks (AVIF, say) is known
+    return tuple(f for f in PHOTO_FORMATS if f in Image.OPEN)
+
+
+def _bomb(err: Exception) -> str:
+    sizes = re.findall(r"\d+", str(err))
+    if len(sizes) >= 2:
+        return f"too large: {sizes[0]} pixels, over Pillow's decompression-bomb limit of {sizes[1]}"
+    return f"too large: {_one_line(err)}"
+
+
+def decode(data: bytes, max_side: int | None = DECODED_MAX_SIDE) -> Picture | str:
+    """Decode an image file's bytes as workbench reads every image, or return the one-line reason
+    they are not a usable image. The content decides, never the file's name. `rgb` is cut down to
+    `max_side` (None: full size, which face detection in a large group photo needs)."""
     with warnings.catch_warnings():
         # PIL warns about odd palettes, EXIF and big images; the manifest records what matters.
         warnings.simplefilter("ignore")
         try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            return "not an image: unrecognised format"
-        except Image.DecompressionBombError:
-            return "too large: over PIL's decompression-bomb pixel limit"
-        except Exception as err:
-            return f"not an image: {_one_line(err)}"
+            img = Image.open(io.BytesIO(data), formats=_photo_formats())
+        except UnidentifiedImageError:  # its message holds an object address: never show it
+            return _what_else(data)
+        except Image.DecompressionBombError as err:
+            return _bomb(err)
+        except Exception as err:  # a plugin's own complaint about a header it began to parse
+            message = _one_line(err)
+            kind = "truncated" if "truncat" in message.lower() or isinstance(err, EOFError) else "corrupt"
+            return f"{kind}: {message}"
         width, height = img.size
         if min(width, height) < MIN_SIDE:
             return f"too small: {width}x{height}"
         if max(width, height) > MAX_SIDE:
             return f"too large: {width}x{height}"
-        info = {"width": str(width), "height": str(height), "channels": str(len(img.getbands())),
-                "format": (img.format or "").lower()}
-        sixteen_bit = _is_sixteen_bit(img)
+        sixteen_bit = _is_sixteen_bit(img)  # before load(), which drops the tile that tells
         try:
             img.load()  # lazy PIL reads only the header; a full decode finds truncation
-        except Exception as err:
+        except MemoryError:
+            return f"too large: {width}x{height} does not fit in memory"
+        except Exception as err:  # whatever a decoder raises on a damaged file is a fact about the file
             message = _one_line(err)
             kind = "truncated" if "truncat" in message.lower() or isinstance(err, EOFError) else "corrupt"
             return f"{kind}: {message}"
         orientation = _orientation(img)
-        needs_copy = (info["format"] not in TF_FORMATS or img.mode not in TF_MODES or sixteen_bit
-                      or orientation != 1 or "transparency" in img.info
-                      or max(width, height) > DECODED_MAX_SIDE)
+        image_format = (img.format or "").lower()
+        tf_misreads = (image_format not in TF_FORMATS or img.mode not in TF_MODES or sixteen_bit
+                       or orientation != 1 or "transparency" in img.info
+                       or max(width, height) > DECODED_MAX_SIDE)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-        rgb = _downscaled(to_rgb(upright))
-    info["sha256"] = hashlib.sha256(data).hexdigest()
-    info["phash"] = str(imagehash.phash(rgb))
-    info["decoded"] = ""
-    if needs_copy:
-        decoded_to.parent.mkdir(parents=True, exist_ok=True)
-        rgb.save(decoded_to, format="PNG")
+        rgb = _downscaled(to_rgb(upright), max_side)
+    return Picture(data=data, width=width, height=height, channels=len(img.getbands()), format=image_format,
+                   tf_misreads=tf_misreads, rgb=rgb)
+
+
+def read_picture(file: Path, max_side: int | None = DECODED_MAX_SIDE) -> Picture | str:
+    """`decode` of a file's bytes, or the reason the file cannot be read or used."""
+    data = read_file(file)
+    return data if isinstance(data, str) else decode(data, max_side)
+
+
+def inspect_image(file: Path, decoded_to: Path, copy: bool = False) -> dict[str, str] | str:
+    """Describe one image file (writing its normalised PNG to `decoded_to` when TensorFlow would
+    misread the original, or when `copy` says training cannot reach it by its name), or return
+    the one-line reason it cannot be used."""
+    picture = read_picture(file)
+    if isinstance(picture, str):
+        return picture
+    info = {"width": str(picture.width), "height": str(picture.height), "channels": str(picture.channels),
+            "format": picture.format, "sha256": hashlib.sha256(picture.data).hexdigest(),
+            "phash": str(imagehash.phash(picture.rgb)), "decoded": ""}
+    if picture.tf_misreads or copy:
+        try:
+            decoded_to.parent.mkdir(parents=True, exist_ok=True)
+            picture.rgb.save(decoded_to, format="PNG")
+        except OSError as err:  # the output side failing is no fact about this file: stop
+            raise DataError(f"{decoded_to}: cannot write the decoded copy ({_one_line(err)})") from None
         info["decoded"] = "1"
     return info
 
@@ -282,11 +437,26 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def contained(path: Path | str, root: Path | str) -> bool:
+    """Whether `path`, with every `..` and symlink resolved, lies inside `root` (also resolved)."""
+    return _inside(Path(os.path.realpath(path)), Path(os.path.realpath(root)))
+
+
+def _copy_name(path: str) -> str:
+    """Where a file's decoded copy goes under the dataset's interim folder: its own path plus
+    `.png` or, where a part of that would be too long a name for the file system, a digest of the
+    path at the top (never a raw file's place: files always sit in a class folder)."""
+    candidate = f"{path}.png"
+    if all(len(part.encode("utf-8")) <= NAME_MAX for part in candidate.split("/")):
+        return candidate
+    return f"{hashlib.sha256(path.encode('utf-8')).hexdigest()[:32]}.png"
+
+
 def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: Path,
            near_duplicate_distance: int = 4, extra: dict | None = None) -> IngestResult:
-    """Turn the raw folder into `out_dir/<name>.csv` (+ `.json` sidecar, `.report.csv` of skipped
-    files) and normalised copies under `interim_dir/<name>/`. `extra` is recorded in the sidecar
-    (the synthetic set's generator options, say)."""
+    """Turn the raw folder into `out_dir/<name>.csv` (+ `.json` sidecar, `.report.csv` of every
+    file left out and why) and normalised copies under `interim_dir/<name>/`. `extra` is recorded
+    in the sidecar (the synthetic set's generator options, say)."""
     adapter = ADAPTERS.get(source)
     if adapter is None:
         raise DataError(f"unknown dataset source {source!r}; expected one of {', '.join(ADAPTERS)}")
@@ -294,7 +464,7 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
         raise DataError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.' only")
     raw_root, out_dir, interim_dir = (Path(p).resolve() for p in (raw_root, out_dir, interim_dir))
     if not raw_root.is_dir():
-        raise DataError(f"{raw_root}: raw dataset folder not found")
+        raise DataError(f"{printable(str(raw_root))}: raw dataset folder not found")
     for folder in (out_dir, interim_dir):
         if _inside(folder, raw_root):
             raise DataError(f"{folder}: inside the raw folder {raw_root}; raw data is read-only, "
@@ -303,31 +473,50 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
         # interim_dir/<name> is replaced wholesale, which must never take the raw folder with it.
         raise DataError(f"{interim_dir / name}: would replace the raw folder {raw_root}; "
                         "choose another interim folder or dataset name")
-    items = adapter.scan(raw_root)
+    try:
+        items = adapter.scan(raw_root)
+    except OSError as err:  # a folder of the layout itself cannot be listed
+        raise DataError(f"{printable(str(err.filename or raw_root))}: cannot read this folder "
+                        f"({err.strerror or _one_line(err)})") from None
     if not items:
-        raise DataError(f"{raw_root}: no image files in the {source} layout ({adapter.layout})")
+        raise DataError(f"{printable(str(raw_root))}: no class folders in the {source} layout ({adapter.layout})")
+    # Training reads a file by the manifest's path, which must be valid UTF-8: where the real
+    # name is not, the file is read through a decoded copy instead.
+    unreachable_root = printable(str(raw_root)) != str(raw_root)
 
     interim_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Copies go to a staging folder that replaces interim_dir/<name> only once all are written,
     # so an interrupted ingest never leaves a manifest pointing at missing or stale copies.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=interim_dir))
-    rows, skipped = [], []
+    rows, skipped, seen = [], [], set()
     try:
         for item in items:
-            path = item.file.relative_to(raw_root).as_posix()
-            described = inspect_image(item.file, staging / f"{path}.png")
+            real_path = item.file.relative_to(raw_root).as_posix()
+            folder = item.problem == _EMPTY_FOLDER or item.problem.startswith("unreadable folder")
+            path = printable(real_path) + ("/" if folder else "")
+            copy_name = _copy_name(path)
+            if not contained(item.file, raw_root):
+                described = "symlink outside the dataset root: not followed"
+            elif item.problem:
+                described = item.problem
+            elif path in seen:
+                described = "name collides with another file's once written as valid UTF-8"
+            else:
+                described = inspect_image(item.file, staging / copy_name,
+                                          copy=unreachable_root or path != real_path)
+            seen.add(path)
             if isinstance(described, str):
                 skipped.append({"path": path, "reason": described})
                 continue
             if described["decoded"]:
-                described["decoded"] = f"{name}/{path}.png"
-            rows.append({**described, "path": path, "label": item.label, "source": name,
+                described["decoded"] = f"{name}/{copy_name}"
+            rows.append({**described, "path": path, "label": printable(item.label), "source": name,
                          "original_split": item.original_split, **item.extra})
         report_path = out_dir / f"{name}.report.csv"
         _write_csv(pd.DataFrame(skipped, columns=["path", "reason"]).sort_values("path"), report_path)
         if not rows:
-            raise DataError(f"{raw_root}: none of the {len(skipped)} image files could be used; "
+            raise DataError(f"{printable(str(raw_root))}: none of the {len(skipped)} files could be used; "
                             f"reasons in {report_path}")
         _replace_folder(staging, interim_dir / name)
     finally:
@@ -341,14 +530,28 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
 
     counts = {label: {split: int(n) for split, n in sorted(part["original_split"].value_counts().items())}
               for label, part in sorted(frame.groupby("label"), key=lambda kv: kv[0])}
+    notes = _notes(counts, {printable(item.label) for item in items})
+    ignored = _ignored(raw_root)
     sidecar = {"name": name, "adapter": source, "raw_root": str(raw_root),
                "interim_root": str(interim_dir / name),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "kept": len(frame), "skipped": len(skipped), "counts": counts,
-               "near_duplicate_distance": near_duplicate_distance, **(extra or {})}
+               "kept": len(frame), "skipped": len(skipped), "ignored": ignored, "notes": notes,
+               "counts": counts, "near_duplicate_distance": near_duplicate_distance, **(extra or {})}
     _write_text(json.dumps(sidecar, indent=2) + "\n", out_dir / f"{name}.json")
     return IngestResult(name=name, manifest_path=manifest_path, report_path=report_path,
-                        kept=len(frame), skipped=len(skipped), counts=counts)
+                        kept=len(frame), skipped=len(skipped), counts=counts, ignored=ignored,
+                        notes=tuple(notes))
+
+
+def _notes(counts: dict[str, dict[str, int]], labels: set[str]) -> list[str]:
+    notes = []
+    lost = sorted(labels - set(counts))
+    if lost:
+        notes.append(f"class folder(s) {', '.join(lost)} hold no usable image and are left out (see the report)")
+    if len(counts) == 1:
+        notes.append(f"only one class ({next(iter(counts))}): fine to ingest, but training needs at least "
+                     "two: merge it with another dataset in a spec")
+    return notes
 
 
 def group_ids(frame: pd.DataFrame, name: str, max_distance: int) -> list[str]:

@@ -1,12 +1,14 @@
 """Using a shipped model: load it by URI (the registry's `models:/NAME@champion` by default) and
 classify image files, whole or face by face.
 
-A model knows its classes and input size from the metadata logged with it, so any image OpenCV
-reads (any size, JPEG, PNG, BMP, WebP, TIFF...) is converted the way training saw images: BGR to
-RGB, resized to the model's side with area interpolation, float pixels in [0, 255]. With face
-detection on, OpenCV's Haar cascade finds frontal faces; each box, widened by a margin so the crop
-is framed like the training images (a head with some background), is classified on its own.
-Loading and reading are the edges; the rest takes arrays and returns values.
+A model knows its classes and input size from the metadata logged with it, so any image ingest
+accepts (any size, JPEG, PNG, BMP, WebP, TIFF..., grayscale, 16-bit, CMYK, with alpha or EXIF
+rotation) is decoded by ingest's own reader and converted the way training saw images: upright
+RGB, resized to the model's side with area interpolation, float pixels in [0, 255]; a file that
+ingest would leave out is refused with ingest's reason. With face detection on, OpenCV's Haar
+cascade finds frontal faces; each box, widened by a margin so the crop is framed like the
+training images (a head with some background), is classified on its own. Loading and reading
+are the edges; the rest takes arrays and returns values.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench import ingest
 from workbench.errors import WorkbenchError
 
 # Share of the face box added on each side before cropping: Haar boxes are tight around the
@@ -136,18 +139,14 @@ def probabilities(model, batch: np.ndarray) -> np.ndarray:
 # --- images ------------------------------------------------------------------------------------------
 
 def read_image(path: str | Path) -> np.ndarray:
-    """A BGR uint8 image, or a one-line error naming the file."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise WorkbenchError(f"{path}: no such file")
-    # imdecode from bytes, not imread: it copes with any path (non-ASCII names included).
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise WorkbenchError(f"{path}: not an image OpenCV can read (corrupt, empty or an unsupported format)")
-    return image
+    """A BGR uint8 image decoded exactly as ingest decodes what training reads (upright by its
+    EXIF orientation, transparency over white, 16-bit and CMYK scaled to 8-bit RGB), or a one-line
+    error naming the file and the reason it is not a usable image (the reason ingest's report
+    would give)."""
+    picture = ingest.read_picture(Path(path), max_side=None)  # full size: faces in a group photo are small
+    if isinstance(picture, str):
+        raise WorkbenchError(f"{ingest.printable(str(path))}: {picture}")
+    return np.ascontiguousarray(np.asarray(picture.rgb, dtype=np.uint8)[:, :, ::-1])
 
 
 def to_input(bgr: np.ndarray, size: int) -> np.ndarray:
@@ -224,4 +223,6 @@ def predict_images(loaded: LoadedModel, images: list[np.ndarray], names: list[st
     for owner, box, row in zip(owners, boxes, scores):
         per_image[owner].append(Prediction(label=loaded.classes[int(np.argmax(row))], box=box,
                                            probabilities={c: float(p) for c, p in zip(loaded.classes, row)}))
-    return [ImageResult(image=str(name), predictions=per_image[i], note=notes.get(i)) for i, name in enumerate(names)]
+    # Names are shown as one line of valid UTF-8, whatever bytes the file system allowed in them.
+    return [ImageResult(image=ingest.printable(str(name)), predictions=per_image[i], note=notes.get(i))
+            for i, name in enumerate(names)]
