@@ -166,7 +166,7 @@ DATASET_CASES = [
          "add images of it, map it to null in the spec's classes, or change the split ratios`; mapped to null, "
          "the sweep runs", key="single_image_class"),
     Case("dataset with a single class", "ingested, with a note in the sidecar; `data check NAME` passes; "
-         "`run` exits 1 with one line: `dataset solo: only one class (only); a classifier needs at least two`",
+         "`run` exits 2 with one line: `dataset solo: only one class (only); a classifier needs at least two`",
          key="single_class_dataset"),
     Case("manifest edited to point outside its root (`../`, an absolute path, a decoded copy's `../`)",
          "`data check SPEC` exits 1 with one line naming the manifest and the row: `…/edited.csv: row "
@@ -177,6 +177,104 @@ DATASET_CASES = [
 ]
 
 DATA_CASES = register("data", [c.case() for c in FILE_CASES] + DATASET_CASES)
+
+
+# --- specs and commands: one line, exit code 2 ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputCase:
+    """A bad spec or command (`tests/test_hostile_inputs.py` runs it through the CLI) and the
+    one line it must answer with, exit code 2 and no traceback. `spec` is merged into the tiny
+    spec (None: the command runs on the tiny spec as it is); `args` is the command, with SPEC
+    standing for the spec's name."""
+    key: str
+    area: str
+    what: str
+    args: tuple[str, ...]
+    says: str                    # a part of the one line
+    spec: dict | None = None
+
+    def case(self) -> Case:
+        return Case(self.what, f"exit 2, one line: `error: …{self.says}…`", key=self.key, area=self.area)
+
+
+SPEC_INPUTS = [
+    InputCase("unknown_key", "spec", "a misspelt key `learning_rat`", ("specs", "validate", "SPEC"),
+              "params.learning_rat: unknown key (did you mean 'learning_rate'?)", {"params": {"learning_rat": 0.1}}),
+    InputCase("wrong_type", "spec", "a word where a number goes (`epochs: many`)", ("specs", "validate", "SPEC"),
+              "params.epochs: Input should be a valid integer", {"params": {"epochs": "many"}}),
+    InputCase("empty_choices", "spec", "an empty list of choices", ("specs", "validate", "SPEC"),
+              "params.backbone: an empty list of choices", {"params": {"backbone": []}}),
+    InputCase("inverted_range", "spec", "a range with low above high", ("specs", "validate", "SPEC"),
+              "range low (0.1) must be below high (0.01)", {"params": {"learning_rate": {"low": 0.1, "high": 0.01}}}),
+    InputCase("zero_learning_rate", "spec", "a learning rate of 0", ("specs", "validate", "SPEC"),
+              "params.learning_rate: Input should be greater than 0", {"params": {"learning_rate": 0}}),
+    InputCase("below_minimum_size", "spec", "an image size below the backbone's minimum (Xception at 64 px)",
+              ("specs", "validate", "SPEC"), "params.image_size: 64 is below xception's minimum of 71 px",
+              {"params": {"backbone": "xception", "image_size": 64}}),
+    InputCase("wrong_direction", "spec", "an objective direction against its metric (maximise val_loss)",
+              ("specs", "validate", "SPEC"), "val_loss is better when it goes min",
+              {"objective": {"metric": "val_loss", "direction": "maximize"}}),
+    InputCase("class_map_drops_all", "spec", "a class map that drops every class", ("data", "check", "SPEC"),
+              "the class mapping leaves no images",
+              {"dataset": {"source": "manifests", "manifests": [
+                  {"name": "faces", "classes": {"with_mask": None, "without_mask": None}}]}}),
+    InputCase("class_map_merges_all", "spec", "a class map that merges every class into one", ("data", "check", "SPEC"),
+              "only one class (face)",
+              {"dataset": {"source": "manifests", "manifests": [
+                  {"name": "faces", "classes": {"with_mask": "face", "without_mask": "face"}}]}}),
+    InputCase("missing_folder", "spec", "a dataset folder that is not there", ("data", "check", "SPEC"),
+              "dataset gone: no folder", {"dataset": {"source": "manifests", "manifests": [
+                  {"name": "gone", "adapter": "folders", "path": "nowhere"}]}}),
+]
+
+COMMAND_INPUTS = [
+    InputCase("unknown_storage", "command", "an unknown storage URL (`--storage redis://…`)",
+              ("serve", "dashboard", "--storage", "redis://cache:6379/0"), "--storage redis://cache:6379/0: use sqlite"),
+    InputCase("unknown_tracking", "command", "an unknown tracking URL (`--tracking-uri ftp://…`)",
+              ("leaderboard", "SPEC", "--tracking-uri", "ftp://files/mlflow"), "unknown scheme 'ftp'"),
+    InputCase("file_store", "command", "MLflow's old file store as tracking URI", ("leaderboard", "SPEC", "--tracking-uri",
+              "./mlruns"), "MLflow 3 no longer accepts a file store"),
+    InputCase("password_in_url", "command", "a tracking URL with a password that does not answer",
+              ("leaderboard", "SPEC", "--tracking-uri", "ftp://me:hunter2@files/x"), "ftp://me:***@files/x"),
+    InputCase("missing_model", "command", "a model URI that does not exist", ("predict", "FACE", "--model",
+              "models:/nobody@champion"), "--model models:/nobody@champion: cannot load it"),
+    InputCase("external_model", "command", "a model from outside the tracking store (a path)",
+              ("predict", "FACE", "--model", "/tmp/elsewhere/model"), "pass --allow-external-model"),
+    InputCase("unknown_option", "command", "an option no command has", ("sweep", "SPEC", "--trails", "3"),
+              "No such option: --trails"),
+    InputCase("unknown_spec", "command", "a spec that does not exist", ("sweep", "nothing-here"),
+              "nothing-here: no such spec file or name"),
+]
+
+INPUT_CASES = register("spec", [c.case() for c in SPEC_INPUTS]) + register("command", [c.case() for c in COMMAND_INPUTS])
+
+# --- faults and safe defaults (asserted in tests/test_faults.py and tests/test_sweep_survive.py) -----
+
+FAULT_CASES = register("fault", [
+    Case("the artefact store turns read-only (EROFS) during a trial", "that trial fails with the reason, its run "
+         "ends FAILED; the sweep goes on; earlier runs keep their metrics and artefacts", key="read_only_store",
+         area="fault"),
+    Case("two sweeps of different specs at once against one store", "both finish; each experiment holds only its "
+         "own trials (a new SQLite store's tables are created one process at a time)", key="concurrent_sweeps",
+         area="fault"),
+    Case("a corrupted `mlflow.db` or `optuna.db` (not SQLite, or a damaged SQLite file)", "exit 2, one line naming "
+         "the file; the file is left as it was, never replaced by a fresh store", key="corrupted_db", area="fault"),
+    Case("a worker killed with `kill -9` mid-trial", "on resume: its trial failed, its run KILLED, its configuration "
+         "retried once, first; no run left RUNNING", key="killed_worker", area="fault"),
+    Case("a trial whose loss becomes NaN", "that trial fails with the reason; the sweep completes its budget",
+         key="diverging_trial", area="fault"),
+])
+
+DEFAULT_CASES = register("default", [
+    Case("`workbench serve ui|model|dashboard` (and `make ui`, `serve`, `dashboard`)", "listens on 127.0.0.1 only; "
+         "`--host 0.0.0.0` listens everywhere and warns that it is exposed", key="loopback", area="default"),
+    Case("a logged model with a Lambda layer (code in a model file)", "refused by Keras' safe mode: exit 2, one line",
+         key="safe_mode", area="default"),
+    Case("secrets in the environment; a password in a storage URL", "never in params, tags, metrics, artefacts, "
+         "output or worker logs; URLs appear with the password as `***`; workers get store URLs through the "
+         "environment, not the command line", key="secrets", area="default"),
+])
 
 
 if __name__ == "__main__":

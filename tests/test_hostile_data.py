@@ -224,8 +224,8 @@ def swept(yard) -> str:
     return trial.info.run_id
 
 
-def one_line_error(result) -> str:
-    assert result.returncode == 1, result.stdout + result.stderr
+def one_line_error(result, code: int = 1) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     # MLflow logs its own start-up (creating a fresh store's tables) before workbench says anything.
     lines = [line for line in result.stderr.strip().splitlines() if not MLFLOW_LOG.match(line)]
@@ -325,7 +325,7 @@ def test_single_class_dataset(yard):
     assert check.returncode == 0, check.stderr
     write_spec(yard.root, {**SWEEP_SPEC, "name": "solo", "dataset": {
         "source": "manifests", "manifests": [{"name": "solo"}]}})
-    message = one_line_error(workbench_cli("run", "solo", cwd=yard.root, env=yard.env))
+    message = one_line_error(workbench_cli("run", "solo", cwd=yard.root, env=yard.env), code=2)
     assert message == "dataset solo: only one class (only); a classifier needs at least two"
 
 

@@ -171,7 +171,7 @@ def ensure_ingested(source: ManifestSource) -> None:
     if not root.is_dir():
         how = f"{source.get}; unpack it" if source.get else "put it"
         raise DataError(f"dataset {source.name}: no folder {root} (expected layout {layout}); {how} there, or "
-                        "point --data DIR (or $WORKBENCH_RAW) at the folder that holds it")
+                        "point --data DIR (or $WORKBENCH_RAW) at the folder that holds it", exit_code=2)
     manifests = paths.manifests_dir()
     mark = fingerprint(root)
 
@@ -217,14 +217,14 @@ def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int =
         unknown = set(source.classes) - set(frame["label"])
         if unknown:
             raise DataError(f"dataset.manifests[{source.name}].classes: no label(s) {', '.join(sorted(unknown))} "
-                            f"in that manifest (it has: {', '.join(sorted(set(frame['label'])))})")
+                            f"in that manifest (it has: {', '.join(sorted(set(frame['label'])))})", exit_code=2)
         frame["original_label"] = frame["label"]
         frame["label"] = frame["label"].map(lambda label: source.classes.get(label, label))
         parts.append(frame[frame["label"].notna()].copy())
     frame = pd.concat(parts, ignore_index=True).fillna("")
     if frame.empty:
         raise DataError(f"dataset.manifests: the class mapping leaves no images "
-                        f"(every label of {', '.join(s.name for s in sources)} is mapped to null)")
+                        f"(every label of {', '.join(s.name for s in sources)} is mapped to null)", exit_code=2)
     frame["file"] = files(frame)
     frame["group_id"] = leakage.merged_group_ids(frame, near_duplicate_distance)
     return frame
@@ -319,7 +319,7 @@ def prepare(spec: Spec) -> Dataset:
         frame = frame[reasons == ""].reset_index(drop=True)
     classes = tuple(sorted(frame["label"].unique()))
     if len(classes) < 2:
-        raise DataError(f"dataset {name}: only one class ({', '.join(classes)}); a classifier needs at least two")
+        raise DataError(f"dataset {name}: only one class ({', '.join(classes)}); a classifier needs at least two", exit_code=2)
     for split in SPLITS:
         absent = set(classes) - set(frame.loc[frame["split"] == split, "label"])
         if absent:

@@ -161,7 +161,7 @@ def _locate(raw_root: Path, wrappers: tuple[str, ...], required: tuple[str, ...]
     for candidate in (raw_root, *(raw_root / w for w in wrappers)):
         if candidate.is_dir() and all(_child(candidate, r) for r in required):
             return candidate
-    raise DataError(f"{raw_root}: not a {adapter} folder; expected {layout}")
+    raise DataError(f"{raw_root}: not a {adapter} folder; expected {layout}", exit_code=2)
 
 
 def _split_class_items(root: Path, splits: dict[str, str], layout: str) -> list[Item]:
@@ -459,12 +459,12 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
     in the sidecar (the synthetic set's generator options, say)."""
     adapter = ADAPTERS.get(source)
     if adapter is None:
-        raise DataError(f"unknown dataset source {source!r}; expected one of {', '.join(ADAPTERS)}")
+        raise DataError(f"unknown dataset source {source!r}; expected one of {', '.join(ADAPTERS)}", exit_code=2)
     if not _NAME.fullmatch(name):
-        raise DataError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.' only")
+        raise DataError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.' only", exit_code=2)
     raw_root, out_dir, interim_dir = (Path(p).resolve() for p in (raw_root, out_dir, interim_dir))
     if not raw_root.is_dir():
-        raise DataError(f"{printable(str(raw_root))}: raw dataset folder not found")
+        raise DataError(f"{printable(str(raw_root))}: raw dataset folder not found", exit_code=2)
     for folder in (out_dir, interim_dir):
         if _inside(folder, raw_root):
             raise DataError(f"{folder}: inside the raw folder {raw_root}; raw data is read-only, "
@@ -586,7 +586,7 @@ def read_sidecar(name: str, out_dir: Path) -> dict:
     """An ingested dataset's sidecar: where its raw and normalised files are, and how it was made."""
     path = Path(out_dir) / f"{name}.json"
     if not path.is_file():
-        raise DataError(f"{path}: not found; ingest the dataset '{name}' first")
+        raise DataError(f"{path}: not found; ingest the dataset '{name}' first", exit_code=2)
     try:
         sidecar = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -601,7 +601,7 @@ def read_manifest(name: str, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     csv_path = Path(out_dir) / f"{name}.csv"
     sidecar = read_sidecar(name, out_dir)
     if not csv_path.is_file():
-        raise DataError(f"{csv_path}: not found; ingest the dataset '{name}' first")
+        raise DataError(f"{csv_path}: not found; ingest the dataset '{name}' first", exit_code=2)
     try:
         frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:

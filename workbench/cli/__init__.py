@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+# Typer carries its own copy of click: its usage errors are these classes, not click's.
+from typer._click import exceptions as click_errors
+
 # Imported in the order the stages run, which is the order `workbench --help` lists them.
 from workbench.cli import data, sweep, compare, crossdata, ship  # noqa: F401,I001  (registers the commands)
 from workbench.cli.common import app, err_console
@@ -27,7 +30,18 @@ def main() -> None:
     if "--debug" in sys.argv[1:]:
         sys.argv.remove("--debug")
     try:
-        app()
+        # Not standalone: click's usage errors come back here, to be said in one line like ours.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except click_errors.ClickException as err:
+        message = err.format_message()
+        if message:  # a bare group (`workbench data`) has printed its help already
+            context = getattr(err, "ctx", None)
+            where = context.command_path if context is not None else "workbench"
+            err_console.print(f"error: {message} (see `{where} --help`)", highlight=False, markup=False,
+                              soft_wrap=True)
+        sys.exit(err.exit_code)
     except WorkbenchError as err:
         if debug:
             raise

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from workbench.cli.common import ModelOption, TrackingOption, app, connect, console
+from workbench.cli.common import ModelOption, TrackingOption, app, connect, console, quiet_environment
 from workbench.errors import WorkbenchError
 
 
@@ -102,8 +102,10 @@ def predict_command(
 
     pictures = predict.read_images(images)
     detector = predict.face_detector() if detect_faces else None
-    client = connect(tracking_uri, loads_models=True)
-    loaded = predict.load_model(_model_uri(client, model, allow_external))
+    client = connect(tracking_uri)
+    uri = _model_uri(client, model, allow_external)  # a refused URI answers before TensorFlow loads
+    quiet_environment()
+    loaded = predict.load_model(uri)
     results = predict.predict_images(loaded, pictures, [str(p) for p in images], detector=detector, margin=margin)
     if format_ is OutputFormat.json:
         print(json.dumps({"model": loaded.uri, "classes": list(loaded.classes),
@@ -140,8 +142,10 @@ def export_command(
     """Write model.tflite and labels.txt, check they decide like the Keras model, and log both on its run."""
     from workbench import export, predict
 
-    client = connect(tracking_uri, loads_models=True)
-    loaded = predict.load_model(_model_uri(client, model, allow_external))
+    client = connect(tracking_uri)
+    uri = _model_uri(client, model, allow_external)
+    quiet_environment()
+    loaded = predict.load_model(uri)
     result = export.export(client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
                            min_agreement=min_agreement, max_images=max_images)
     console.print(f"wrote {result.tflite_path} ({result.size_mb:.2f} MB, quantize {quantize.value}) and "
