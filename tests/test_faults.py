@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,11 +82,25 @@ def test_two_sweeps_of_different_specs_at_once_share_one_store(workdir, stores):
         assert {r.data.tags["workbench.spec"] for r in trials} == {name}
 
 
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, shared_data):
+    """A store holding one finished 1-trial sweep of the tiny spec, made once for the module."""
+    root = tmp_path_factory.mktemp("recorded")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("WORKBENCH_DATA", str(shared_data))
+        (root / "experiments").mkdir()
+        write_spec(root, TINY)
+        mlruns = root / "mlruns"
+        run_sweep(S.load("tiny", ["epochs=1"]), storage=f"sqlite:///{mlruns / 'optuna.db'}",
+                  tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}", trials=1)
+    return root / "mlruns"
+
+
 @pytest.mark.parametrize("which", ["mlflow.db", "optuna.db"])
 @pytest.mark.parametrize("damage", ["not sqlite", "truncated sqlite"])
-def test_a_corrupted_database_is_one_line_and_never_replaced(tiny_spec, workdir, stores, which, damage):
-    storage, uri = stores
-    run_sweep(S.load("tiny", ["epochs=1"]), storage=storage, tracking_uri=uri, trials=1)
+def test_a_corrupted_database_is_one_line_and_never_replaced(tiny_spec, workdir, recorded, which, damage):
+    shutil.copytree(recorded, workdir / "mlruns", ignore=shutil.ignore_patterns("artifacts"))
     target = workdir / "mlruns" / which
     data = target.read_bytes()
     broken = b"this is no database\n" * 64 if damage == "not sqlite" else data[:4096] + b"\x00" * 128
@@ -155,7 +170,7 @@ def test_models_load_in_safe_mode_and_only_from_the_configured_store(workdir, st
             predict.model_uri(outside)
     assert predict.model_uri("/tmp/some/model", allow_external=True) == "/tmp/some/model"
     image = workdir / "face.png"
-    keras.utils.save_img(str(image), np.zeros((8, 8, 3)))
+    keras.utils.save_img(str(image), np.zeros((32, 32, 3)))
     result = workbench_cli("predict", str(image), "--model", "/tmp/some/model", cwd=workdir)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--allow-external-model" in result.stderr
 

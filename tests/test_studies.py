@@ -54,7 +54,7 @@ def test_every_spec_runs_end_to_end_in_smoke_mode(repo_experiments, workdir, nam
 def test_missing_data_is_one_line_naming_the_folder_and_how_to_get_it(repo_experiments, workdir):
     result = workbench_cli("sweep", "s1_merge_vgg16_mobilenet", cwd=workdir,
                            env={"WORKBENCH_DATA": str(workdir / "data"), "WORKBENCH_RAW": ""})
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: dataset facemask12k: no folder ") and "data/raw/Face Mask Dataset" in line
     assert "{Train,Validation,Test}/{WithMask,WithoutMask}" in line
