@@ -1,6 +1,6 @@
 """The `workbench` command line: the front door to every stage. One module per stage holds its
 thin commands (`data`: specs, data and weights; `sweep`: run, sweep, leaderboard; `compare`:
-compare and report; `ship`: promote, rollback, predict, export), all on the one app of
+compare, report, evaluate, matrix; `ship`: promote, rollback, predict, export, serve), all on the one app of
 `common`. TensorFlow and MLflow are imported only inside the commands that need them, so
 `workbench specs list` answers instantly. Every `WorkbenchError` becomes one line on stderr and
 its exit code (2 for a bad spec), never a traceback; `--debug` shows the traceback instead."""
@@ -14,9 +14,9 @@ import sys
 from typer._click import exceptions as click_errors
 
 # Imported in the order the stages run, which is the order `workbench --help` lists them.
-from workbench.cli import data, sweep, compare, crossdata, ship  # noqa: F401,I001  (registers the commands)
+from workbench.cli import data, sweep, compare, ship  # noqa: F401,I001  (registers the commands)
 from workbench.cli.common import app, err_console
-from workbench.cli.serve import serve_app
+from workbench.cli.ship import serve_app
 
 app.add_typer(serve_app, name="serve")
 from workbench.errors import WorkbenchError

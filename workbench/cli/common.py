@@ -120,3 +120,10 @@ def short(value) -> str:
             return "-"
         return f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}".rstrip("0").rstrip(".")
     return str(value)
+
+
+def model_uri(client, model: str | None, allow_external: bool = False) -> str:
+    """What the user typed as --model, as a full URI (refused when outside the store, unless allowed)."""
+    from workbench import predict
+
+    return predict.model_uri(model, None if model else predict.registered_champions(client), allow_external)

@@ -1,11 +1,17 @@
 """Commands of the ship stage: `promote` and `rollback` (the registry's `champion` alias),
-`predict` (a model on image files) and `export` (TensorFlow Lite, checked against Keras). MLflow
+`predict` (a model on image files), `export` (TensorFlow Lite, checked against Keras), and
+`serve ui|model|dashboard`: the servers workbench starts, each bound to 127.0.0.1 unless
+`--host` says otherwise, with a warning when that exposes it (none of them asks who is calling). MLflow
 and TensorFlow are imported only when a command runs; user errors are one line and a non-zero
 exit, like every command's."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import shutil
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +19,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from workbench.cli.common import ModelOption, TrackingOption, app, connect, console, quiet_environment
+from workbench.cli.common import (ModelOption, StorageOption, TrackingOption, app, connect, console, err_console,
+                                  model_uri, quiet_environment)
 from workbench.errors import WorkbenchError
 
 
@@ -34,12 +41,6 @@ class Quantize(str, Enum):
 
 AllowExternalOption = Annotated[bool, typer.Option(
     "--allow-external-model", help="Load a model from outside the configured tracking store (a path, http, s3).")]
-
-
-def _model_uri(client, model: str | None, allow_external: bool = False) -> str:
-    from workbench import predict
-
-    return predict.model_uri(model, None if model else predict.registered_champions(client), allow_external)
 
 
 @app.command("promote")
@@ -103,7 +104,7 @@ def predict_command(
     pictures = predict.read_images(images)
     detector = predict.face_detector() if detect_faces else None
     client = connect(tracking_uri)
-    uri = _model_uri(client, model, allow_external)  # a refused URI answers before TensorFlow loads
+    uri = model_uri(client, model, allow_external)  # a refused URI answers before TensorFlow loads
     quiet_environment()
     loaded = predict.load_model(uri)
     results = predict.predict_images(loaded, pictures, [str(p) for p in images], detector=detector, margin=margin)
@@ -143,7 +144,7 @@ def export_command(
     from workbench import export, predict
 
     client = connect(tracking_uri)
-    uri = _model_uri(client, model, allow_external)
+    uri = model_uri(client, model, allow_external)
     quiet_environment()
     loaded = predict.load_model(uri)
     result = export.export(client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
@@ -158,3 +159,69 @@ def export_command(
     if result.run_id:
         console.print(f"logged tflite_agreement, tflite_size_mb and tflite/ artifacts on run {result.run_id}",
                       highlight=False)
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+serve_app = typer.Typer(no_args_is_help=True, help="Start the MLflow UI, a model server or optuna-dashboard (loopback only by default).")
+
+HostOption = Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the server to the network.")]
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _start(argv: list[str], host: str, what: str, port: int) -> None:
+    """Replace this process with the server (so Ctrl-C and signals reach it directly)."""
+    if not loopback(host):
+        err_console.print(f"warning: {what} will listen on {host}:{port}, reachable from the network and without "
+                          "authentication; use the default --host 127.0.0.1 unless that is what you want",
+                          highlight=False)
+    # The venv's own tools first: `mlflow models serve` starts its web server by name.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    exe = shutil.which(argv[0])
+    if exe is None:
+        from workbench.errors import WorkbenchError
+
+        raise WorkbenchError(f"{argv[0]} is not installed: run `make install`")
+    err_console.print(f"{what}: http://{host}:{port}", highlight=False)
+    os.execv(exe, [exe, *argv[1:]])
+
+
+@serve_app.command("ui")
+def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: TrackingOption = None) -> None:
+    """The MLflow UI on the tracking store (opens on the model-training view via the printed address)."""
+    from workbench import record
+
+    uri = record.tracking_uri(tracking_uri)
+    record.connect(uri)  # a corrupted or wrong store is one line here, not a server that fails later
+    err_console.print(f"open http://{host}:{port}/#/experiments?workflowType=machine_learning", highlight=False)
+    _start(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)], host, "MLflow UI", port)
+
+
+@serve_app.command("model")
+def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port: int = 5001,
+                tracking_uri: TrackingOption = None) -> None:
+    """MLflow's scoring server for a registered model (default: the only champion): POST /invocations."""
+    client = connect(tracking_uri)
+    uri = model_uri(client, model)
+    os.environ["MLFLOW_TRACKING_URI"] = client.tracking_uri
+    _start(["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)],
+           host, f"model server for {uri}", port)
+
+
+@serve_app.command("dashboard")
+def serve_dashboard(host: HostOption = "127.0.0.1", port: int = 8080, storage: StorageOption = None) -> None:
+    """optuna-dashboard on the study storage."""
+    from workbench import paths
+    from workbench.sweep import make_storage
+
+    url = storage or paths.default_storage_url()
+    make_storage(url)  # a damaged store is one line here; a new one gets its tables (the dashboard will not make them)
+    _start(["optuna-dashboard", url, "--host", host, "--port", str(port)], host, "optuna-dashboard", port)
