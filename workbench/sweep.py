@@ -66,6 +66,8 @@ MAX_FAILURES_IN_A_ROW = 3
 # Draws of a configuration already run before the space is taken to have nothing new to offer.
 MAX_REDRAWS = 10
 LOST_WORKER = "worker lost: no heartbeat (killed or machine gone)"
+# Seconds between refreshes of the sweep run's Optuna plots while trials run (always at the end).
+PLOTS_EVERY = 60
 
 # Optuna logs every caught trial failure with its traceback; the progress lines already say why.
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -444,17 +446,26 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
             return outcome.objective, outcome.metrics[record.LATENCY]
         return outcome.objective
 
+    plotted = time.monotonic()
+
     def after_trial(study_: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal plotted
         if not counted(trial):
             return
-        summarise(sweep.client, sweep.parent_run_id, study_, spec)
+        # The counts and the trials table are refreshed after every trial; Optuna's plots (a
+        # 4.7 MB page each time) at most every PLOTS_EVERY seconds, and always when the sweep closes.
+        due = time.monotonic() - plotted >= PLOTS_EVERY
+        summarise(sweep.client, sweep.parent_run_id, study_, spec, plots=due)
+        plotted = time.monotonic() if due else plotted
         if on_trial:
             on_trial(study_, trial)
 
     ran, failed_in_a_row, redraws = 0, 0, 0
     while count(study, LIVE) < total and not _grid_exhausted(study, spec) and not budget_reached:
         before = count(study, DONE)
-        study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=True,
+        # No gc_after_trial: every trial's tracked_run already clears Keras state and collects
+        # garbage; a third full collection per trial cost 0.5 s for nothing.
+        study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=False,
                        catch=(TrialFailure, BudgetReached, Redraw))
         last = study.get_trials(deepcopy=False)[-1]
         if SKIPPED_ATTR in last.user_attrs:
@@ -487,6 +498,9 @@ def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | Non
     """Open (or resume) the sweep, run what is missing of `trials` (default: the spec's) here or
     in `workers` processes, and close it. `on_open` sees the opened sweep (what it found);
     `on_trial` sees each trial that finishes from now on, whichever worker ran it."""
+    from workbench.pipeline import memory_budget
+
+    memory_budget()  # a malformed $WORKBENCH_CACHE_BUDGET fails here, not in every trial
     sweep = open_sweep(spec, storage=storage, tracking_uri=tracking_uri, study_name=study_name)
     total = trials or spec.trials
     if on_open:
@@ -591,9 +605,10 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
 
 # --- what the parent run shows ------------------------------------------------------------------
 
-def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spec: Spec) -> None:
+def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spec: Spec, plots: bool = True) -> None:
     """Refresh the sweep run: state counts, the best trial (or Pareto front), a trials table
-    (CSV) and Optuna's plots (history, importances, parallel coordinates, slices) as one page."""
+    (CSV) and, with `plots`, Optuna's plots (history, importances, parallel coordinates, slices)
+    as one page."""
     from workbench import figures
 
     trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
@@ -615,9 +630,10 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
         table.to_csv(Path(tmp) / Path(Artifacts.SWEEP_TRIALS).name, index=False)
         if front:
             table[table["pareto"]].to_csv(Path(tmp) / Path(Artifacts.SWEEP_PARETO).name, index=False)
-        plots = figures.study_plots(study, spec.objective.metric, record.LATENCY if spec.objective.latency else None)
-        if plots:
-            figures.write_html_page(plots, Path(tmp) / Path(Artifacts.SWEEP_PLOTS).name,
+        shown = plots and figures.study_plots(study, spec.objective.metric,
+                                              record.LATENCY if spec.objective.latency else None)
+        if shown:
+            figures.write_html_page(shown, Path(tmp) / Path(Artifacts.SWEEP_PLOTS).name,
                                     title=f"{study.study_name}: Optuna study")
         client.log_artifacts(parent_run_id, tmp, artifact_path=str(Path(Artifacts.SWEEP_TRIALS).parent))
 
