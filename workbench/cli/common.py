@@ -67,6 +67,9 @@ def quiet_environment() -> None:
     import happens here with that descriptor pointed at /dev/null. Python errors still surface:
     an exception raised by the import propagates after the descriptor is restored."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow 3 reports usage from background threads that reach for the network; workbench is
+    # built to run offline, and sends nothing anywhere unless its user decides otherwise.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if "tensorflow" in sys.modules or os.environ.get("WORKBENCH_TF_VERBOSE"):
         return
     saved = os.dup(2)
