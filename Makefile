@@ -51,8 +51,14 @@ serve: $(STAMP)  ## serve models:/$(NAME)@champion on http://$(HOST):$(SERVE_POR
 dashboard: $(STAMP)  ## optuna-dashboard on the study storage, http://$(HOST):8080
 	$(BIN)/workbench serve dashboard --host $(HOST) --port 8080
 
-bench: $(STAMP)  ## speed and memory benchmarks -> bench/results/latest.json (BENCH_ARGS=--sweep adds the full sweep)
-	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+# The benchmarks' own extra (ImageDataGenerator's image loading), installed on first `make bench`.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## side-by-side speed and memory benchmarks -> bench/results/ (QUICK=1: fewer repetitions)
+	$(BIN)/python bench/bench.py $(if $(QUICK),--quick)
 
 ui: $(STAMP)  ## browse runs in the MLflow UI on http://$(HOST):$(PORT)
 	$(BIN)/workbench serve ui --host $(HOST) --port $(PORT) --tracking-uri $(TRACKING_URI)
