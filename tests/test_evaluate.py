@@ -168,13 +168,11 @@ def test_training_summary_on_a_handmade_history():
         "overfit_gap": 0.25,                                  # 0.95 - 0.70
         "overfit_gap_loss": 0.6,                              # 0.90 - 0.30
     })
-    by_loss = training_summary(HISTORY, monitor="val_loss", mode="min")
+    by_loss = training_summary(HISTORY, monitor="val_loss")  # a loss: its lowest epoch
     assert by_loss["best_epoch"] == 2.0 and by_loss["best_val_loss"] == pytest.approx(0.7)
     # Ties go to the first epoch; NaN epochs are skipped; missing validation leaves keys out.
     assert training_summary({"val_f1_macro": [0.6, float("nan"), 0.6]})["best_epoch"] == 1.0
     assert training_summary({"loss": [1.0], "accuracy": [0.5]}) == {"final_train_accuracy": 0.5}
-    with pytest.raises(ValueError):
-        training_summary(HISTORY, mode="best")
 
 
 def test_most_confident_mistakes_order():

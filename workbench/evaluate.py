@@ -17,11 +17,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless machines and CI: never try to open a window
-import numpy as np  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+from sklearn.metrics import (
     accuracy_score,
     classification_report,
     confusion_matrix,
@@ -29,6 +26,8 @@ from sklearn.metrics import (  # noqa: E402
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from workbench import record
 
 ECE_BINS = 15
 # Keeps log loss finite when a model puts exactly 0 on the true class (float32 softmax underflows).
@@ -156,17 +155,15 @@ def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, 
     )
 
 
-def training_summary(history: dict[str, list[float]], monitor: str = "val_f1_macro", mode: str = "max") -> dict[str, float]:
+def training_summary(history: dict[str, list[float]], monitor: str = "val_f1_macro") -> dict[str, float]:
     """The per-epoch history condensed to what studies compare across runs.
 
     `best_epoch` is 1-based (as MLflow steps are) and the first epoch reaching the best value of
-    `monitor`; `best_<monitor>` is that value. `overfit_gap` = final train accuracy - final
+    `monitor` (the metric training restored its weights by; `record.better` says which way is
+    best); `best_<monitor>` is that value. `overfit_gap` = final train accuracy - final
     validation accuracy; `overfit_gap_loss` = final val_loss - final loss. Each key appears only
     when the history has what it needs, so a run without validation still gets a summary.
     """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-
     def final(key: str) -> float | None:
         values = history.get(key)
         # Non-list entries (e.g. phase_boundary) are annotations, not per-epoch series.
@@ -177,7 +174,7 @@ def training_summary(history: dict[str, list[float]], monitor: str = "val_f1_mac
     if isinstance(series, (list, tuple, np.ndarray)) and len(series):
         values = np.asarray(series, dtype=float)
         if not np.isnan(values).all():  # a diverged run can log NaN; skip those epochs, not the run
-            best = int(np.nanargmax(values) if mode == "max" else np.nanargmin(values))
+            best = int(np.nanargmax(values) if record.better(monitor) == "max" else np.nanargmin(values))
             summary["best_epoch"] = float(best + 1)
             summary[f"best_{monitor}"] = float(values[best])
     train_acc, val_acc = final("accuracy"), final("val_accuracy")

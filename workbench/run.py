@@ -13,10 +13,11 @@ artefact), and Keras' memory is released, so the next trial in the same process 
 from __future__ import annotations
 
 import subprocess
-from contextlib import contextmanager
 import tempfile
+import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -67,7 +68,7 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
             result = train(config, data, balanced, callbacks=[epoch_logger(), *callbacks],
                            monitor=spec.objective.metric)
             objective = result.objective(spec.objective.metric, config.restore_best)
-            metrics = log_result(result, config, data.classes, objective)
+            metrics = log_result(result, config, data.classes, objective, spec.objective.metric)
             mlflow.set_tag(record.STATE, "finished")
             mlflow.end_run("FINISHED")
             return RunOutcome(run.info.run_id, objective, metrics)
@@ -89,8 +90,9 @@ def ends_definitely():
         raise
     except BaseException as err:
         try:
-            mlflow.set_tags({record.STATE: "failed", record.ERROR: f"{type(err).__name__}: {err}"[:500]})
-            mlflow.log_text(traceback.format_exc(), Artifacts.ERROR)
+            # Error messages quote store URLs; their passwords never reach a tag or an artefact.
+            mlflow.set_tags({record.STATE: "failed", record.ERROR: record.scrub(f"{type(err).__name__}: {err}")[:500]})
+            mlflow.log_text(record.scrub(traceback.format_exc()), Artifacts.ERROR)
         except Exception:  # the store itself may be what failed (read-only, disk full): still end the run
             pass
         mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -202,8 +204,16 @@ def log_dataset(data: Dataset) -> None:
     columns = [c for c in ("source", "path", "sha256", "phash", "label", "original_label", "group_id", "split",
                            "decoded") if c in data.frame.columns]
     frame = data.frame[columns]
-    mlflow.log_input(mlflow.data.from_pandas(frame, source=data.source, name=data.name,
-                                             digest=data.digest, targets="label"), context="training")
+    dataset_input = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest,
+                                            targets="label")
+    try:
+        mlflow.log_input(dataset_input, context="training")
+    except mlflow.exceptions.MlflowException:
+        # The store looks the dataset up, then inserts it: two workers' first trials logging the
+        # same dataset at once race, and the loser hits the unique key. The row now exists, so a
+        # second try finds it (CI once lost a trial of a two-worker sweep this way).
+        time.sleep(0.5)
+        mlflow.log_input(dataset_input, context="training")
     counts = data.counts()
     mlflow.log_params({size: int(counts[size.removeprefix("images_")].sum()) for size in record.SPLIT_SIZES})
     if data.left_out:
@@ -216,13 +226,15 @@ def log_dataset(data: Dataset) -> None:
         mlflow.log_artifacts(tmp, artifact_path=str(Path(Artifacts.MANIFEST).parent))
 
 
-def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...], objective: float) -> dict[str, float]:
+def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...], objective: float,
+               monitor: str = "val_f1_macro") -> dict[str, float]:
     """Everything a finished training leaves behind, written into the active run: metrics
-    (quality, training summary, cost, the objective), the evidence (figures, reports,
-    predictions) and the model. Returns the metrics it logged."""
+    (quality, training summary around `monitor`, the metric training chose its epoch by; cost;
+    the objective), the evidence (figures, reports, predictions) and the model. Returns the
+    metrics it logged."""
     from workbench.evaluate import training_summary
 
-    metrics = {**result.evaluation.metrics, **training_summary(result.history), **result.timings, **result.cost,
+    metrics = {**result.evaluation.metrics, **training_summary(result.history, monitor), **result.timings, **result.cost,
                "train_images": result.train_images, record.OBJECTIVE: objective}
     mlflow.log_metrics(metrics)
     mlflow.set_tags({record.DEVICE: result.runtime.device,

@@ -235,7 +235,7 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None,
         raise
     except Exception as err:  # storage unreachable or not a database Optuna can use
         raise TrackingError(f"--storage {record.masked(storage)}: cannot open Optuna storage "
-                            f"({type(err).__name__}: {record.scrub(str(err).splitlines()[0])[:200]})") from None
+                            f"({type(err).__name__}: {record.scrub((str(err).splitlines() or [''])[0])[:200]})") from None
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
@@ -433,14 +433,19 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
             outcome = train_one(spec, config, data, experiment_id=sweep.experiment_id,
                                   parent_run_id=sweep.parent_run_id, trial_number=trial.number,
                                   callbacks=callbacks, on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
-        except (WorkbenchError, optuna.TrialPruned):
+        except optuna.TrialPruned:
+            raise
+        except WorkbenchError as err:
+            # Recorded as this trial's own failure, so a resume never takes it for a lost worker's.
+            trial.set_user_attr(ERROR_ATTR, record.scrub(str(err))[:500])
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(KILLED_ATTR, "interrupted (Ctrl-C)")
             raise
         except Exception as err:
-            trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {err}"[:500])
-            raise TrialFailure(f"trial {trial.number}: {type(err).__name__}: {err}") from err
+            reason = record.scrub(f"{type(err).__name__}: {err}")
+            trial.set_user_attr(ERROR_ATTR, reason[:500])
+            raise TrialFailure(f"trial {trial.number}: {reason}") from err
         trial.set_user_attr("test_metrics", {k: v for k, v in outcome.metrics.items() if k.startswith("test_")})
         if spec.objective.latency:
             return outcome.objective, outcome.metrics[record.LATENCY]
@@ -455,7 +460,13 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
         # The counts and the trials table are refreshed after every trial; Optuna's plots (a
         # 4.7 MB page each time) at most every PLOTS_EVERY seconds, and always when the sweep closes.
         due = time.monotonic() - plotted >= PLOTS_EVERY
-        summarise(sweep.client, sweep.parent_run_id, study_, spec, plots=due)
+        try:
+            summarise(sweep.client, sweep.parent_run_id, study_, spec, plots=due)
+        except mlflow.exceptions.MlflowException as err:
+            # Two workers refreshing the sweep's run at once can collide in the store; the trial
+            # itself is recorded, and the next refresh (or the close) writes the summary.
+            log.warning("sweep run summary not refreshed after trial %d: %s", trial.number,
+                        str(err).splitlines()[0] if str(err) else type(err).__name__)
         plotted = time.monotonic() if due else plotted
         if on_trial:
             on_trial(study_, trial)
@@ -497,7 +508,8 @@ def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | Non
               close_run: bool = True) -> SweepResult:
     """Open (or resume) the sweep, run what is missing of `trials` (default: the spec's) here or
     in `workers` processes, and close it. `on_open` sees the opened sweep (what it found);
-    `on_trial` sees each trial that finishes from now on, whichever worker ran it."""
+    `on_trial` sees each trial that finishes from now on, whichever worker ran it. `close_run`:
+    whether this call ends the sweep's run when it is done (not in a worker process)."""
     from workbench.pipeline import memory_budget
 
     memory_budget()  # a malformed $WORKBENCH_CACHE_BUDGET fails here, not in every trial
@@ -517,7 +529,9 @@ def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | Non
         status = "KILLED"
         raise
     finally:
-        if close_run or status != "FINISHED":
+        # A worker never ends the sweep's run: the coordinator that started it does, once every
+        # worker is done (a worker between two trials would otherwise mark it finished).
+        if close_run:
             close(sweep, status)
     return SweepResult(sweep.study, sweep.parent_run_id, sweep.experiment_id,
                        count(sweep.study, DONE) - before, sweep.found)

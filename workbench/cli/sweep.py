@@ -112,11 +112,11 @@ class SweepProgress:
 @app.command("sweep")
 def sweep_command(
     spec: str,
-    trials: Annotated[Optional[int], typer.Option(help="The study's total number of trials [default: the spec's].", min=1)] = None,
+    trials: Annotated[Optional[int], typer.Option(help="The study's total number of trials \\[default: the spec's].", min=1)] = None,
     set_: SetOption = None,
     storage: StorageOption = None,
     tracking_uri: TrackingOption = None,
-    study: Annotated[Optional[str], typer.Option(help="Optuna study name [default: the spec's name].")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Optuna study name \\[default: the spec's name].")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes on this machine (one GPU each where there are GPUs).", min=1)] = 1,
     worker: Annotated[bool, typer.Option("--worker", hidden=True, help="Run as one of --workers' processes.")] = False,
     top: Annotated[int, typer.Option(help="Rows in the closing leaderboard.")] = 8,
@@ -138,7 +138,8 @@ def sweep_command(
     total = trials or loaded.trials
     with SweepProgress(total, loaded.objective.metric, loaded.objective.direction == "maximize") as progress:
         result = run_sweep(loaded, storage=storage, tracking_uri=tracking_uri, trials=total, study_name=study,
-                           workers=workers, on_open=None if worker else progress.opened, on_trial=progress.trial)
+                           workers=workers, on_open=None if worker else progress.opened, on_trial=progress.trial,
+                           close_run=not worker)
     if worker:
         return
     if result.ran == 0 and result.found.complete + result.found.pruned >= total:
@@ -202,7 +203,7 @@ def ship(spec, client, sweep_run_id: str) -> None:
 def leaderboard_command(
     spec: Annotated[str, typer.Argument(help="Spec (experiment) name: shows its latest sweep.")],
     tracking_uri: TrackingOption = None,
-    metric: Annotated[Optional[str], typer.Option(help="Rank by this column [default: objective, on validation].")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Rank by this column \\[default: objective, on validation].")] = None,
     top: int = 10,
 ) -> None:
     """Rank the trials of SPEC's latest sweep by the validation objective, test figures beside."""
