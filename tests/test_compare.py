@@ -240,6 +240,9 @@ def test_compare_and_promote_pick_the_same_winner_for_every_metric(tmp_path):
     assert [record.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "model_size_mb",
                                                 "total_params", "train_seconds", "test_accuracy", "test_f1_macro",
                                                 "test_roc_auc_ovr", "train_images_per_second")] == [True] * 6 + [False] * 4
+    # A per-class score is a score whatever its class is called.
+    assert not any(record.lower_is_better(m) for m in ("test_f1_hair_loss", "test_recall_small_size",
+                                                       "val_precision_gap", "f1_latency"))
     # The default ranks by the validation objective (here a loss: run a has the lowest), never by a
     # test figure (run c has the best test macro-F1).
     assert promote.select(client, experiment="agree").run_id == ids[0]

@@ -184,7 +184,8 @@ def resolve_column(table: pd.DataFrame, column: str, option: str = "--sort") -> 
 
 
 def default_sort(table: pd.DataFrame) -> str:
-    for candidate in (DEFAULT_SORT, "test_f1_macro", "test_accuracy"):
+    # Validation before test: a test figure ranks only runs that have nothing else to go by.
+    for candidate in (DEFAULT_SORT, "val_f1_macro", "val_accuracy", "test_f1_macro", "test_accuracy"):
         if candidate in table.columns and table[candidate].notna().any():
             return candidate
     return "run_name"
@@ -193,12 +194,18 @@ def default_sort(table: pd.DataFrame) -> str:
 def sort_table(table: pd.DataFrame, column: str, order: str | None = None, objective: str | None = None) -> pd.DataFrame:
     """Best first by `record.better`: descending for scores, ascending for losses, latency, size
     and cost (and for text); `objective` names what the `objective` column stands for; `order`
-    ("asc" or "desc") overrides. Runs without a value go last."""
+    ("asc" or "desc") overrides. Runs without a value go last, and runs that did not finish after
+    every finished one."""
     if order not in (None, "asc", "desc"):
         raise WorkbenchError(f"--order {order}: choose asc or desc")
     numeric = pd.api.types.is_numeric_dtype(table[column])
     ascending = (order == "asc") if order else (not numeric or record.lower_is_better(column, objective))
-    return table.sort_values(column, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+    table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+    if "state" in table.columns:
+        # Finished runs first, as promote can only choose those: a run that logged its objective
+        # and then failed (say, writing its model) must not top the table that names the winner.
+        table = table.sort_values("state", key=lambda s: s.fillna("") != "finished", kind="stable")
+    return table.reset_index(drop=True)
 
 
 def objective_of(runs: pd.DataFrame) -> str | None:

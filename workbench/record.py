@@ -81,6 +81,9 @@ CARD_COST = ("overfit_gap", "total_params", "model_size_mb", LATENCY)
 # Words (between underscores) that make smaller better; every other metric is a score.
 _LOWER_WORDS = frozenset({"loss", "ece", "latency", "size", "params", "seconds", "gap"})
 _LOWER_NAMES = frozenset({"p_vs_best", "p_holm"})
+# Per-class scores end in a class name, which may hold any word ("hair_loss", "small_size"): they
+# are scores whatever the class is called.
+_SCORE_PREFIX = re.compile(r"^(?:[a-z]+_)?(?:precision|recall|f1)_")
 
 
 def lower_is_better(metric: str, objective: str | None = None) -> bool:
@@ -89,6 +92,8 @@ def lower_is_better(metric: str, objective: str | None = None) -> bool:
     name = metric.removesuffix("_mean")
     if name == OBJECTIVE:
         return bool(objective) and lower_is_better(objective)
+    if _SCORE_PREFIX.match(name):
+        return False
     return name in _LOWER_NAMES or bool(_LOWER_WORDS & set(name.split("_")))
 
 

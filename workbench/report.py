@@ -37,10 +37,9 @@ def label(table: pd.DataFrame, run_id: str) -> str:
 
 
 def objective_column(table: pd.DataFrame) -> str | None:
-    for column in (record.OBJECTIVE, "test_f1_macro", "test_accuracy"):
-        if column in table and table[column].notna().any():
-            return column
-    return None
+    """The column the report ranks by: compare's default, or None when no run has a score."""
+    column = compare.default_sort(table)
+    return None if column == "run_name" else column
 
 
 def parameter_columns(table: pd.DataFrame) -> list[str]:
