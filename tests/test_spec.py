@@ -45,6 +45,14 @@ def test_defaults_are_filled_and_dimensions_classified(tiny_spec):
     ({"split": {"train": 0.5, "val": 0.1, "test": 0.1}}, "split", "must be 1"),
     ({"dataset": {"task": "mask9"}}, "dataset.task", "mask2"),
     ({"trials": 0}, "trials", "greater than or equal to 1"),
+    # A backbone's own setting is one value: the space must not depend on the backbone drawn.
+    ({"backbone_params": {"simple_cnn": {"image_size": [32, 48]}}}, "backbone_params.simple_cnn.image_size",
+     "one fixed value"),
+    ({"backbone_params": {"simple_cnn": {"epochs": {"low": 1, "high": 2}}}}, "backbone_params.simple_cnn.epochs",
+     "one fixed value"),
+    # Class names become folder names: none may climb out of a folder.
+    ({"dataset": {"source": "manifests", "manifests": [{"name": "m", "classes": {"a": "../up"}}]}},
+     "dataset.manifests.0.classes.a", "is not a class name"),
 ])
 def test_bad_spec_is_one_line_naming_file_and_field(workdir, change, field, words):
     raw = {**TINY, **{k: {**TINY.get(k, {}), **v} if isinstance(v, dict) else v for k, v in change.items()}}

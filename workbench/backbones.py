@@ -133,7 +133,7 @@ def resolve_weights(name: str, weights: str) -> str | None:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights: {weights}: no such file for backbone {name} "
-                           "(use none, imagenet, or a path to a .h5/.weights.h5 file)")
+                           "(use none, imagenet, or a path to a .h5/.weights.h5 file)", exit_code=2)
     return str(path)
 
 
@@ -174,7 +174,7 @@ def _layer(base: keras.Model, name: str, field: str) -> keras.layers.Layer:
     except ValueError:
         names = [layer.name for layer in base.layers]
         hint = ", ".join(names[-6:])
-        raise WeightsError(f"{field}: no layer {name!r} in the {base.name} base (its last layers: {hint})") from None
+        raise WeightsError(f"{field}: no layer {name!r} in the {base.name} base (its last layers: {hint})", exit_code=2) from None
 
 
 def _looks_like_download_failure(err: Exception) -> bool:

@@ -138,7 +138,7 @@ def files(frame: pd.DataFrame, manifests_dir: Path | None = None) -> list[str]:
         if not ingest.contained(file, root):
             raise DataError(f"{manifests_dir / source}.csv: row {ingest.printable(str(decoded or path))!r} "
                             f"resolves outside {root}; the manifest or the folder changed after ingest: "
-                            f"ingest {source} again")
+                            f"ingest {source} again", exit_code=2)
         out.append(str(file))
     return out
 
@@ -197,7 +197,7 @@ def write_smoke_trees(spec: Spec, per_class: int = 16, size: int = 48) -> list[P
     for source in getattr(spec.dataset, "manifests", []):
         if source.adapter is None:
             raise DataError(f"dataset.manifests[{source.name}]: --smoke needs the spec to name the dataset's "
-                            "adapter and path, to generate a tree in its layout")
+                            "adapter and path, to generate a tree in its layout", exit_code=2)
         root = raw_folder(source)
         if not root.is_dir():
             build_once(root, ".", lambda staging, s=source: synth.generate_layout(
@@ -325,7 +325,7 @@ def prepare(spec: Spec) -> Dataset:
         if absent:
             raise DataError(f"dataset {name}: split '{split}' gets no image of class {_sizes(frame, absent)}; "
                             "every class needs images in train, val and test: add images of it, map it to "
-                            "null in the spec's classes, or change the split ratios")
+                            "null in the spec's classes, or change the split ratios", exit_code=2)
     synthetic = all(ingest.read_sidecar(s.name, paths.manifests_dir()).get("synthetic") for s in sources)
     return Dataset(name=name, source=str(paths.manifests_dir().resolve()), frame=frame, classes=classes,
                    digest=digest(frame), synthetic=synthetic, left_out=left_out)
@@ -390,17 +390,22 @@ def _write_copies(train: pd.DataFrame, target: int, seed: int, staging: Path) ->
     import cv2
 
     rows = []
-    for label, group in sorted(train.groupby("label"), key=lambda kv: kv[0]):
+    for index, (label, group) in enumerate(sorted(train.groupby("label"), key=lambda kv: kv[0])):
         sources = group.sort_values("file").reset_index(drop=True)
         missing = target - len(sources)
         rng = np.random.default_rng([seed, len(rows), missing])
         for k in range(max(missing, 0)):
             src = sources.iloc[k % len(sources)]  # round-robin: every source used evenly
             image = cv2.imread(src["file"], cv2.IMREAD_COLOR)
+            if image is None:
+                raise DataError(f"{src['file']}: cannot be read to make an oversampled copy", exit_code=2)
             operation = RECIPE[int(rng.integers(len(RECIPE)))]
-            name = f"{label}/{Path(src['file']).stem}_{operation}_{k:05d}.png"
-            (staging / label).mkdir(exist_ok=True)
-            cv2.imwrite(str(staging / name), augment(image, operation, rng))
+            # Short names of our own (the source is in `augmented_from`): a class or file name of
+            # any length or character cannot make a path too long or leave the folder.
+            name = f"class{index}/{k:05d}_{operation}.png"
+            (staging / f"class{index}").mkdir(exist_ok=True)
+            if not cv2.imwrite(str(staging / name), augment(image, operation, rng)):
+                raise DataError(f"{staging / name}: cannot write an oversampled copy (disk full?)")
             rows.append({**{c: src[c] for c in train.columns if c not in ("file", "sha256")},
                          "file": name, "sha256": hashlib.sha256((staging / name).read_bytes()).hexdigest(),
                          "augmented_from": src["sha256"], "augmentation": operation})

@@ -172,7 +172,7 @@ def _split_class_items(root: Path, splits: dict[str, str], layout: str) -> list[
             continue
         class_dirs = _subdirs(split_dir)
         if not class_dirs:
-            raise DataError(f"{split_dir}: no class folders; expected {layout}")
+            raise DataError(f"{split_dir}: no class folders; expected {layout}", exit_code=2)
         for class_dir in class_dirs:
             items += _class_items(class_dir, class_dir.name, split)
     return items
@@ -215,7 +215,7 @@ def _scan_yonsei(raw_root: Path) -> list[Item]:
 def _scan_folders(raw_root: Path) -> list[Item]:
     top = _subdirs(raw_root)
     if not top:
-        raise DataError(f"{raw_root}: no class folders; expected {_FOLDERS_LAYOUT}")
+        raise DataError(f"{raw_root}: no class folders; expected {_FOLDERS_LAYOUT}", exit_code=2)
     if all(d.name.lower() in SPLIT_NAMES for d in top):
         return _split_class_items(raw_root, {d.name: SPLIT_NAMES[d.name.lower()] for d in top},
                                   _FOLDERS_LAYOUT)
@@ -479,7 +479,7 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
         raise DataError(f"{printable(str(err.filename or raw_root))}: cannot read this folder "
                         f"({err.strerror or _one_line(err)})") from None
     if not items:
-        raise DataError(f"{printable(str(raw_root))}: no class folders in the {source} layout ({adapter.layout})")
+        raise DataError(f"{printable(str(raw_root))}: no class folders in the {source} layout ({adapter.layout})", exit_code=2)
     # Training reads a file by the manifest's path, which must be valid UTF-8: where the real
     # name is not, the file is read through a decoded copy instead.
     unreachable_root = printable(str(raw_root)) != str(raw_root)
@@ -592,7 +592,7 @@ def read_sidecar(name: str, out_dir: Path) -> dict:
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read manifest sidecar ({_one_line(err)})") from None
     if not isinstance(sidecar, dict) or not {"raw_root", "interim_root"} <= set(sidecar):
-        raise DataError(f"{path}: not a manifest sidecar (no raw_root / interim_root); ingest '{name}' again")
+        raise DataError(f"{path}: not a manifest sidecar (no raw_root / interim_root); ingest '{name}' again", exit_code=2)
     return sidecar
 
 
@@ -608,5 +608,5 @@ def read_manifest(name: str, out_dir: Path) -> tuple[pd.DataFrame, dict]:
         raise DataError(f"{csv_path}: cannot read manifest ({_one_line(err)})") from None
     missing = set(MANIFEST_COLUMNS) - set(frame.columns)
     if missing:
-        raise DataError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+        raise DataError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}", exit_code=2)
     return frame, sidecar

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -287,6 +288,16 @@ class SyntheticData(BaseModel):
 ADAPTERS = ("facemask12k", "yonsei_realfake", "maskdataset_v1", "folders")  # ingest.ADAPTERS' names
 
 
+def _class_name(value: str) -> str:
+    # Class names become folder and metric names: nothing that is not a plain name.
+    if not value.strip() or set(value) <= {"."} or any(c in value for c in "/\\\x00"):
+        raise ValueError(f"{value!r} is not a class name (empty, dots only, or holding / or \\)")
+    return value
+
+
+ClassName = Annotated[str, AfterValidator(_class_name)]
+
+
 class ManifestSource(BaseModel):
     """One dataset and how its labels map. With `adapter` and `path` the spec knows where the
     raw folder is, and running the spec ingests it (again, whenever the folder changes); without
@@ -296,7 +307,7 @@ class ManifestSource(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # On-disk label -> class in this experiment; a label mapped to null is left out, a label not
     # listed keeps its own name. S1: {WithMask: with_mask, WithoutMask: real}.
-    classes: dict[str, str | None] = {}
+    classes: dict[str, ClassName | None] = {}
     adapter: Literal[ADAPTERS] | None = None
     # The raw folder as downloaded: absolute, or relative to the raw-data root ($WORKBENCH_RAW,
     # `--data DIR`, default data/raw).
@@ -430,6 +441,11 @@ class Spec(BaseModel):
             unknown = set(values) - set(Params.model_fields) - {"backbone"}
             if unknown:
                 raise ValueError(f"backbone_params.{backbone}: unknown key(s) {', '.join(sorted(unknown))}")
+            for key, value in values.items():
+                # A backbone's own setting replaces the search dimension for its trials; searching
+                # it per backbone would make the space depend on the backbone drawn.
+                if key in PARAMETERS and isinstance(value, (list, dict)):
+                    raise ValueError(f"backbone_params.{backbone}.{key}: one fixed value, not a list or a range")
             try:
                 Params.model_validate({**values, "backbone": backbone})
             except ValidationError as err:
@@ -457,8 +473,7 @@ class Spec(BaseModel):
     def _backbones_fit_image_size(self) -> Spec:
         for backbone in _values(self.params.backbone):
             override = self.backbone_params.get(backbone, {}).get("image_size")
-            smallest = _lowest(self.params.image_size) if override is None else min(
-                override if isinstance(override, list) else [override])
+            smallest = _lowest(self.params.image_size) if override is None else override
             if smallest < MIN_IMAGE_SIZE[backbone]:
                 raise ValueError(f"params.image_size: {smallest} is below {backbone}'s minimum of "
                                  f"{MIN_IMAGE_SIZE[backbone]} px")
@@ -691,13 +706,19 @@ SMOKE_BALANCE_TARGET = 24
 def smoke(spec: Spec) -> Spec:
     """The same study at toy scale, to run in minutes on a CPU: tiny images (each backbone's
     minimum where that is larger), one epoch run eagerly (no graph to trace), two trials, no
-    ImageNet weights, one repeat, a small synthetic set; the search space, the class mapping, the split rules, the enqueued
-    published configuration and the shipping step stay. Its runs go to `<name>-smoke`."""
+    ImageNet weights, one repeat, a small generated dataset (synthetic faces, or trees in each
+    named dataset's own layout under data/smoke/); the search space, the class mapping, the split
+    rules, the enqueued published configuration and the shipping step stay. Its runs go to
+    `<name>-smoke`."""
     raw = spec.model_dump(mode="json", exclude_none=True)
     raw["name"] = f"{spec.name}-smoke"
     raw.update(trials=SMOKE_TRIALS, repeats=1)
     if raw["dataset"]["source"] == "synthetic":
         raw["dataset"].update(count=min(spec.dataset.count, 150), size=SMOKE_IMAGE_SIZE)
+    for source in raw["dataset"].get("manifests", []):
+        if source.get("path"):
+            # Generated under the smoke run's own raw root, never inside a folder named absolutely.
+            source["path"] = Path(source["path"]).name
     params = raw["params"]
     fixed = {**SMOKE_PARAMS, "image_size": SMOKE_IMAGE_SIZE}
     target = params.get("balance_target", 0)

@@ -30,15 +30,15 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Fix a key for this run / every trial, e.g. --set epochs=1 --set image_size=32.")]
 TrackingOption = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")]
+    "--tracking-uri", help="MLflow tracking URI \\[default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")]
 StorageOption = Annotated[Optional[str], typer.Option(
-    "--storage", help="Optuna storage URL [default: $WORKBENCH_STORAGE or sqlite:///mlruns/optuna.db].")]
+    "--storage", help="Optuna storage URL \\[default: $WORKBENCH_STORAGE or sqlite:///mlruns/optuna.db].")]
 DataOption = Annotated[Optional[Path], typer.Option(
-    "--data", help="Folder holding the reference datasets as downloaded [default: $WORKBENCH_RAW or data/raw].")]
+    "--data", help="Folder holding the reference datasets as downloaded \\[default: $WORKBENCH_RAW or data/raw].")]
 SmokeOption = Annotated[bool, typer.Option(
     "--smoke", help="Minutes on a CPU: tiny images, 1 epoch, 2 trials, on a generated tree in the spec's own layout.")]
 RepeatsOption = Annotated[Optional[int], typer.Option(
-    "--repeats", min=1, help="Train each configuration N times with different seeds [default: the spec's repeats].")]
+    "--repeats", min=1, help="Train each configuration N times with different seeds \\[default: the spec's repeats].")]
 ExperimentOption = Annotated[Optional[str], typer.Option(
     "--experiment", help="Experiment (spec) name: all its trial and single runs.")]
 SweepOption = Annotated[Optional[str], typer.Option(
@@ -48,15 +48,15 @@ TagOption = Annotated[Optional[list[str]], typer.Option(
 FilterOption = Annotated[Optional[str], typer.Option(
     "--filter", help="An MLflow search expression, e.g. \"metrics.test_accuracy > 0.8 and params.backbone = 'vgg16'\".")]
 SortOption = Annotated[Optional[str], typer.Option(
-    "--sort", help="Column to rank by [default: objective, the validation score the sweep optimised]; "
+    "--sort", help="Column to rank by \\[default: objective, the validation score the sweep optimised]; "
                    "scores sort descending, loss/latency/size/cost ascending.")]
 OrderOption = Annotated[Optional[str], typer.Option("--order", help="Override the sort direction: asc or desc.")]
 StatsOption = Annotated[Optional[bool], typer.Option(
     "--stats/--no-stats", help="Bootstrap intervals, macro-F1 difference and McNemar p-value vs the best "
-                               "(Holm-corrected) for the top 5 [default: on for at most 20 rows].")]
+                               "(Holm-corrected) for the top 5 \\[default: on for at most 20 rows].")]
 ModelOption = Annotated[Optional[str], typer.Option(
     "--model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/RUN_ID/model or a bare NAME "
-                    "(its champion) [default: the champion of the only registered model].")]
+                    "(its champion) \\[default: the champion of the only registered model].")]
 
 
 def quiet_environment() -> None:
@@ -98,8 +98,9 @@ def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = Fa
         loaded = specs.smoke(loaded)
         root = (paths.data_dir() / "smoke" / loaded.name).resolve()
         os.environ["WORKBENCH_DATA"] = str(root)
-        if data is None:
-            os.environ["WORKBENCH_RAW"] = str(root / "raw")
+        # The generated trees go under data/smoke/ whatever --data says: a user's raw folder is
+        # read, never written, and generated faces must never pass for their photos later.
+        os.environ["WORKBENCH_RAW"] = str(root / "raw")
         from workbench.dataset import write_smoke_trees
 
         write_smoke_trees(loaded)

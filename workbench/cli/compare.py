@@ -85,9 +85,9 @@ def report_command(
     sort: SortOption = None,
     order: OrderOption = None,
     runs: Annotated[Optional[list[str]], typer.Option(
-        "--runs", help="Run ids whose learning curves are overlaid, comma-separated or repeated [default: the top 5].")] = None,
+        "--runs", help="Run ids whose learning curves are overlaid, comma-separated or repeated \\[default: the top 5].")] = None,
     stats: StatsOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="The HTML file [default: reports/<experiment>-report.html].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The HTML file \\[default: reports/<experiment>-report.html].")] = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="Also attach it to the sweep's run as report/report.html.")] = True,
     tracking_uri: TrackingOption = None,
 ) -> None:

@@ -51,7 +51,7 @@ def specs_validate(spec: str, set_: SetOption = None) -> None:
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: data/synthetic/<task>-<size>px-n<count>-seed<seed>].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder \\[default: data/synthetic/<task>-<size>px-n<count>-seed<seed>].")] = None,
     seed: int = 0,
     task: str = "mask3_fake",
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,

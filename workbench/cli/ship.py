@@ -50,7 +50,7 @@ def promote_command(
     sweep: Annotated[Optional[str], typer.Option(help="Choose among this sweep run's trials ('latest' with "
                                                      "--experiment: its latest sweep).")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Promote this run instead of the best one.")] = None,
-    metric: Annotated[str, typer.Option(help="Ranks runs [default: objective, the validation score the sweep "
+    metric: Annotated[str, typer.Option(help="Ranks runs \\[default: objective, the validation score the sweep "
                                              "optimised]; lower is better for losses, ece, latency, size, "
                                              "params and seconds.")] = "objective",
     min_score: Annotated[Optional[float], typer.Option(help="Refuse a run whose metric is worse than this.")] = None,
@@ -131,8 +131,8 @@ def export_command(
     format_: Annotated[ExportFormat, typer.Option("--format", help="Target format.")] = ExportFormat.tflite,
     quantize: Annotated[Quantize, typer.Option(help="none: float32; dynamic: int8 weights; float16: half "
                                                     "weights.")] = Quantize.none,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder [default: exports/<model name or run id>/].")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="Check agreement on this folder's images [default: the "
+    out: Annotated[Optional[Path], typer.Option(help="Output folder \\[default: exports/<model name or run id>/].")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Check agreement on this folder's images \\[default: the "
                                                         "source run's test split].")] = None,
     min_agreement: Annotated[float, typer.Option(help="Least share of identical predicted classes.",
                                                  min=0.0, max=1.0)] = 0.995,
