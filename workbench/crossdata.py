@@ -191,7 +191,15 @@ def evaluate_model(client, model_uri: str, data: str, *, split: str = "all", map
     loaded = predict.load_model(model_uri)
     name, frame = target_frame(data, split)
     frame, unknown = map_labels(frame, loaded.classes, mapping or {}, strict=True, what=f"--data {data}")
-    mask = np.zeros(len(frame), dtype=bool) if include_seen else seen(frame, trained_on(client, loaded.run_id))
+    if include_seen:
+        mask = np.zeros(len(frame), dtype=bool)
+    else:
+        saw = trained_on(client, loaded.run_id)
+        if saw is None or not {"sha256", "phash"} <= set(saw.columns):
+            # Scoring everything while saying "left out 0" would pass seen images off as new ones.
+            raise WorkbenchError(f"{model_uri}: cannot tell which images it trained on (its run has no readable "
+                                 f"split manifest with hashes); pass --include-seen to score every image anyway")
+        mask = seen(frame, saw)
     scored = score(loaded.model, loaded.classes, loaded.image_size, frame[~mask].reset_index(drop=True))
     experiment_id = (client.get_run(loaded.run_id).info.experiment_id if loaded.run_id
                      else record.ensure_experiment(client, "evaluations"))
