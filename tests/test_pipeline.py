@@ -118,3 +118,17 @@ def test_large_jpegs_decode_scaled_down_with_the_same_pixels_as_a_full_decode(tm
     loaded = pipeline.load_images([frame["file"][0]], 64).astype(float)
     full = tf.image.resize(tf.io.decode_jpeg(raw, channels=3), (64, 64), antialias=True).numpy()
     assert np.abs(loaded - np.clip(np.round(full), 0, 255)).mean() < 1.0
+
+
+def test_shear_is_in_degrees_as_the_studies_wrote_it():
+    # ImageDataGenerator's shear_range=0.2 (S2, S4) is a fifth of a degree; Keras' RandomShear
+    # takes the shear itself, and 0.2 there would slant the face by 11 degrees.
+    import math
+
+    from workbench.pipeline import build_policy
+
+    [shear] = [layer for layer in build_policy("s2", 0).layers if type(layer).__name__ == "RandomShear"]
+    assert shear.x_factor == pytest.approx((-math.tan(math.radians(0.2)), math.tan(math.radians(0.2))))
+    [custom] = [layer for layer in build_policy("custom", 0, {"shear": 45}).layers
+                if type(layer).__name__ == "RandomShear"]
+    assert custom.x_factor == pytest.approx((-1.0, 1.0))

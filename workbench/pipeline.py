@@ -16,6 +16,7 @@ never augmented. A Keras rotation factor is a fraction of a full turn, so 10 deg
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -177,7 +178,10 @@ def build_policy(name: str, seed: int, options: dict | None = None) -> keras.Seq
     if params.get("shift"):
         layers.append(keras.layers.RandomTranslation(params["shift"], params["shift"], fill_mode="reflect", seed=seed))
     if params.get("shear"):
-        layers.append(keras.layers.RandomShear(params["shear"], params["shear"], fill_mode="reflect", seed=seed))
+        # Degrees, as ImageDataGenerator's shear_range (the studies' 0.2 is a fifth of a degree);
+        # Keras' RandomShear takes the shear itself, tan(angle), drawn in both directions.
+        shear = math.tan(math.radians(params["shear"]))
+        layers.append(keras.layers.RandomShear(shear, shear, fill_mode="reflect", seed=seed))
     if params.get("brightness"):
         layers.append(keras.layers.RandomBrightness(params["brightness"], value_range=(0, 255), seed=seed))
     if params.get("contrast"):

@@ -73,7 +73,8 @@ BALANCES: dict[str, str] = {
     "class_weight": "weight the loss by inverse class frequency",
 }
 # Online augmentation policies (Keras preprocessing layers on training batches only). s2 and s4
-# are the reference studies' own ImageDataGenerator settings; rotation is in degrees.
+# are the reference studies' own ImageDataGenerator settings; rotation and shear are in degrees,
+# zoom and shift fractions of the image, as there.
 AUGMENTATIONS: dict[str, dict | None] = {
     "none": {},
     "flip": {"flip": True},
@@ -175,13 +176,14 @@ class ScheduleOptions(BaseModel):
 
 
 class AugmentationOptions(BaseModel):
-    """The layers of `augmentation: custom` (degrees, fractions of the image, flip on/off)."""
+    """The layers of `augmentation: custom`: rotation and shear in degrees, zoom, shift,
+    brightness and contrast as fractions, flip on/off (ImageDataGenerator's units)."""
 
     model_config = ConfigDict(extra="forbid")
     rotation: float = Field(0, ge=0, le=180)
     zoom: float = Field(0, ge=0, lt=1)
     shift: float = Field(0, ge=0, lt=1)
-    shear: float = Field(0, ge=0, lt=1)
+    shear: float = Field(0, ge=0, le=45)   # degrees, as ImageDataGenerator's shear_range
     flip: bool = False
     brightness: float = Field(0, ge=0, lt=1)
     contrast: float = Field(0, ge=0, lt=1)
