@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -590,7 +591,9 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
     for index in range(workers):
         log_path = logs / f"{name}-worker{index}.log"
         with open(log_path, "w") as handle:
-            started.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
+            # A session of their own: a Ctrl-C at the terminal reaches the coordinator alone, which
+            # passes it on once (twice, a worker could be interrupted while ending its run).
+            started.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
                                              env={**worker_env(index, gpus, workers), **urls}), log_path))
 
     def report() -> None:
@@ -606,13 +609,19 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
             time.sleep(interval)
     except KeyboardInterrupt:
         for process, _ in started:
-            process.send_signal(2)
+            process.send_signal(signal.SIGINT)
         for process, _ in started:
-            process.wait(timeout=120)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()  # its trial is then a lost worker's: failed, and retried on resume
         raise
     report()
     failed = [(p.returncode, log) for p, log in started if p.returncode != 0]
     if failed:
+        # A worker that died mid-trial left that trial RUNNING: fail it and end its run now, so
+        # the study and the UI say what happened and a resume retries its configuration first.
+        reap(sweep.study, sweep.tracking_uri)
         code, log_path = failed[0]
         raise WorkbenchError(f"{len(failed)} worker(s) failed (exit {code}); see {log_path}")
 
@@ -627,7 +636,8 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
 
     trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    metrics = {f"trials_{k}": v for k, v in counts.items() if v}
+    # Zeros too: a count that drops to none (the last running trial ends) must not keep its old value.
+    metrics = {f"trials_{k}": v for k, v in counts.items()}
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     front = []
     if completed and not spec.objective.latency:
