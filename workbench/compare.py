@@ -352,10 +352,11 @@ def _repeats_note(i: int, best: tuple[str, list[float]] | None, mine: tuple[str,
         return "not compared: the repeats do not share a test set and a seed count"
     gaps = np.subtract(mine[1], best[1])
     diff[i] = float(gaps.mean())
-    if np.ptp(gaps) == 0:  # the same gap on every seed: no spread to test against
-        p[i] = 1.0 if gaps[0] == 0 else 0.0
-    else:
-        p[i] = float(scipy_stats.ttest_rel(mine[1], best[1]).pvalue)
+    if np.ptp(gaps) == 0:
+        # The same gap on every seed leaves no spread to test against: a p of 0 would call two
+        # seeds' equal luck significant, so no p at all.
+        return f"not tested: the gap is {diff[i]:+.4f} on every one of {len(mine[1])} seeds (no spread)"
+    p[i] = float(scipy_stats.ttest_rel(mine[1], best[1]).pvalue)
     return f"paired t-test over {len(mine[1])} seeds, macro-F1"
 
 

@@ -6,9 +6,9 @@ folders under `data/synthetic/`, then ingested like any photo folder, so one man
 one loader serve both. `prepare(spec)` merges the spec's manifests (mapping their labels to the
 experiment's classes and regrouping duplicates *across* datasets), splits them by group, and
 returns a `Dataset`: a manifest frame, the class list and a digest that changes whenever the
-images, labels or split assignment change. `balanced(data, config)` then materialises what one
-configuration trains on (S1's oversampled copies are written here, once, and cached), so that
-`train()` only ever reads.
+images, labels or split assignment change. `balanced(data, strategy, target, seed)` then
+materialises what one configuration trains on (S1's oversampled copies are written here, once,
+and cached), so that `train()` only ever reads.
 
 Splits are assigned by *group*, never image by image: exact and near duplicates, a picture two
 datasets share, and every augmented copy of one source image share a group, and a group lands in

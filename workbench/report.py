@@ -46,7 +46,7 @@ def parameter_columns(table: pd.DataFrame) -> list[str]:
     """The parameters that vary between runs (all registry axes when nothing does)."""
     candidates = [c for c in (*compare.REGISTRY_AXES, *compare.HYPERPARAMETERS) if c in table]
     candidates += [c for c in table.columns if c not in candidates and c not in compare.IDENTITY
-                   and not compare.is_measure(c) and c not in compare.STATS_COLUMNS]
+                   and not compare.is_measure(c) and not c.endswith("_std") and c not in compare.STATS_COLUMNS]
     varying = [c for c in candidates if table[c].astype(str).nunique() > 1]
     return varying or [c for c in compare.REGISTRY_AXES if c in table]
 
