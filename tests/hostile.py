@@ -161,7 +161,7 @@ DATASET_CASES = [
          "neither kept nor reported; counted in the sidecar's `ignored`", key="hidden_files"),
     Case("empty class folder", "listed in the report as `empty/`: `empty class folder: …`, and named in the "
          "sidecar's `notes`", key="empty_class_folder"),
-    Case("class with a single image", "ingested; `data check SPEC` exits 1 with one line: `dataset hostile: "
+    Case("class with a single image", "ingested; `data check SPEC` exits 2 with one line: `dataset hostile: "
          "split 'val' gets no image of class lonely (1 image); every class needs images in train, val and test: "
          "add images of it, map it to null in the spec's classes, or change the split ratios`; mapped to null, "
          "the sweep runs", key="single_image_class"),
@@ -169,7 +169,7 @@ DATASET_CASES = [
          "`run` exits 2 with one line: `dataset solo: only one class (only); a classifier needs at least two`",
          key="single_class_dataset"),
     Case("manifest edited to point outside its root (`../`, an absolute path, a decoded copy's `../`)",
-         "`data check SPEC` exits 1 with one line naming the manifest and the row: `…/edited.csv: row "
+         "`data check SPEC` exits 2 with one line naming the manifest and the row: `…/edited.csv: row "
          "'../outside/face.jpg' resolves outside …`; nothing outside the root is read", key="manifest_escape"),
     Case("all of the above in one tree", "ingest lists every file left out; `data check` passes; a 1-trial "
          "sweep finishes on the kept images; every byte and mtime under the raw folder is unchanged",

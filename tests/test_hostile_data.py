@@ -309,7 +309,7 @@ def test_empty_class_folder(yard):
 def test_single_image_class(yard):
     write_spec(yard.root, {**SWEEP_SPEC, "name": "lonely", "dataset": {
         "source": "manifests", "manifests": [{"name": "hostile"}]}})
-    message = one_line_error(workbench_cli("data", "check", "lonely", cwd=yard.root, env=yard.env))
+    message = one_line_error(workbench_cli("data", "check", "lonely", cwd=yard.root, env=yard.env), code=2)
     assert re.fullmatch(r"dataset hostile: split 'val' gets no image of class lonely \(1 image\); every "
                         r"class needs images in train, val and test: add images of it, map it to null in the "
                         r"spec's classes, or change the split ratios", message), message
@@ -340,7 +340,7 @@ def test_manifest_escape(yard):
     frame.to_csv(manifests / "edited.csv", index=False)
     write_spec(yard.root, {**SWEEP_SPEC, "name": "on-edited", "dataset": {
         "source": "manifests", "manifests": [{"name": "edited", "classes": {"lonely": None}}]}})
-    message = one_line_error(workbench_cli("data", "check", "on-edited", cwd=yard.root, env=yard.env))
+    message = one_line_error(workbench_cli("data", "check", "on-edited", cwd=yard.root, env=yard.env), code=2)
     assert message.startswith(f"{manifests / 'edited'}.csv: row '{escape}' resolves outside "), message
     # Absolute paths and decoded copies outside the interim folder are refused alike.
     for path, decoded in (("/etc/hostname", ""), ("bare/face-00.jpg", "../../raw/outside/face.jpg")):
