@@ -7,7 +7,7 @@ another's memory or TensorFlow state:
 - pipeline:   workbench's tf.data pipeline vs ImageDataGenerator.flow_from_directory vs tensors in memory;
 - tracking:   a run with full MLflow tracking vs the same run untracked, plus its closing cost;
 - sweeps:     the same sweep with the median pruner vs none (epochs trained, best objective), both
-              in one process: its resident memory after trial 3 vs after the last (trial 30);
+              in one process: its resident memory after trial 3 vs after trial 30;
 - cache:      peak memory of one epoch over 10,000 224 px images with and without a memory budget;
 - quickstart: `make sweep`'s wall time (data generation included), then the champion's latency in
               Keras vs TFLite at batch 1 and 32.
@@ -66,7 +66,7 @@ HEADLINES = [
     ("pruning_best_delta", ("sweeps", "pruning_best_delta"),
      "best objective lost to pruning", "<= 0.01", lambda v: v <= 0.01),
     ("memory_growth", ("sweeps", "memory", "memory_growth"),
-     "resident memory, after the last trial (30; QUICK: 20) vs after trial 3 (fraction)", "<= 0.10", lambda v: v <= 0.10),
+     "resident memory, after trial 30 vs after trial 3 (fraction)", "<= 0.10", lambda v: v <= 0.10),
     ("cache_bytes_per_image", ("cache", "cache_bytes_per_image"),
      "decoded-image cache per 224 px image (bytes)", None, None),
     ("peak_rss_mb", ("cache", "peak_rss_mb"),

@@ -90,7 +90,7 @@ def pipeline(quick: bool) -> dict:
     from workbench import pipeline as P, run, spec as S
 
     # QUICK: fewer images as well as fewer rounds; the ratios, not the seconds, are what compare.
-    p = {**PIPELINE, "images": min(PIPELINE["images"], 400)} if quick else PIPELINE
+    p = {**PIPELINE, "images": min(PIPELINE["images"], 600)} if quick else PIPELINE
     spec = S.validate({"name": "bench-pipeline", "seed": 0,
                        "params": {"backbone": "simple_cnn", "image_size": p["image_size"],
                                   "augmentation": p["augmentation"], "batch_size": p["batch_size"],
