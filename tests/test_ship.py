@@ -364,6 +364,8 @@ def test_an_export_under_the_bar_fails_and_logs_no_artifacts(yard, tmp_path):
     result = export.export(yard.client, other, out_dir=tmp_path / "out", images_dir=None, min_agreement=1.5)
     assert not result.passed and result.agreement <= 1.0
     assert yard.client.list_artifacts(yard.trials[1], "tflite") == []
+    # Nothing is left where an app would pick it up.
+    assert not result.tflite_path.exists() and not result.labels_path.exists()
     assert yard.client.get_run(yard.trials[1]).data.metrics["tflite_agreement"] == pytest.approx(result.agreement)
     with pytest.raises(WorkbenchError, match="no images"):
         export.agreement(np.zeros((0, 3)), np.zeros((0, 3)))

@@ -219,7 +219,8 @@ def default_out_dir(uri: str) -> Path:
 
 def export(client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None, images_dir: Path | None = None,
            min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES, log_to_run: bool = True) -> ExportResult:
-    """Convert, write model.tflite + labels.txt, measure agreement with Keras, log it on the source run."""
+    """Convert, write model.tflite + labels.txt, measure agreement with Keras, log it on the source
+    run; files that agree less than `min_agreement` are removed again and never logged."""
     out_dir = out_dir or default_out_dir(loaded.uri)
     content = convert(loaded.model, quantize)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +236,10 @@ def export(client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path
     share = agreement(probabilities(loaded.model, parity.images), tflite_probabilities(content, parity.images))
     size_mb = len(content) / 2**20
     passed = share >= min_agreement
+    if not passed:
+        # A model that decides unlike its Keras original must not sit where an app would pick it up.
+        tflite_path.unlink()
+        labels_path.unlink()
     if log_to_run and loaded.run_id:
         _log(client, loaded.run_id, share, size_mb, quantize, parity.source,
              (tflite_path, labels_path) if passed else ())

@@ -149,13 +149,13 @@ def export_command(
     loaded = predict.load_model(uri)
     result = export.export(client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
                            min_agreement=min_agreement, max_images=max_images)
-    console.print(f"wrote {result.tflite_path} ({result.size_mb:.2f} MB, quantize {quantize.value}) and "
-                  f"{result.labels_path}", highlight=False)
     console.print(f"agreement with Keras: {result.agreement:.2%} of {result.images} images "
                   f"({result.images_source})", highlight=False)
     if not result.passed:
         raise WorkbenchError(f"TFLite agreement {result.agreement:.2%} is under --min-agreement "
-                             f"{min_agreement:.1%}: not logged as artifacts; try --quantize none")
+                             f"{min_agreement:.1%}: nothing written or logged; try --quantize none")
+    console.print(f"wrote {result.tflite_path} ({result.size_mb:.2f} MB, quantize {quantize.value}) and "
+                  f"{result.labels_path}", highlight=False)
     if result.run_id:
         console.print(f"logged tflite_agreement, tflite_size_mb and tflite/ artifacts on run {result.run_id}",
                       highlight=False)
