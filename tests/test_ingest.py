@@ -191,6 +191,16 @@ def test_wrong_layout_or_missing_folder_is_one_line_naming_the_path(raw, tmp_pat
     assert set(ADAPTERS) == {"facemask12k", "yonsei_realfake", "maskdataset_v1", "folders"}
 
 
+def test_split_folders_beside_other_folders_are_refused(tmp_path):
+    # Read as class folders, every image under train/ would be labelled "train".
+    for name, seed in (("train/mask/a.png", 1), ("train/bare/b.png", 2), ("extras/c.png", 3)):
+        (tmp_path / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "raw" / name).write_bytes(_png(picture(seed)))
+    with pytest.raises(DataError, match=r"split folders \(train\) beside other folders \(extras\)") as err:
+        ingest("folders", tmp_path / "raw", "mixed", tmp_path / "m", tmp_path / "i")
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
 def test_unusable_files_are_reported_and_the_rest_kept(messy):
     result, frame, sidecar, _, _ = messy
     report = pd.read_csv(result.report_path, dtype=str, keep_default_na=False)

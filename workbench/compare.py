@@ -5,8 +5,9 @@ leaderboard a sweep ends with, which is a narrower view of the same table.
 
 Everything here starts from the tracking store, not from in-process state, so the same table can
 be rebuilt at any time for any sweep, on any machine that can reach the store. MLflow is touched
-only by `select_runs` and `load_predictions`; the rest are pure functions over the frame
-`mlflow.search_runs` returns, so every column can be checked in a test on runs built by hand.
+only by `select_runs`, `load_predictions` and `load_repeats`; the rest are pure functions over
+the frame `mlflow.search_runs` returns, so every column can be checked in a test on runs built
+by hand.
 Runs are ranked by the validation objective unless told otherwise (choosing by test figures
 would make the reported test figure of the winner optimistic), by `record.better`'s directions.
 The table keeps raw numbers (csv and json carry them as they are); the human formats go through
@@ -318,7 +319,8 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
         if i == 0:
             note[i] = "best: the reference for p_vs_best"
         elif best is None:
-            note[i] = "not compared: the best run has no test predictions"
+            note[i] = ("not compared: the best run has no test predictions of its own (a configuration "
+                       "trained with repeats is compared over its seeds)")
         elif mine.digest != best.digest:
             note[i] = (f"different test set (digest {mine.digest}, {len(mine.frame)} images; "
                        f"best {best.digest}, {len(best.frame)} images): not compared")

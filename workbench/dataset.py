@@ -206,28 +206,37 @@ def write_smoke_trees(spec: Spec, per_class: int = 16, size: int = 48) -> list[P
     return written
 
 
-def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int = 4) -> pd.DataFrame:
+def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int = 4
+                   ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The manifests merged, labels mapped, and duplicate groups joined across datasets (sources
-    that name their raw folder are ingested first, when needed)."""
-    parts = []
+    that name their raw folder are ingested first, when needed); and how many images were left
+    out on the way, by reason (files ingest could not use, labels mapped to null)."""
+    parts, left_out = [], {}
     for source in sources:
         if source.adapter is not None:
             ensure_ingested(source)
-        frame, _ = ingest.read_manifest(source.name, paths.manifests_dir())
+        frame, sidecar = ingest.read_manifest(source.name, paths.manifests_dir())
+        if sidecar.get("skipped"):
+            report = paths.manifests_dir() / f"{source.name}.report.csv"
+            left_out[f"files of {source.name} that are not usable images (listed in {report})"] = int(sidecar["skipped"])
         unknown = set(source.classes) - set(frame["label"])
         if unknown:
             raise DataError(f"dataset.manifests[{source.name}].classes: no label(s) {', '.join(sorted(unknown))} "
                             f"in that manifest (it has: {', '.join(sorted(set(frame['label'])))})", exit_code=2)
         frame["original_label"] = frame["label"]
         frame["label"] = frame["label"].map(lambda label: source.classes.get(label, label))
-        parts.append(frame[frame["label"].notna()].copy())
+        dropped = frame["label"].isna()
+        if dropped.any():
+            labels = ", ".join(sorted(set(frame.loc[dropped, "original_label"])))
+            left_out[f"images of {source.name} labelled {labels} (mapped to null)"] = int(dropped.sum())
+        parts.append(frame[~dropped].copy())
     frame = pd.concat(parts, ignore_index=True).fillna("")
     if frame.empty:
         raise DataError(f"dataset.manifests: the class mapping leaves no images "
                         f"(every label of {', '.join(s.name for s in sources)} is mapped to null)", exit_code=2)
     frame["file"] = files(frame)
     frame["group_id"] = leakage.merged_group_ids(frame, near_duplicate_distance)
-    return frame
+    return frame, left_out
 
 
 # --- splitting ------------------------------------------------------------------------------------
@@ -310,12 +319,11 @@ def prepare(spec: Spec) -> Dataset:
     else:
         sources, distance = spec.dataset.manifests, spec.dataset.near_duplicate_distance
         name = "+".join(m.name for m in sources)
-    frame = load_manifests(sources, distance)
+    frame, left_out = load_manifests(sources, distance)
     frame["split"] = split_frame(frame, spec.split, spec.seed)
-    left_out: dict[str, int] = {}
     if spec.split.keep_original_split:
         reasons = published_leaks(frame)
-        left_out = {why: int(n) for why, n in reasons[reasons != ""].value_counts().items()}
+        left_out.update({why: int(n) for why, n in reasons[reasons != ""].value_counts().items()})
         frame = frame[reasons == ""].reset_index(drop=True)
     classes = tuple(sorted(frame["label"].unique()))
     if len(classes) < 2:
@@ -375,14 +383,17 @@ def _cut(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
 def oversample(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
     """Top every class up to `target` images with augmented copies of its own training images.
     Each copy keeps its source's group id, so it can never sit in another split than its
-    original; copies are deterministic by seed and written once per (images, seed, target,
-    recipe) under `data/interim/oversample/`, then reused by every trial that asks for them."""
-    key = hashlib.sha256("|".join([RECIPE_VERSION, str(seed), str(target),
-                                   *sorted(train["sha256"] + train["label"])]).encode()).hexdigest()[:16]
+    original; copies are deterministic by seed and written once per (images and their lineage,
+    seed, target, recipe) under `data/interim/oversample/`, then reused by every trial that asks for them."""
+    # The copies carry their sources' lineage (dataset, group, path), so that is part of the key:
+    # the same pictures under another manifest or grouping get copies of their own.
+    lineage = [c for c in ("sha256", "label", "source", "path", "group_id") if c in train.columns]
+    rows = train[lineage].astype(str).agg("\x1f".join, axis=1)
+    key = hashlib.sha256("|".join([RECIPE_VERSION, str(seed), str(target), *sorted(rows)]).encode()).hexdigest()[:16]
     cache = build_once(paths.data_dir() / "interim" / "oversample" / key, "copies.csv",
                        lambda staging: _write_copies(train, target, seed, staging))
     copies = pd.read_csv(cache / "copies.csv", dtype=str, keep_default_na=False)
-    copies["file"] = [str(cache / name) for name in copies["file"]]
+    copies["file"] = [str(cache.resolve() / name) for name in copies["file"]]
     return pd.concat([train, copies], ignore_index=True)
 
 

@@ -216,9 +216,15 @@ def _scan_folders(raw_root: Path) -> list[Item]:
     top = _subdirs(raw_root)
     if not top:
         raise DataError(f"{raw_root}: no class folders; expected {_FOLDERS_LAYOUT}", exit_code=2)
-    if all(d.name.lower() in SPLIT_NAMES for d in top):
+    splits = [d.name for d in top if d.name.lower() in SPLIT_NAMES]
+    if splits and len(splits) == len(top):
         return _split_class_items(raw_root, {d.name: SPLIT_NAMES[d.name.lower()] for d in top},
                                   _FOLDERS_LAYOUT)
+    if splits:
+        # Read as classes, `train/` would become a class of every image under it.
+        others = sorted(d.name for d in top if d.name.lower() not in SPLIT_NAMES)
+        raise DataError(f"{raw_root}: split folders ({', '.join(sorted(splits))}) beside other folders "
+                        f"({', '.join(printable(o) for o in others)}); expected {_FOLDERS_LAYOUT}", exit_code=2)
     return [item for d in top for item in _class_items(d, d.name, "")]
 
 

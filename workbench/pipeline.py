@@ -110,11 +110,16 @@ def _decode(raw, size: int):
     return tf.cond(tf.io.is_jpeg(raw), jpeg, lambda: tf.io.decode_image(raw, channels=3, expand_animations=False))
 
 
+def resize(image, size: int):
+    """RGB pixels at size x size as uint8: antialiased, rounded. The one resize training and
+    prediction share, so a model sees a photo the same way in both."""
+    image = tf.image.resize(image, (size, size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
 def _load(size: int):
     def load(path, label):
-        raw = tf.io.read_file(path)
-        image = tf.image.resize(_decode(raw, size), (size, size), antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image = resize(_decode(tf.io.read_file(path), size), size)
         return tf.ensure_shape(image, (size, size, 3)), label
     return load
 

@@ -150,11 +150,14 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def to_input(bgr: np.ndarray, size: int) -> np.ndarray:
-    """One image as the model takes it: RGB, size x size, float32 pixels in [0, 255]."""
+    """One image as the model takes it: RGB, size x size, float32 pixels in [0, 255], resized
+    exactly as training resizes."""
     import cv2
 
+    from workbench.pipeline import resize
+
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA).astype("float32")
+    return resize(rgb, size).numpy().astype("float32")
 
 
 def face_detector():

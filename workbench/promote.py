@@ -260,6 +260,10 @@ def model_card(candidate: Candidate, metric: str, experiment: str, name: str) ->
         half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / max(n_test, 1))
         limits.append(f"The test split holds {n_test} images: accuracy {acc:.3f} is known to about "
                       f"+/-{half:.3f} (95 %); smaller per-class figures are less certain still.")
+    if repeats := candidate.tags.get(record.REPEATS):
+        limits.append(f"The figures here are the means over the {repeats} seeds this configuration was trained "
+                      f"with; the registered model is its best seed's (run `{candidate.model_run_id}`), whose "
+                      "own test figures are on that run.")
     if "overfit_gap" in m:
         gap = m["overfit_gap"]
         verdict = "a sign of overfitting" if gap > 0.05 else "no sign of overfitting"

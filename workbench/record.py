@@ -323,5 +323,5 @@ def sweep_of(client: MlflowClient, run_id: str, uri: str | None = None):
     role = run.data.tags.get(ROLE)
     if role != "sweep":
         raise WorkbenchError(f"--sweep {run_id}: run is {'a ' + role if role else 'not a workbench'} run, not a "
-                             "sweep (pass the sweep's parent run id, or the run itself as --run)")
+                             "sweep (pass the sweep's parent run id)")
     return run

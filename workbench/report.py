@@ -26,7 +26,7 @@ from workbench.record import Artifacts
 SECTIONS = ("Leaderboard", "Objective by axis", "Parameters vs objective", "Learning curves",
             "Confusion matrices", "Accuracy vs latency")
 MATRIX_SECTION = "Across datasets: trained on x tested on"
-CURVE_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "val_f1_macro")
+CURVE_KEYS = tuple(key for key in record.PER_EPOCH if key != "lr")
 
 
 def label(table: pd.DataFrame, run_id: str) -> str:
@@ -85,27 +85,31 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
 
 # --- MLflow edge ----------------------------------------------------------------------------------
 
-def collect_histories(client, run_ids: Sequence[str], keys: Sequence[str] = CURVE_KEYS) -> dict:
-    """{run_id: {metric: [(epoch, value), ...]}} from MLflow's metric history (step = epoch)."""
+def collect_histories(client, run_ids: Sequence[str], keys: Sequence[str] = CURVE_KEYS,
+                      sources: dict[str, str] | None = None) -> dict:
+    """{run_id: {metric: [(epoch, value), ...]}} from MLflow's metric history (step = epoch),
+    read from `sources[run_id]` where given (a repeated configuration's are its model's seed run's)."""
     histories = {}
     for run_id in run_ids:
-        histories[run_id] = {}
+        histories[run_id], source = {}, (sources or {}).get(run_id, run_id)
         for key in keys:
-            points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+            points = sorted((m.step, m.value) for m in client.get_metric_history(source, key))
             if points:
                 histories[run_id][key] = points
     return histories
 
 
-def collect_confusions(client, run_ids: Sequence[str]) -> dict:
-    """{run_id: confusion_matrix.json as a dict, or None where the run has none}."""
+def collect_confusions(client, run_ids: Sequence[str], sources: dict[str, str] | None = None) -> dict:
+    """{run_id: confusion_matrix.json as a dict, or None where the run has none}, read from
+    `sources[run_id]` where given."""
     from mlflow.exceptions import MlflowException
 
     found = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run_id in run_ids:
             try:
-                path = client.download_artifacts(run_id, Artifacts.CONFUSION, str(Path(tmp) / run_id))
+                path = client.download_artifacts((sources or {}).get(run_id, run_id), Artifacts.CONFUSION,
+                                                 str(Path(tmp) / run_id))
                 found[run_id] = json.loads(Path(path).read_text())
             except (MlflowException, OSError, ValueError):
                 found[run_id] = None
@@ -143,8 +147,13 @@ def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, ru
                 client.get_run(run_id)
             except MlflowException:
                 raise WorkbenchError(f"--runs {run_id}: no such run") from None
-    page = build_report(board, everything, collect_histories(client, chosen),
-                        collect_confusions(client, ranked[:confusions_top]),
+    # A configuration trained with repeats keeps its curves and confusions on its model's seed run.
+    column = f"tags.{record.MODEL_RUN}"
+    held = selection.runs[column] if column in selection.runs else pd.Series(dtype=object)
+    sources = {run: model_run for run, model_run in zip(selection.runs["run_id"], held)
+               if isinstance(model_run, str) and model_run}
+    page = build_report(board, everything, collect_histories(client, chosen, sources=sources),
+                        collect_confusions(client, ranked[:confusions_top], sources),
                         title=f"workbench report: {selection.experiment}", subtitle=selection.description,
                         matrix=collect_matrix(client, selection.experiment_id))
     path = Path(out) if out else paths.reports_dir() / f"{selection.experiment}-report.html"

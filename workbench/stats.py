@@ -89,8 +89,9 @@ def f1_macro(y_true, y_pred, labels: Sequence) -> float:
 
 
 def f1_macro_of_indices(t: np.ndarray, p: np.ndarray, k: int) -> float:
-    """Macro-F1 of class indices in [0, k): the one definition training, evaluation and the
-    comparison statistics all use."""
+    """Macro-F1 of class indices in [0, k): the one definition training's per-epoch validation
+    score and the comparison statistics use (test evaluation uses scikit-learn's, which agrees
+    with it and adds the per-class report)."""
     t, p = np.asarray(t, dtype=np.int64), np.asarray(p, dtype=np.int64)
     return float(_f1_macro_from_confusion(np.bincount(t * k + p, minlength=k * k).reshape(k, k)))
 

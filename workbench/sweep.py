@@ -15,9 +15,10 @@ wastes and loses nothing:
   rather than trained twice (grid sweeps excepted, where each point runs once);
 - weak trials are pruned on the validation objective every epoch;
 - a trial that raises is recorded as failed with its reason, and the sweep goes on;
-- a worker that dies (kill -9, lost machine) is noticed, at once when it ran on this machine,
-  else when its heartbeats stop: its trial is marked failed in Optuna, its MLflow run KILLED,
-  and its configuration is retried once, first.
+- a worker that dies (kill -9, lost machine) is noticed: on its own machine as soon as the
+  `--workers` coordinator sees it exit or a sweep next opens the study (its process is gone),
+  elsewhere when its heartbeats stop; its trial is marked failed in Optuna, its MLflow run
+  KILLED, and its configuration is retried once, first.
 """
 
 from __future__ import annotations
@@ -415,8 +416,11 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
     finite = space_size(spec)
     me = f"{socket.gethostname()}:{os.getpid()}"
 
+    mine: list[int] = []  # this process's trials, in order (other workers' trials interleave)
+
     def objective(trial: optuna.Trial):
         nonlocal budget_reached
+        mine.append(trial.number)
         # Several workers may have asked at once: only the first `total` live trials run.
         ahead = [t for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number]
         if len(ahead) >= total:
@@ -474,17 +478,17 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
 
     ran, failed_in_a_row, redraws = 0, 0, 0
     while count(study, LIVE) < total and not _grid_exhausted(study, spec) and not budget_reached:
-        before = count(study, DONE)
         # No gc_after_trial: every trial's tracked_run already clears Keras state and collects
         # garbage; a third full collection per trial cost 0.5 s for nothing.
         study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=False,
                        catch=(TrialFailure, BudgetReached, Redraw))
-        last = study.get_trials(deepcopy=False)[-1]
+        # This process's own trial, not the study's newest: another worker's may be newer.
+        last = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.number == mine[-1])
         if SKIPPED_ATTR in last.user_attrs:
             redraws += 1
             continue
         redraws = 0
-        finished = count(study, DONE) - before
+        finished = int(last.state in DONE)
         ran += finished
         failed_in_a_row = 0 if finished or budget_reached else failed_in_a_row + 1
         if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
