@@ -396,10 +396,12 @@ def test_predict_sees_what_training_saw(yard, swept):
     rows["label"] = classes[0]
     [(seen_in_training, _)] = list(pipeline.image_dataset(rows, classes, image_size=32, batch_size=64))
     seen_by_predict = np.stack([predict.to_input(predict.read_image(yard.files[c.key]), 32) for c in kept])
-    # One resize for both: what is left is two JPEG decoders' rounding (under a level per pixel);
-    # a transparent band shown black instead of white, or a sideways face, differs by far more.
+    # One resize for both: converted copies match exactly, and what is left for JPEGs is Pillow's
+    # and TensorFlow's decoders rounding differently (1.3 to 1.7 levels on average here); a
+    # transparent band shown black instead of white, or a sideways face, differs by far more.
     differences = np.abs(seen_by_predict - seen_in_training.numpy()).mean(axis=(1, 2, 3))
-    assert differences.max() < 1, dict(zip([c.key for c in kept], differences.round(2)))
+    assert differences.max() < 2.5, dict(zip([c.key for c in kept], differences.round(2)))
+    assert (differences == 0).sum() >= len(kept) // 2, dict(zip([c.key for c in kept], differences.round(2)))
 
     mlflow.set_tracking_uri(yard.env["MLFLOW_TRACKING_URI"])
     model = predict.load_model(f"runs:/{swept}/model").model

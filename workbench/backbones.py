@@ -174,7 +174,8 @@ def _layer(base: keras.Model, name: str, field: str) -> keras.layers.Layer:
     except ValueError:
         names = [layer.name for layer in base.layers]
         hint = ", ".join(names[-6:])
-        raise WeightsError(f"{field}: no layer {name!r} in the {base.name} base (its last layers: {hint})", exit_code=2) from None
+        raise WeightsError(f"{field}: no layer {name!r} in the {base.name} base (its last layers: {hint})",
+                           exit_code=2) from None
 
 
 def _looks_like_download_failure(err: Exception) -> bool:

@@ -218,7 +218,8 @@ def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int =
         frame, sidecar = ingest.read_manifest(source.name, paths.manifests_dir())
         if sidecar.get("skipped"):
             report = paths.manifests_dir() / f"{source.name}.report.csv"
-            left_out[f"files of {source.name} that are not usable images (listed in {report})"] = int(sidecar["skipped"])
+            why = f"files of {source.name} that are not usable images (listed in {report})"
+            left_out[why] = int(sidecar["skipped"])
         unknown = set(source.classes) - set(frame["label"])
         if unknown:
             raise DataError(f"dataset.manifests[{source.name}].classes: no label(s) {', '.join(sorted(unknown))} "

@@ -234,8 +234,8 @@ def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...
     metrics it logged."""
     from workbench.evaluate import training_summary
 
-    metrics = {**result.evaluation.metrics, **training_summary(result.history, monitor), **result.timings, **result.cost,
-               "train_images": result.train_images, record.OBJECTIVE: objective}
+    metrics = {**result.evaluation.metrics, **training_summary(result.history, monitor), **result.timings,
+               **result.cost, "train_images": result.train_images, record.OBJECTIVE: objective}
     mlflow.log_metrics(metrics)
     mlflow.set_tags({record.DEVICE: result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),

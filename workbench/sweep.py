@@ -236,8 +236,9 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None,
     except WorkbenchError:
         raise
     except Exception as err:  # storage unreachable or not a database Optuna can use
+        first_line = (str(err).splitlines() or [""])[0]
         raise TrackingError(f"--storage {record.masked(storage)}: cannot open Optuna storage "
-                            f"({type(err).__name__}: {record.scrub((str(err).splitlines() or [''])[0])[:200]})") from None
+                            f"({type(err).__name__}: {record.scrub(first_line)[:200]})") from None
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
