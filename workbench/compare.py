@@ -30,7 +30,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from workbench import record, stats
-from workbench.errors import TrackingError, WorkbenchError
+from workbench.errors import TrackingError, WorkbenchError, first_line
 from workbench.record import Artifacts
 
 # The registry's axes: what a study is about, always the first columns after the run.
@@ -93,7 +93,7 @@ def select_runs(client, *, tracking_uri: str | None = None, experiment: str | No
                                   output_format="pandas")
     except MlflowException as err:
         raise TrackingError(f"--filter/--tag: MLflow rejects {' AND '.join(clauses)!r}: "
-                            f"{str(err).splitlines()[0]}") from None
+                            f"{first_line(err)}") from None
     role_column = f"tags.{record.ROLE}"
     if role_column in runs:
         # Sweep parents, repeats (their trial stands for them) and evaluations are not configurations.

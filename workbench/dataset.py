@@ -217,7 +217,7 @@ def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int =
             ensure_ingested(source)
         frame, sidecar = ingest.read_manifest(source.name, paths.manifests_dir())
         if sidecar.get("skipped"):
-            report = paths.manifests_dir() / f"{source.name}.report.csv"
+            report = ingest.report_of(source.name, paths.manifests_dir())
             why = f"files of {source.name} that are not usable images (listed in {report})"
             left_out[why] = int(sidecar["skipped"])
         unknown = set(source.classes) - set(frame["label"])

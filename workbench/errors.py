@@ -35,3 +35,9 @@ class TrackingError(WorkbenchError):
     corrupted database): bad input, exit code 2."""
 
     exit_code = 2
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): what a one-line
+    error quotes of a library's exception, whose later lines are tracebacks and SQL."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

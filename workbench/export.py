@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import paths, record
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 from workbench.record import Artifacts
 from workbench.predict import LoadedModel, probabilities, read_image, to_input
 
@@ -85,8 +85,7 @@ def convert(model, quantize: str = "none") -> bytes:
                 try:
                     return configure(tf.lite.TFLiteConverter.from_saved_model(f"{tmp}/saved_model")).convert()
                 except Exception as err:
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise ExportError(f"TFLite conversion failed ({first[:200]}); the model may use an "
+                    raise ExportError(f"TFLite conversion failed ({first_line(err)[:200]}); the model may use an "
                                       "operation TFLite lacks") from None
 
 

@@ -519,7 +519,7 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
                 described["decoded"] = f"{name}/{copy_name}"
             rows.append({**described, "path": path, "label": printable(item.label), "source": name,
                          "original_split": item.original_split, **item.extra})
-        report_path = out_dir / f"{name}.report.csv"
+        report_path = report_of(name, out_dir)
         _write_csv(pd.DataFrame(skipped, columns=["path", "reason"]).sort_values("path"), report_path)
         if not rows:
             raise DataError(f"{printable(str(raw_root))}: none of the {len(skipped)} files could be used; "
@@ -586,6 +586,11 @@ def _replace_folder(staging: Path, final: Path) -> None:
     os.rename(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def report_of(name: str, out_dir: Path) -> Path:
+    """Where ingest lists every file of dataset `name` it left out, and why."""
+    return Path(out_dir) / f"{name}.report.csv"
 
 
 def read_sidecar(name: str, out_dir: Path) -> dict:

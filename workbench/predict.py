@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench import ingest
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, first_line
 
 # Share of the face box added on each side before cropping: Haar boxes are tight around the
 # eyes and mouth, while training images show the whole head with background around it.
@@ -103,8 +103,7 @@ def load_model(uri: str) -> LoadedModel:
         # Keras' safe mode refuses models that carry arbitrary code (Lambda layers, pickled functions).
         model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
     except (MlflowException, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WorkbenchError(f"--model {uri}: cannot load it ({first[:200]}); check the name, alias and "
+        raise WorkbenchError(f"--model {uri}: cannot load it ({first_line(err)[:200]}); check the name, alias and "
                              "--tracking-uri", exit_code=2) from None
     except ValueError as err:
         if "safe_mode" not in str(err) and "unsafe" not in str(err).lower() and "lambda" not in str(err).lower():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Literal
 from urllib.parse import urlparse, urlunparse
 
 from workbench import paths
-from workbench.errors import TrackingError, WorkbenchError
+from workbench.errors import TrackingError, WorkbenchError, first_line
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -283,13 +283,11 @@ def _ask(question, uri: str):
     except MlflowException as err:
         if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
             raise
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TrackingError(f"--tracking-uri {masked(uri)}: the tracking store cannot be used "
-                            f"({scrub(first)[:200]})") from None
+                            f"({scrub(first_line(err))[:200]})") from None
     except Exception as err:  # SQLAlchemy and HTTP errors surface as their own types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise TrackingError(f"--tracking-uri {masked(uri)}: the tracking store cannot be used "
-                            f"({type(err).__name__}: {scrub(first)[:200]})") from None
+                            f"({type(err).__name__}: {scrub(first_line(err))[:200]})") from None
 
 
 def find_experiment(client: MlflowClient, name: str, uri: str | None = None, option: str = "--experiment"):

@@ -46,7 +46,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from workbench import paths, record
 from workbench.dataset import prepare
-from workbench.errors import SpecError, TrackingError, WorkbenchError
+from workbench.errors import SpecError, TrackingError, WorkbenchError, first_line
 from workbench.record import Artifacts
 from workbench.spec import Range, Spec, grid_values, is_searched, sample_config
 
@@ -236,9 +236,8 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None,
     except WorkbenchError:
         raise
     except Exception as err:  # storage unreachable or not a database Optuna can use
-        first_line = (str(err).splitlines() or [""])[0]
         raise TrackingError(f"--storage {record.masked(storage)}: cannot open Optuna storage "
-                            f"({type(err).__name__}: {record.scrub(first_line)[:200]})") from None
+                            f"({type(err).__name__}: {record.scrub(first_line(err))[:200]})") from None
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
@@ -471,8 +470,7 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
         except mlflow.exceptions.MlflowException as err:
             # Two workers refreshing the sweep's run at once can collide in the store; the trial
             # itself is recorded, and the next refresh (or the close) writes the summary.
-            log.warning("sweep run summary not refreshed after trial %d: %s", trial.number,
-                        str(err).splitlines()[0] if str(err) else type(err).__name__)
+            log.warning("sweep run summary not refreshed after trial %d: %s", trial.number, first_line(err))
         plotted = time.monotonic() if due else plotted
         if on_trial:
             on_trial(study_, trial)
