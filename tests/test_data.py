@@ -83,3 +83,35 @@ def test_a_balance_target_cuts_large_classes_and_grows_small_ones(tiny):
     under = dataset.balanced(tiny, "undersample", target=target).train
     assert under["label"].value_counts().max() == target
     assert under["label"].value_counts()["fake"] == counts["fake"]  # smaller classes stay whole
+
+
+def test_copies_of_one_picture_never_land_in_two_splits(workdir):
+    """A folder of photos where every picture also stands as a byte-identical copy and as a
+    re-saved JPEG (a near duplicate): ingested and split as a sweep does it, each picture's
+    family stays in one split, known here from the file names, not from workbench's groups."""
+    import cv2
+
+    from conftest import write_spec
+    from workbench import ingest, paths, synth
+
+    raw = workdir / "photos"
+    for label in ("with_mask", "without_mask"):
+        (raw / label).mkdir(parents=True)
+        for i in range(30):
+            face = synth.render_face(11, i, synth.FaceAttributes(mask=label == "with_mask", old=False, fake=False), 48)
+            ok, jpeg = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            (raw / label / f"p{i:02d}.jpg").write_bytes(jpeg.tobytes())
+            (raw / label / f"p{i:02d}_copy.jpg").write_bytes(jpeg.tobytes())
+            resaved = cv2.imdecode(cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR)
+            cv2.imwrite(str(raw / label / f"p{i:02d}_resaved.png"), resaved)
+    ingest.ingest("folders", raw, "dups", paths.manifests_dir(), paths.decoded_dir())
+    write_spec(workdir, {"name": "dups", "dataset": {"source": "manifests", "manifests": [{"name": "dups"}]},
+                         "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 3})
+    frame = prepare(S.load("dups")).frame
+    assert len(frame) == 180
+    family = frame["label"] + "/" + frame["path"].str.extract(r"(p\d\d)", expand=False)
+    assert frame.groupby(family)["split"].nunique().max() == 1
+    assert frame.groupby(family).size().eq(3).all()
+    # Splits still follow their ratios: 30 families of 3 per class, about 18 / 6 / 6 of them.
+    families = frame.assign(family=family).drop_duplicates("family")
+    assert families.groupby(["label", "split"]).size().between(4, 20).all()

@@ -28,16 +28,36 @@ def test_training_batches_are_augmented_and_evaluation_batches_never(tiny_spec):
     assert not np.allclose(trained, reference)
 
 
+def lopsided(count: int = 16) -> np.ndarray:
+    """Images unlike their mirror and their rotations: dark left half, a bright bar, a gradient."""
+    images = np.tile(np.linspace(40.0, 200.0, 32, dtype="float32")[None, :, None], (32, 1, 3))[None].repeat(count, 0)
+    images[:, :, :10] = 20.0
+    images[:, 4:9, 12:28] = 250.0
+    return images
+
+
 @pytest.mark.parametrize("name", S.AUGMENTATIONS)
-def test_every_policy_builds(name):
-    policy = pipeline.build_policy(name, seed=0, options={"rotation": 15, "flip": True, "brightness": 0.2})
+def test_every_policy_changes_training_images_and_only_them(name):
+    options = {"rotation": 15, "flip": True, "brightness": 0.2}
+    policy = pipeline.build_policy(name, seed=0, options=options)
     if name == "none":
         assert policy is None
+        return
+    images = lopsided()
+    out = np.asarray(policy(images, training=True))
+    assert out.shape == images.shape
+    changed = [not np.allclose(o, i, atol=1.0) for o, i in zip(out, images)]
+    assert sum(changed) >= len(images) // 4, f"{name} left {len(images) - sum(changed)} of {len(images)} as they were"
+    # Outside training (validation, test, serving) every policy is the identity.
+    np.testing.assert_array_equal(np.asarray(policy(images, training=False)), images)
+    if name == "flip":
+        # A flip moves pixels and nothing else: each image is itself or its mirror, and both occur.
+        mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+        kept = [np.array_equal(o, i) for o, i in zip(out, images)]
+        assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
     else:
-        images = np.full((2, 32, 32, 3), 128.0, dtype="float32")
-        images[:, :, :16] = 20.0
-        out = np.asarray(policy(images, training=True))
-        assert out.shape == images.shape
+        # Geometric policies move the bright bar; none leaves every image where it was.
+        assert not all(np.array_equal(o[4:9, 12:28], i[4:9, 12:28]) for o, i in zip(out, images))
 
 
 def test_custom_policy_takes_its_layers_from_the_spec():

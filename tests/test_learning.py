@@ -1,0 +1,114 @@
+"""Learning is asserted, not assumed: a model trained the way `make sweep` trains one must have
+learned a task the tests show is learnable, and every later stage must keep what it learned.
+
+The store behind these tests (conftest's `learned`) holds one trial of LEARN, mask / no mask at
+32 px, swept and promoted through the console script. Its margins are ones a broken pipeline
+cannot reach: labels shuffled against images, doubled or missing preprocessing, or test images
+augmented leave the model near chance (0.5) or make its logged figures disagree with its
+model, and a class order that differs between training and prediction names faces wrongly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import LEARNED_CLASS_FLOOR, LEARNED_FLOOR, fresh_faces, workbench_cli
+from workbench import record
+
+
+@pytest.fixture(scope="module")
+def trial(learned):
+    return MlflowClient(learned.uri).get_run(learned.run_id)
+
+
+def test_the_trained_model_beats_chance_by_a_wide_margin_on_every_class(learned, trial):
+    metrics = trial.data.metrics
+    assert trial.data.tags[record.STATE] == "finished"
+    assert learned.classes == ("with_mask", "without_mask")
+    assert metrics["test_accuracy"] >= LEARNED_FLOOR, metrics["test_accuracy"]
+    # Selection is on validation: it must have learned there too, not only on test.
+    assert metrics["objective"] == metrics["val_f1_macro"] >= LEARNED_FLOOR
+    for name in learned.classes:
+        assert metrics[f"test_recall_{name}"] >= LEARNED_CLASS_FLOOR, (name, metrics)
+    # The curves say it learned: training loss fell from the first epoch to the last.
+    losses = [m.value for m in sorted(MlflowClient(learned.uri).get_metric_history(learned.run_id, "loss"),
+                                      key=lambda m: m.step)]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_logged_test_figures_are_the_models_own_predictions_on_unaugmented_images(learned, trial):
+    """Reload the logged model, feed it the test images exactly as they are on disk, and get the
+    logged probabilities back: a test split that was augmented, shuffled against its labels or
+    scored by another model would not."""
+    import tensorflow as tf
+
+    from workbench import pipeline
+
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=learned.run_id, tracking_uri=learned.uri))
+    logged = pd.read_csv(artifacts / "evaluation" / "test_predictions.csv")
+    manifest = pd.read_csv(artifacts / "data" / "manifest.csv")
+    test = manifest[manifest["split"] == "test"].set_index("sha256").loc[logged["sha256"]]
+    assert list(test["label"]) == list(logged["true"])          # labels travel with their images
+    mlflow.set_tracking_uri(learned.uri)   # the model's runs:/ address resolves in the learned store
+    model = mlflow.keras.load_model(f"runs:/{learned.run_id}/model")
+    files = [str(learned.root / "data" / "synthetic" / "mask2-32px-n800-seed7" / path) for path in test["path"]]
+    images = pipeline.load_images(files, 32).astype("float32")
+    again = model.predict(tf.constant(images), verbose=0)
+    columns = [f"p_{name}" for name in learned.classes]
+    np.testing.assert_allclose(logged[columns].to_numpy(), again, atol=2e-4)
+    accuracy = (np.asarray(learned.classes)[again.argmax(axis=1)] == logged["true"]).mean()
+    assert accuracy == pytest.approx(trial.data.metrics["test_accuracy"], abs=1e-6)
+
+
+def test_predict_names_freshly_rendered_faces_of_each_class(learned, tmp_path):
+    """Faces of another seed, the same person with and without a mask, through `workbench
+    predict` as a user runs it: a class order or preprocessing that differs between training
+    and prediction names them wrongly."""
+    faces = fresh_faces(tmp_path / "faces")
+    files = [str(f) for label in learned.classes for f in faces[label]]
+    done = workbench_cli("predict", *files, "--model", "faces", "--format", "json", cwd=learned.root,
+                         env=learned.env())
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["classes"] == list(learned.classes)
+    named = {r["image"]: r["predictions"][0]["class"] for r in payload["results"]}
+    recalls = {label: np.mean([named[str(f)] == label for f in faces[label]]) for label in learned.classes}
+    assert min(recalls.values()) >= LEARNED_CLASS_FLOOR, recalls
+    assert np.mean(list(recalls.values())) >= LEARNED_FLOOR, recalls
+
+
+# Which way each metric a trial logs improves, written out by hand: the oracle `record.better`
+# is checked against, so inverting the rule for any one metric fails here.
+LOWER_IS_BETTER = {
+    "loss", "val_loss", "test_log_loss", "test_ece", "overfit_gap", "overfit_gap_loss", "latency_ms_batch1",
+    "latency_ms_per_image_batch32", "model_size_mb", "total_params", "trainable_params", "frozen_params",
+    "train_seconds", "train_cpu_seconds",
+}
+HIGHER_IS_BETTER = {
+    "accuracy", "val_accuracy", "val_f1_macro", "best_val_f1_macro", "final_train_accuracy", "final_val_accuracy",
+    "objective", "test_accuracy", "test_f1_macro", "test_f1_weighted", "test_precision_macro",
+    "test_precision_weighted", "test_recall_macro", "test_recall_weighted", "test_roc_auc_ovr",
+    "train_images_per_second", "test_f1_with_mask", "test_f1_without_mask", "test_precision_with_mask",
+    "test_precision_without_mask", "test_recall_with_mask", "test_recall_without_mask",
+}
+# Counts and positions that rank nothing; `better` may say either, no command sorts by them.
+NEITHER = {"best_epoch", "epochs_run", "train_images", "lr"}
+
+
+def test_every_metric_a_trial_logs_ranks_the_way_it_improves(trial):
+    logged = set(trial.data.metrics)
+    assert logged == LOWER_IS_BETTER | HIGHER_IS_BETTER | NEITHER, "a metric is new or gone: classify it above"
+    wrong = {m for m in LOWER_IS_BETTER if record.better(m) != "min"} | \
+            {m for m in HIGHER_IS_BETTER if record.better(m) != "max"}
+    assert not wrong, wrong
+    # A run's objective follows the metric it stands for; a group's mean follows its metric.
+    assert (record.better("objective", "val_loss"), record.better("objective", "val_f1_macro")) == ("min", "max")
+    assert (record.better("test_ece_mean"), record.better("test_f1_macro_mean")) == ("min", "max")
+    # Per-class scores are scores whatever the class is called.
+    assert record.better("test_f1_hair_loss") == record.better("test_recall_small_size") == "max"
