@@ -141,7 +141,7 @@ FILE_CASES = [
     FileCase("symlink_inside", "symlink to another image of the dataset", "bare/alias.jpg", KEPT),
     FileCase("linked_folder", "symlinked folder inside a class folder", "bare/linked-folder",
              "symlinked folder: not followed", None),
-    FileCase("unreadable", "unreadable file (mode 000; as root, where modes do not bind, a broken symlink)",
+    FileCase("unreadable", "unreadable file (mode 000; a suite run as root runs workbench as `nobody`)",
              "bare/unreadable.jpg", "unreadable: ", False),
     FileCase("fifo", "named pipe `pipe.jpg` (reading it would block forever)", "bare/pipe.jpg",
              "not a regular file: a named pipe", False),
@@ -252,7 +252,8 @@ INPUT_CASES = register("spec", [c.case() for c in SPEC_INPUTS]) + register("comm
 # --- faults and safe defaults (asserted in tests/test_faults.py and tests/test_sweep_survive.py) -----
 
 FAULT_CASES = register("fault", [
-    Case("the artefact store turns read-only (EROFS) during a trial", "that trial fails with the reason, its run "
+    Case("the artefact store turns read-only during a trial (its folder's write permission removed; a suite run "
+         "as root runs workbench as `nobody`)", "that trial fails with the reason (`Permission denied`), its run "
          "ends FAILED; the sweep goes on; earlier runs keep their metrics and artefacts", key="read_only_store",
          area="fault"),
     Case("two sweeps of different specs at once against one store", "both finish; each experiment holds only its "

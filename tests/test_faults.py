@@ -1,16 +1,20 @@
-"""Faults and safe defaults: an artefact store that turns read-only during a trial fails that
-trial with its reason while the sweep goes on and earlier runs stay intact; two sweeps of
-different specs at once share one store without disturbing each other; a corrupted MLflow or
-Optuna database is one line, never silently replaced; servers bind loopback unless told, with a
-warning; models load in Keras' safe mode and only from the configured store; nothing secret from
-the environment reaches a run."""
+"""Faults and safe defaults: an artefact store that turns read-only during a trial (for real: its
+folders lose their write permission, the sweep running as an unprivileged user when the suite runs
+as root, see `tests/unprivileged.py`) fails that trial with its reason while the sweep goes on and
+earlier runs stay intact; two sweeps of different specs at once share one store without disturbing
+each other; a corrupted MLflow or Optuna database is one line naming it, never silently replaced;
+servers bind loopback unless told, with a warning; models load in Keras' safe mode and only from
+the configured store; nothing secret from the environment reaches a run."""
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import json
 import os
 import shutil
 import socket
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -19,10 +23,12 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+import unprivileged
 from conftest import TINY, workbench_cli, write_spec
 from workbench import predict, record, spec as S
 from workbench.errors import WorkbenchError
@@ -35,34 +41,73 @@ def stores(workdir):
     return f"sqlite:///{mlruns / 'optuna.db'}", f"sqlite:///{mlruns / 'mlflow.db'}"
 
 
-def test_a_store_that_turns_read_only_fails_the_trial_and_the_sweep_goes_on(tiny_spec, stores, monkeypatch):
-    """Running as root, a chmod cannot make a folder read-only, so the store's own write raises
-    what a read-only or full disk raises (EROFS) for the second trial's artefacts only."""
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+def trials_so_far(db: Path) -> dict[int, tuple[str, str | None]]:
+    """Trial number -> (state, MLflow run id), read from a sweep's Optuna SQLite file while the
+    sweep writes it (read-only: this process never changes the store it watches)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as connection:
+            rows = connection.execute(
+                "SELECT t.number, t.state, a.value_json FROM trials t LEFT JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id AND a.key = 'mlflow_run_id'").fetchall()
+    except sqlite3.Error:   # not created yet, or busy
+        return {}
+    return {number: (state, json.loads(run) if run else None) for number, state, run in rows}
 
-    storage, uri = stores
-    original = LocalArtifactRepository.log_artifacts
-    calls = {"n": 0}
 
-    def flaky(self, local_dir, artifact_path=None):
-        if artifact_path == "evaluation":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError(errno.EROFS, "Read-only file system", str(self.artifact_dir))
-        return original(self, local_dir, artifact_path)
+def read_only(folder: Path) -> None:
+    """Take write permission from `folder` and every folder in it, as a store mounted read-only
+    (or a full disk) would refuse writes: nothing can be created in them any more."""
+    for top, dirs, _ in os.walk(folder):
+        for path in [top, *(os.path.join(top, d) for d in dirs)]:
+            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o222)
 
-    monkeypatch.setattr(LocalArtifactRepository, "log_artifacts", flaky)
-    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
-    states = [t.state for t in result.study.trials]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
-    assert "Read-only file system" in result.study.trials[1].user_attrs["error"]
-    client = MlflowClient(uri)
-    first = client.get_run(result.study.trials[0].user_attrs["mlflow_run_id"])
-    assert first.info.status == "FINISHED" and "test_f1_macro" in first.data.metrics
-    assert {f.path for f in client.list_artifacts(first.info.run_id, "evaluation")} >= {"evaluation/figures.html"}
-    failed = client.get_run(result.study.trials[1].user_attrs["mlflow_run_id"])
-    assert failed.info.status == "FAILED" and "Read-only file system" in failed.data.tags["workbench.error"]
+
+def test_a_store_that_turns_read_only_fails_the_trial_and_the_sweep_goes_on():
+    """A real sweep (the console script; as an unprivileged user when the suite runs as root, since
+    root writes into read-only folders) whose second trial's artefact folder turns read-only once
+    the trial has started writing there: that trial fails, the third runs and completes."""
+    with unprivileged.workspace("workbench-readonly-") as root:
+        (root / "experiments").mkdir()
+        write_spec(root, TINY)
+        mlruns = root / "mlruns"
+        storage, uri = f"sqlite:///{mlruns / 'optuna.db'}", f"sqlite:///{mlruns / 'mlflow.db'}"
+        env = {"WORKBENCH_DATA": str(root / "data"), "WORKBENCH_STORAGE": storage, "MLFLOW_TRACKING_URI": uri}
+        with open(root / "sweep.log", "w") as log:
+            sweep = unprivileged.popen("sweep", "tiny", "--trials", "2", "--set", "epochs=1",
+                                       "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}",
+                                       cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        locked = None
+        try:
+            deadline = time.monotonic() + 600
+            while sweep.poll() is None and time.monotonic() < deadline:
+                run_id = trials_so_far(mlruns / "optuna.db").get(1, (None, None))[1]
+                folders = list((mlruns / "artifacts").glob(f"*/{run_id}")) if run_id and not locked else []
+                # Once the second trial has written its first artefacts (the data split, before it
+                # trains), its folder turns read-only; the model and evaluation come seconds later.
+                if folders and (folders[0] / "artifacts" / "data").is_dir():
+                    locked = folders[0]
+                    read_only(locked)
+                time.sleep(0.1)
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+            sweep.wait(timeout=60)
+        output = (root / "sweep.log").read_text()
+        assert locked is not None, "the second trial's artefact folder never appeared:\n" + output
+        assert sweep.returncode == 0, output
+        study = optuna.load_study(study_name="tiny", storage=storage)
+        states = [t.state for t in study.trials]
+        assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], output
+        error = study.trials[1].user_attrs["error"]
+        assert error.startswith("PermissionError") and "Permission denied" in error and str(locked) in error, error
+        client = MlflowClient(uri)
+        first = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+        assert first.info.status == "FINISHED" and "test_f1_macro" in first.data.metrics
+        assert {f.path for f in client.list_artifacts(first.info.run_id, "evaluation")} >= {"evaluation/figures.html"}
+        failed = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
+        assert failed.info.status == "FAILED" and "Permission denied" in failed.data.tags["workbench.error"]
+        third = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
+        assert third.info.status == "FINISHED" and "test_f1_macro" in third.data.metrics
 
 
 def test_two_sweeps_of_different_specs_at_once_share_one_store(workdir, stores):
@@ -109,7 +154,9 @@ def test_a_corrupted_database_is_one_line_and_never_replaced(tiny_spec, workdir,
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "Traceback" not in result.stdout
-    assert which in line or "cannot" in line, line
+    # The line names the damaged file as the command was told it (the default store, mlruns/), so
+    # the user knows which of the two databases to move aside or restore.
+    assert line.startswith(f"error: {Path('mlruns') / which}: "), line
     assert target.read_bytes() == broken  # never silently started afresh
 
 

@@ -4,7 +4,10 @@ images, a 1 px image, a decompression-bomb header, symlinks leading out of the r
 file, a pipe, names that are not UTF-8 or hold spaces, quotes and newlines, suffix-less and oddly
 suffixed images, hidden files, an empty class folder, a class with one image, a dataset with one
 class) goes through ingest, `data check`, a one-trial sweep and `predict`. Each case in
-`tests/hostile.py` is asserted here, and README.md's table is generated from those records."""
+`tests/hostile.py` is asserted here, and README.md's table is generated from those records.
+
+Every command runs as an unprivileged user when the suite runs as root (`tests/unprivileged.py`),
+so the mode-000 file is unreadable to workbench whoever runs the tests."""
 
 from __future__ import annotations
 
@@ -26,14 +29,14 @@ import pytest
 from PIL import Image
 
 import hostile
-from conftest import REPO, workbench_cli, write_spec
+import unprivileged
+from conftest import REPO, write_spec
 from hostile import COPIED, DATASET_CASES, FILE_CASES, KEPT
 from workbench import dataset, ingest
 from workbench.errors import DataError
 from workbench.synth import FaceAttributes, render_face
 
 MASKED, BARE = FaceAttributes(mask=True, old=False, fake=False), FaceAttributes(mask=False, old=False, fake=False)
-AS_ROOT = os.geteuid() == 0
 FACES_PER_CLASS = 8
 MLFLOW_LOG = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.")
 SIZE = 40
@@ -137,12 +140,8 @@ def build_corpus(root: Path) -> dict[str, str]:
     os.symlink("../masked", raw / "bare/linked-folder")
     files["fifo"] = str(raw / "bare/pipe.jpg")
     os.mkfifo(files["fifo"])
-    files["unreadable"] = str(raw / "bare/unreadable.jpg")
-    if AS_ROOT:  # root reads a mode-000 file anyway; a link to nothing is as unreadable
-        os.symlink("gone.jpg", files["unreadable"])
-    else:
-        write(raw, "bare/unreadable.jpg", jpeg)
-        os.chmod(files["unreadable"], 0)
+    files["unreadable"] = write(raw, "bare/unreadable.jpg", jpeg)
+    os.chmod(files["unreadable"], 0)   # binds: workbench never runs as root here (see unprivileged)
     assert set(files) == {c.key for c in FILE_CASES if c.key != "linked_folder"}
 
     for k in range(4):  # a dataset with one class
@@ -181,22 +180,29 @@ class Yard:
     ingest_out: str
 
 
+def workbench_cli(*args: str, cwd: Path, env: dict):
+    """The console script, run as an unprivileged user when the suite runs as root."""
+    return unprivileged.workbench(*args, cwd=cwd, env=env)
+
+
 @pytest.fixture(scope="module")
-def yard(tmp_path_factory) -> Yard:
-    root = tmp_path_factory.mktemp("hostile")
-    files = build_corpus(root / "raw")
-    before = snapshot(root / "raw")
-    (root / "experiments").mkdir()
-    env = {"WORKBENCH_DATA": str(root / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-           "WORKBENCH_STORAGE": f"sqlite:///{root / 'mlruns' / 'optuna.db'}"}
-    done = workbench_cli("data", "ingest", "folders", str(root / "raw" / "hostile"), "--name", "hostile",
-                         cwd=root, env=env)
-    assert done.returncode == 0, done.stderr
-    manifests = root / "data" / "manifests"
-    frame, sidecar = ingest.read_manifest("hostile", manifests)
-    report = pd.read_csv(manifests / "hostile.report.csv", dtype=str, keep_default_na=False)
-    return Yard(root, env, files, before, frame.set_index("path", drop=False), sidecar,
-                dict(zip(report["path"], report["reason"])), done.stdout)
+def yard() -> Yard:
+    # Not under pytest's temporary folder, which the unprivileged user cannot reach.
+    with unprivileged.workspace("workbench-hostile-") as root:
+        files = build_corpus(root / "raw")
+        before = snapshot(root / "raw")
+        (root / "experiments").mkdir()
+        env = {"WORKBENCH_DATA": str(root / "data"),
+               "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+               "WORKBENCH_STORAGE": f"sqlite:///{root / 'mlruns' / 'optuna.db'}"}
+        done = workbench_cli("data", "ingest", "folders", str(root / "raw" / "hostile"), "--name", "hostile",
+                             cwd=root, env=env)
+        assert done.returncode == 0, done.stderr
+        manifests = root / "data" / "manifests"
+        frame, sidecar = ingest.read_manifest("hostile", manifests)
+        report = pd.read_csv(manifests / "hostile.report.csv", dtype=str, keep_default_na=False)
+        yield Yard(root, env, files, before, frame.set_index("path", drop=False), sidecar,
+                   dict(zip(report["path"], report["reason"])), done.stdout)
 
 
 SWEEP_SPEC = {
@@ -237,9 +243,8 @@ def one_line_error(result, code: int = 1) -> str:
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=lambda c: c.key)
 def test_ingest_keeps_or_reports_each_file(yard, case):
-    if case.outcome == "unreadable: ":
-        expected = "unreadable: broken symlink" if AS_ROOT else "unreadable: Permission denied"
-        assert yard.report[case.file] == expected
+    if case.key == "unreadable":   # the mode bound: the real permission fault, not a stand-in
+        assert yard.report[case.file] == "unreadable: Permission denied"
     if case.kept:
         row = yard.manifest.loc[case.file]
         assert row["label"] == case.file.split("/")[0] and case.file not in yard.report
@@ -349,7 +354,7 @@ def test_manifest_escape(yard):
             dataset.files(row, manifests)
 
 
-def test_whole_corpus(yard, swept, tmp_path):
+def test_whole_corpus(yard, swept):
     from mlflow.tracking import MlflowClient
 
     check = workbench_cli("data", "check", "hostile", cwd=yard.root, env=yard.env)
@@ -358,10 +363,13 @@ def test_whole_corpus(yard, swept, tmp_path):
     trained = sum(int(params[f"images_{s}"]) for s in ("train", "val", "test"))
     assert trained == len(yard.manifest) - 1   # every kept image but the one-image class mapped to null
     # Deterministic: ingesting again elsewhere gives the same manifest and report, byte for byte.
-    again = ingest.ingest("folders", yard.root / "raw" / "hostile", "hostile", tmp_path / "m", tmp_path / "i")
+    elsewhere = yard.root / "again"
+    done = workbench_cli("data", "ingest", "folders", str(yard.root / "raw" / "hostile"), "--name", "hostile",
+                         cwd=yard.root, env={**yard.env, "WORKBENCH_DATA": str(elsewhere)})
+    assert done.returncode == 0, done.stderr
     manifests = Path(yard.env["WORKBENCH_DATA"]) / "manifests"
-    assert again.manifest_path.read_bytes() == (manifests / "hostile.csv").read_bytes()
-    assert again.report_path.read_bytes() == (manifests / "hostile.report.csv").read_bytes()
+    for name in ("hostile.csv", "hostile.report.csv"):
+        assert (elsewhere / "manifests" / name).read_bytes() == (manifests / name).read_bytes(), name
 
 
 # --- predict ------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import unprivileged
 from workbench.errors import DataError
 from workbench.ingest import ADAPTERS, MANIFEST_COLUMNS, ingest, read_manifest
 
@@ -326,17 +327,20 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root lists and reads a mode-000 folder anyway")
-def test_an_unreadable_folder_is_reported_not_skipped(tmp_path):
-    good, hidden_away = tmp_path / "raw" / "a", tmp_path / "raw" / "a" / "locked"
-    save(good / "x.png", picture(1))
-    save(hidden_away / "y.png", picture(2))
-    save(tmp_path / "raw" / "b" / "z.png", picture(3))
-    hidden_away.chmod(0)
-    try:
-        result = ingest("folders", tmp_path / "raw", "locked", tmp_path / "m", tmp_path / "i")
-    finally:
-        hidden_away.chmod(0o755)
-    report = pd.read_csv(result.report_path, dtype=str, keep_default_na=False)
-    assert dict(zip(report["path"], report["reason"])) == {"a/locked/": "unreadable folder: Permission denied"}
-    assert result.kept == 2
+def test_an_unreadable_folder_is_reported_not_skipped():
+    """The real permission fault: `workbench data ingest` over a tree with a mode-000 folder, run as
+    an unprivileged user when the suite runs as root (for root the mode would not bind)."""
+    with unprivileged.workspace("workbench-ingest-") as root:
+        good, hidden_away = root / "raw" / "a", root / "raw" / "a" / "locked"
+        save(good / "x.png", picture(1))
+        save(hidden_away / "y.png", picture(2))
+        save(root / "raw" / "b" / "z.png", picture(3))
+        hidden_away.chmod(0)
+        done = unprivileged.workbench("data", "ingest", "folders", str(root / "raw"), "--name", "locked", cwd=root,
+                                      env={"WORKBENCH_DATA": str(root / "data")})
+        assert done.returncode == 0, done.stdout + done.stderr
+        manifests = root / "data" / "manifests"
+        report = pd.read_csv(manifests / "locked.report.csv", dtype=str, keep_default_na=False)
+        assert dict(zip(report["path"], report["reason"])) == {"a/locked/": "unreadable folder: Permission denied"}
+        frame, sidecar = read_manifest("locked", manifests)
+        assert sorted(frame["path"]) == ["a/x.png", "b/z.png"] and sidecar["kept"] == 2

@@ -87,7 +87,9 @@ def rollback_command(
 
 @app.command("predict")
 def predict_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files (any size; anything OpenCV reads).")],
+    # readable=False: an unreadable file is read_image's one line with ingest's reason, not a usage error.
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size; anything OpenCV reads).",
+                                                 readable=False)],
     model: ModelOption = None,
     detect_faces: Annotated[bool, typer.Option("--detect-faces", help="Classify each face found (OpenCV Haar "
                                                                         "cascade) instead of the whole image.")] = False,
