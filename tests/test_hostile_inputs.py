@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import hostile
-from conftest import TINY, workbench_cli, write_spec
+from conftest import TINY, workbench_cli, workbench_in_process, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,26 @@ def test_bad_input_is_one_line_and_exit_code_2(bench, case):
     root, env = bench
     write_spec(root, merged(case.spec), name="bad")
     args = [{"SPEC": "bad", "FACE": str(root / "face.png")}.get(a, a) for a in case.args]
-    result = workbench_cli(*args, cwd=root, env=env)
+    # In-process through the script's own entry point; the console script itself answers below.
+    result = workbench_in_process(*args, cwd=root, env=env)
     assert result.returncode == 2, (case.key, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), (case.key, result.stderr)
     assert case.says in lines[0], (case.key, lines[0])
     assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_the_console_script_answers_bad_input_in_one_line_too(bench):
+    """The cases above run in-process; the installed script must say the same for a spec and a
+    command case."""
+    root, env = bench
+    for case in (hostile.SPEC_INPUTS[0], next(c for c in hostile.COMMAND_INPUTS if c.key == "password_in_url")):
+        write_spec(root, merged(case.spec), name="bad")
+        args = [{"SPEC": "bad", "FACE": str(root / "face.png")}.get(a, a) for a in case.args]
+        result = workbench_cli(*args, cwd=root, env=env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and case.says in lines[0], (case.key, result.stderr)
 
 
 def test_debug_shows_the_traceback(bench):

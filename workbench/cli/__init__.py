@@ -23,15 +23,19 @@ from workbench.errors import WorkbenchError
 from workbench.record import scrub
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script; `argv` (default: the process's arguments) lets a test run a command
+    in-process exactly as the script runs it."""
+    args = list(sys.argv[1:] if argv is None else argv)
     # Progress lines must reach CI logs and `tee` as they happen, not when a buffer fills.
-    sys.stdout.reconfigure(line_buffering=True)
-    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("WORKBENCH_DEBUG"))
-    if "--debug" in sys.argv[1:]:
-        sys.argv.remove("--debug")
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    debug = "--debug" in args or bool(os.environ.get("WORKBENCH_DEBUG"))
+    if "--debug" in args:
+        args.remove("--debug")
     try:
         # Not standalone: click's usage errors come back here, to be said in one line like ours.
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name="workbench", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except click_errors.ClickException as err:
