@@ -198,13 +198,12 @@ def learned(tmp_path_factory) -> Learned:
     return _learned_at(root)
 
 
-@pytest.fixture
-def learned_copy(learned, tmp_path) -> Learned:
-    """A private copy of the learned store, safe to write: the databases and artefacts are copied
-    and every path the store recorded is moved to the copy."""
+def copy_learned(learned: Learned, folder: Path) -> Learned:
+    """A private copy of the learned store under `folder`, safe to write: the databases, artefacts
+    and data are copied and every path the store recorded is moved to the copy."""
     import sqlite3
 
-    root = tmp_path / "learned"
+    root = folder / "learned"
     shutil.copytree(learned.root, root, ignore=shutil.ignore_patterns("*.lock"))
     old, new = str(learned.root), str(root)
     with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
@@ -214,4 +213,12 @@ def learned_copy(learned, tmp_path) -> Learned:
                            or "TEXT" in c[2].upper()]:
                 db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE "{column}" LIKE ?',
                            (old, new, f"%{old}%"))
+    for sidecar in (root / "data" / "manifests").glob("*.json"):
+        sidecar.write_text(sidecar.read_text().replace(old, new))
     return _learned_at(root)
+
+
+@pytest.fixture
+def learned_copy(learned, tmp_path) -> Learned:
+    """The learned store, copied for one test that writes runs or registry entries."""
+    return copy_learned(learned, tmp_path)

@@ -2,8 +2,9 @@
 registry, the refusals, prediction on image files (whole and face by face), serving the champion
 over HTTP with `mlflow models serve`, and a TFLite export that decides like its Keras model.
 
-One 2-trial sweep is trained for the whole module; every test registers under its own model name
-so the tests do not depend on each other's order."""
+The models are the session's learned store (conftest's `learned`: two trials that learned mask /
+no mask), copied for this module; every test registers under its own model name so the tests do
+not depend on each other's order."""
 
 from __future__ import annotations
 
@@ -25,10 +26,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import TINY, write_spec
-from workbench import export, predict, promote as P, spec as S, synth, record
+from conftest import copy_learned, workbench_in_process
+from workbench import export, predict, promote as P, synth, record
 from workbench.errors import WorkbenchError
-from workbench.sweep import run_sweep
 
 BIN = Path(sys.executable).parent
 
@@ -45,24 +45,13 @@ class Yard:
 
 
 @pytest.fixture(scope="module")
-def yard(tmp_path_factory, shared_data) -> Yard:
-    root = tmp_path_factory.mktemp("ship")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("WORKBENCH_DATA", str(shared_data))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("WORKBENCH_STORAGE", raising=False)
-        (root / "experiments").mkdir()
-        write_spec(root, TINY)
-        spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-        uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-        result = run_sweep(spec, storage=f"sqlite:///{root / 'mlruns' / 'optuna.db'}", tracking_uri=uri, trials=2)
-        client = record.connect(uri)
-        runs = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
-        assert len(runs) == 2 and all(r.data.tags[record.STATE] == "finished" for r in runs)
-        trials = [r.info.run_id for r in sorted(runs, key=lambda r: -r.data.metrics["objective"])]
-        yield Yard(root, uri, client, result.parent_run_id, trials, broken_runs(client, uri),
-                   tuple(runs[0].data.params["classes"].split(",")))
+def yard(tmp_path_factory, learned) -> Yard:
+    """A copy of the session's learned store (a two-trial sweep whose models learned mask / no
+    mask), with the runs that must never ship beside it."""
+    store = copy_learned(learned, tmp_path_factory.mktemp("ship"))
+    client = record.connect(store.uri)
+    yield Yard(store.root, store.uri, client, store.sweep_id, list(store.trials), broken_runs(client, store.uri),
+               store.classes)
 
 
 def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
@@ -129,11 +118,11 @@ def test_promote_registers_the_best_finished_run_as_champion_with_tags_and_a_mod
     card = version.description
     for part in ("## Data", "## Test metrics", "## Limits", "synthetic faces", "Overfit gap", "Not tested on",
                  "selected by `objective` (val_f1_macro on the validation split)", "an honest estimate",
-                 "split sizes: train 108, val 36, test 36", *(f"| {c} |" for c in yard.classes)):
+                 "split sizes: train 480, val 160, test 160", *(f"| {c} |" for c in yard.classes)):
         assert part in card, part
 
     # The same run again, by experiment and by its latest sweep: no second version, nothing moves.
-    for scope in ({"experiment": "tiny"}, {"experiment": "tiny", "sweep": "latest"}):
+    for scope in ({"experiment": "learn"}, {"experiment": "learn", "sweep": "latest"}):
         again = P.promote(yard.client, "pick", **scope)
         assert again.unchanged and again.version == done.version and len(versions(yard.client, "pick")) == 1
 
@@ -193,14 +182,14 @@ def test_cli_refusals_are_one_line_without_a_traceback(yard):
         (["promote", "--name", "cli", "--sweep", yard.sweep_id, "--min-score", "1.01"], "under --min-score"),
         (["rollback", "--name", "cli"], "nothing to roll back to"),
     ]
-    for args, says in cases:
-        result = ship_cli(*args, "--tracking-uri", yard.uri, cwd=yard.root)
+    for args, says in cases:  # in-process through the script's entry point; the script itself answers below
+        result = workbench_in_process(*args, "--tracking-uri", yard.uri, cwd=yard.root)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
         assert "Traceback" not in result.stdout + result.stderr
 
-    ok = ship_cli("promote", "--name", "cli", "--experiment", "tiny", "--tracking-uri", yard.uri, cwd=yard.root)
+    ok = ship_cli("promote", "--name", "cli", "--experiment", "learn", "--tracking-uri", yard.uri, cwd=yard.root)
     assert ok.returncode == 0, ok.stderr
     assert f"run {yard.trials[0]}" in ok.stdout and "now champion" in ok.stdout and "models:/cli@champion" in ok.stdout
 
@@ -348,7 +337,7 @@ def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(y
         mp.chdir(yard.root)  # the run's test images are found under WORKBENCH_DATA, as a user's are
         result = export.export(yard.client, champion, quantize="none", out_dir=tmp_path / "tflite")
     assert result.passed and result.agreement >= 0.995, result
-    assert result.images == 36 and "the run's test split" in result.images_source
+    assert result.images == 160 and "the run's test split" in result.images_source
     assert result.tflite_path.stat().st_size > 0 and 0 < result.size_mb < 5
     assert result.labels_path.read_text().splitlines() == list(champion.classes)
 
