@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 
-from conftest import workbench_cli
+from conftest import workbench_cli, workbench_in_process
 from workbench import compare, report, stats, record
 from workbench.errors import WorkbenchError
 
@@ -445,35 +445,37 @@ def compare_cli(*args: str, cwd: Path):
 
 
 def test_cli_unknown_experiment_is_one_line_and_non_zero(store, tmp_path):
-    result = compare_cli("compare", "--experiment", "nope", "--tracking-uri", store["uri"], cwd=tmp_path)
+    result = workbench_in_process("compare", "--experiment", "nope", "--tracking-uri", store["uri"], cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --experiment nope: no such experiment")
 
 
-def test_compare_and_report_on_a_real_two_trial_sweep(tiny_spec, workdir):
-    from workbench import spec as S
-    from workbench.sweep import run_sweep
-
-    mlruns = workdir / "mlruns"
-    uri = f"sqlite:///{mlruns / 'mlflow.db'}"
-    result = run_sweep(S.load("tiny", ["epochs=1"]), storage=f"sqlite:///{mlruns / 'optuna.db'}",
-                       tracking_uri=uri, trials=2)
-    client = record.connect(uri)
-    selection = compare.select_runs(client, tracking_uri=uri, experiment="tiny", sweep="latest")
-    assert selection.sweep_run_id == result.parent_run_id
+def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch):
+    store = learned_copy
+    monkeypatch.chdir(store.root)
+    client = record.connect(store.uri)
+    selection = compare.select_runs(client, tracking_uri=store.uri, experiment="learn", sweep="latest")
+    assert selection.sweep_run_id == store.sweep_id
     table = compare.compare(selection.runs, predictions_for=lambda ids: compare.load_predictions(client, ids)).table
+    assert list(table["run_id"]) == list(store.trials)   # best validation objective first
     assert len(table) == 2 and table["f1_macro_ci"].notna().all()
-    # Both trials saw the tiny spec's test split: same images, so they are compared.
+    # Both trials saw the same test split: same images, so they are compared.
     assert "McNemar" in table["note"].iloc[1] and 0 <= table["p_vs_best"].iloc[1] <= 1
-    assert {"test_f1_fake", "test_f1_real", "test_f1_with_mask", "latency_ms_batch1"} <= set(table.columns)
+    assert {"test_f1_with_mask", "test_f1_without_mask", "latency_ms_batch1"} <= set(table.columns)
 
     page = report.make_report(client, selection, table).read_text()
     assert "class='missing'" not in page and page.count("plotly.js v") <= 2
-    assert (workdir / "reports" / "tiny-report.html").is_file()
+    assert (store.root / "reports" / "learn-report.html").is_file()
 
-    out = compare_cli("compare", "--experiment", "tiny", "--format", "json", "--tracking-uri", uri, cwd=workdir)
+    out = compare_cli("compare", "--experiment", "learn", "--format", "json", "--tracking-uri", store.uri,
+                      cwd=store.root)
     assert out.returncode == 0, out.stderr
     records = json.loads(out.stdout)
-    assert len(records) == 2 and all(0 <= r["test_f1_macro"] <= 1 for r in records)
+    # The figures MLflow holds, in the objective's order.
+    logged = {r: client.get_run(r).data.metrics for r in store.trials}
+    assert [r["run_id"] for r in records] == list(store.trials)
+    for row in records:
+        for metric in ("objective", "test_f1_macro", "test_accuracy"):
+            assert row[metric] == pytest.approx(logged[row["run_id"]][metric], abs=1e-6), metric
