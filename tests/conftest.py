@@ -222,3 +222,16 @@ def copy_learned(learned: Learned, folder: Path) -> Learned:
 def learned_copy(learned, tmp_path) -> Learned:
     """The learned store, copied for one test that writes runs or registry entries."""
     return copy_learned(learned, tmp_path)
+
+
+# Files in the order xdist should hand them out (`--dist loadfile` gives whole files to workers in
+# collection order): the one that builds the learned store first, then the longest files, so no
+# worker is left with a long file at the end while the other idles. The rest follow as collected.
+FIRST = ("test_learning.py", "test_sweep_survive.py", "test_studies.py", "test_ship.py", "test_faults.py",
+         "test_crossdata.py", "test_team.py", "test_commands.py", "test_hostile_data.py", "test_browser.py",
+         "test_compare.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: tests keep their order
