@@ -134,3 +134,32 @@ def test_offline_imagenet_fails_early_with_how_to_prefetch(tmp_path, monkeypatch
     message = str(caught.value)
     assert "\n" not in message
     assert "workbench weights fetch mobilenet_v2" in message and str(tmp_path / "keras") in message
+
+
+# Each backbone's preprocessing, as keras.applications writes it for its ImageNet weights.
+KERAS_PREPROCESS = {"vgg16": "vgg16", "mobilenet_v2": "mobilenet_v2", "xception": "xception",
+                    "densenet169": "densenet", "efficientnet_b0": "efficientnet"}
+
+
+@pytest.mark.parametrize("name", [n for n in S.BACKBONES if n != "simple_cnn"])
+def test_each_backbones_preprocessing_is_keras_own(name):
+    module = getattr(keras.applications, KERAS_PREPROCESS[name])
+    images = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    ours = images
+    for layer in backbones.preprocessing_layers(S.BACKBONES[name].preprocessing):
+        ours = np.asarray(layer(ours))
+    np.testing.assert_allclose(ours, module.preprocess_input(images.copy()), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, expected", [("simple_cnn", lambda x: x / 255.0),
+                                            ("mobilenet_v2", keras.applications.mobilenet_v2.preprocess_input)])
+def test_a_built_model_preprocesses_raw_pixels_exactly_once_before_its_base(name, expected):
+    """What reaches the base is the raw pixels preprocessed once: twice, or not at all, and a
+    model trained here would meet photos in another range than the weights (or predict) expect."""
+    size = S.MIN_IMAGE_SIZE[name]
+    model = backbones.build_model(config(backbone=name, image_size=size), num_classes=2)
+    base = backbones.base_of(model)
+    images = np.random.default_rng(2).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    [node] = [n for n in base._inbound_nodes if n.operation is base]
+    feeds = keras.Model(model.input, node.input_tensors[0])   # the graph up to the base's input, as built
+    np.testing.assert_allclose(feeds.predict(images, verbose=0), expected(images.copy()), rtol=1e-5, atol=1e-4)
