@@ -406,9 +406,16 @@ def test_serve_model_answers_rest_requests_with_a_model_that_tells_masks_apart(s
     server = store.model_server  # started by the fixture, stopped when the module ends
     server.wait("/ping")
     assert_loopback_only(server.port)
-    served = post_json(server.url("/invocations"), {"inputs": fresh_batch(store).tolist()})["predictions"]
+    batch = fresh_batch(store)
+    served = post_json(server.url("/invocations"), {"inputs": batch.tolist()})["predictions"]
     served = np.asarray(served, dtype="float64")
     assert np.allclose(served.sum(axis=1), 1.0, atol=1e-4)
+    # The very model the trial logged, answering as it does in Keras.
+    import mlflow
+
+    mlflow.set_tracking_uri(store.uri)
+    np.testing.assert_allclose(served, mlflow.keras.load_model(f"runs:/{store.trial_id}/model").predict(batch, verbose=0),
+                               atol=1e-4)
     # Columns named by the classes the registry says the version was logged with.
     assert_learned(store, served, store.classes)
     log = server.log()

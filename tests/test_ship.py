@@ -1,6 +1,6 @@
 """The ship stage on real (tiny) models: promotion to `champion` and rollback in the MLflow
-registry, the refusals, prediction on image files (whole and face by face), serving the champion
-over HTTP with `mlflow models serve`, and a TFLite export that decides like its Keras model.
+registry, the refusals, prediction on image files (whole and face by face), and a TFLite export
+that decides like its Keras model (`workbench serve model` is tested in test_commands.py).
 
 The models are the session's learned store (conftest's `learned`: two trials that learned mask /
 no mask), copied for this module; every test registers under its own model name so the tests do
@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,55 +274,6 @@ def test_model_uris_from_what_the_user_types():
     assert export.default_out_dir("models:/faces@champion") == Path("exports/faces")
     assert export.default_out_dir("models:/faces/3") == Path("exports/faces")
     assert export.default_out_dir("runs:/abc123/model") == Path("exports/abc123")
-
-
-# --- serve ---------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_mlflow_serves_the_champion_over_http(yard, champion, tmp_path):
-    port = free_port()
-    # The server starts `uvicorn` by name, so the venv's bin must be on PATH (as `make serve` puts it).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": yard.uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/faces@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              cwd=yard.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "no /ping answer within 90 s"
-            time.sleep(1)
-        files = rendered_faces(tmp_path, 2, 96, mask=True)
-        batch = np.stack([predict.to_input(predict.read_image(f), champion.image_size) for f in files])
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": batch.tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            served = np.asarray(json.loads(answer.read())["predictions"])
-        assert served.shape == (2, len(champion.classes))
-        assert np.allclose(served.sum(axis=1), 1.0, atol=1e-4)
-        assert np.allclose(served, predict.probabilities(champion.model, batch), atol=1e-4)
-    finally:
-        # The server runs uvicorn as a child: end the whole session it leads, by its id.
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()
 
 
 # --- export --------------------------------------------------------------------------------------------
