@@ -34,7 +34,7 @@ specs: $(STAMP)  ## list the experiment registry
 	$(BIN)/workbench specs list
 
 test: $(STAMP)  ## run the test suite (fails on any failure, and on zero tests)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 compare: $(STAMP)  ## compare the latest SPEC sweep's trials; every format under reports/
 	$(BIN)/workbench compare --experiment $(SPEC) --sweep latest --all-formats reports

@@ -15,6 +15,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Two xdist workers share the machine's cores: each TensorFlow (a worker's own, and those of the
+# commands it starts, which inherit this) computes an op on one thread, so the two do not fight
+# over cores. Set before anything imports TensorFlow; a user's own setting wins.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
 TINY = {
     "name": "tiny",
     "dataset": {"source": "synthetic", "task": "mask3_fake", "count": 180, "size": 32},
@@ -227,12 +232,14 @@ def learned_copy(learned, tmp_path) -> Learned:
     return copy_learned(learned, tmp_path)
 
 
-# Files in the order xdist should hand them out (`--dist loadfile` gives whole files to workers in
-# collection order): the one that builds the learned store first, then the longest files, so no
-# worker is left with a long file at the end while the other idles. The rest follow as collected.
-FIRST = ("test_learning.py", "test_sweep_survive.py", "test_studies.py", "test_ship.py", "test_faults.py",
-         "test_crossdata.py", "test_team.py", "test_commands.py", "test_hostile_data.py", "test_browser.py",
-         "test_compare.py", "test_sweep.py")
+# Files in the order xdist hands them out (`--dist loadfile --no-loadscope-reorder`: whole files,
+# in collection order, two to each worker to start with). Worker one builds the learned store
+# (test_learning) and goes on with files that read it, while worker two starts on the longest
+# files that do not, so neither waits on the other; then the longest first, so no worker is left
+# with a long file at the end while the other idles. The rest follow as collected.
+FIRST = ("test_learning.py", "test_sweep_survive.py", "test_ship.py", "test_studies.py", "test_commands.py",
+         "test_faults.py", "test_crossdata.py", "test_backbones.py", "test_hostile_data.py", "test_compare.py",
+         "test_sweep.py", "test_team.py", "test_browser.py")
 
 
 def pytest_collection_modifyitems(items):
