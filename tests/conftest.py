@@ -15,11 +15,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Two xdist workers share the machine's cores: each TensorFlow (a worker's own, and those of the
-# commands it starts, which inherit this) computes an op on one thread, so the two do not fight
-# over cores. Set before anything imports TensorFlow; a user's own setting wins.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-
 TINY = {
     "name": "tiny",
     "dataset": {"source": "synthetic", "task": "mask3_fake", "count": 180, "size": 32},
@@ -130,9 +125,16 @@ def workbench_in_process(*args: str, cwd: Path, env: dict | None = None) -> subp
 
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    # The default stores, named absolutely: MLflow keeps one engine per store URL for the life of
+    # the process, so the relative default would reach whichever folder first used it.
+    here = Path(cwd).resolve()
+    defaults = {"MLFLOW_TRACKING_URI": f"sqlite:///{here / 'mlruns' / 'mlflow.db'}",
+                "WORKBENCH_STORAGE": f"sqlite:///{here / 'mlruns' / 'optuna.db'}"}
+    wanted = {**os.environ, **(env or {})}
     code = 0
     try:
-        os.environ.update({k: v for k, v in (env or {}).items()})
+        os.environ.update({k: v for k, v in defaults.items() if not wanted.get(k)})
+        os.environ.update({k: v for k, v in (env or {}).items() if v or k not in defaults})
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

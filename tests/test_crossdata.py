@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import workbench_cli, write_spec
+from conftest import workbench_in_process, write_spec
 from workbench import crossdata, promote, record, spec as S, synth
 from workbench.dataset import prepare
 from workbench.run import tracked_run
@@ -58,7 +58,7 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
     test = data.part("test")
     for i, file in enumerate(test[test["label"] == "with_mask"]["file"].iloc[:2]):
         shutil.copy(file, target / f"unseen_test_{i}.jpg")
-    ingested = workbench_cli("data", "ingest", "folders", str(own_data / "second"), "--name", "second", cwd=workdir)
+    ingested = workbench_in_process("data", "ingest", "folders", str(own_data / "second"), "--name", "second", cwd=workdir)
     assert ingested.returncode == 0, ingested.stderr
 
     honest = crossdata.evaluate_model(client, f"runs:/{outcome.run_id}/model", "second")
@@ -80,13 +80,13 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
     for file in list((own_data / "second" / "with_mask").iterdir())[:6]:
         shutil.copy(file, own_data / "third" / "covered" / file.name)
     shutil.copytree(own_data / "second" / "without_mask", own_data / "third" / "bare")
-    workbench_cli("data", "ingest", "folders", str(own_data / "third"), "--name", "third", cwd=workdir)
-    cli = workbench_cli("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
-                        "--tracking-uri", uri, cwd=workdir)
+    workbench_in_process("data", "ingest", "folders", str(own_data / "third"), "--name", "third", cwd=workdir)
+    cli = workbench_in_process("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
+                               "--tracking-uri", uri, cwd=workdir)
     assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1
     assert "label(s) bare, covered are not classes of the model" in cli.stderr and "--classes" in cli.stderr
-    mapped = workbench_cli("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
-                           "--classes", "covered: with_mask, bare: without_mask", "--tracking-uri", uri, cwd=workdir)
+    mapped = workbench_in_process("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
+                                  "--classes", "covered: with_mask, bare: without_mask", "--tracking-uri", uri, cwd=workdir)
     assert mapped.returncode == 0, mapped.stderr
     assert "macro-F1" in mapped.stdout and "left out" in mapped.stdout
 
@@ -95,8 +95,8 @@ def test_matrix_has_a_row_and_a_column_per_source(own_data, workdir):
     manifests = [{"name": "first", "adapter": "folders", "path": "first"},
                  {"name": "second", "adapter": "folders", "path": "second"}]
     write_spec(workdir, two_class_spec("both", manifests))
-    result = workbench_cli("matrix", "both", cwd=workdir, env={"WORKBENCH_RAW": str(own_data),
-                                                                "WORKBENCH_DATA": str(workdir / "data")})
+    result = workbench_in_process("matrix", "both", cwd=workdir, env={"WORKBENCH_RAW": str(own_data),
+                                                                       "WORKBENCH_DATA": str(workdir / "data")})
     assert result.returncode == 0, result.stdout + result.stderr
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("both").experiment_id
@@ -134,7 +134,7 @@ def test_repeats_train_each_configuration_on_several_seeds(tiny_spec, workdir):
         optuna_trial = result.study.trials[int(trial.data.tags["workbench.trial"])]
         assert optuna_trial.value == pytest.approx(np.mean(objectives))  # the sweep optimises the mean
 
-    shown = workbench_cli("compare", "--experiment", "tiny", "--format", "markdown", "--tracking-uri", uri, cwd=workdir)
+    shown = workbench_in_process("compare", "--experiment", "tiny", "--format", "markdown", "--tracking-uri", uri, cwd=workdir)
     assert shown.returncode == 0, shown.stderr
     assert " ± " in shown.stdout and "paired t-test over 2 seeds" in shown.stdout
     # compare lists configurations, not their seeds; promote ships the best seed of the best one.

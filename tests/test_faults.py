@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 import unprivileged
-from conftest import TINY, workbench_cli, write_spec
+from conftest import TINY, workbench_in_process, write_spec
 from workbench import predict, record, spec as S
 from workbench.errors import WorkbenchError
 from workbench.sweep import run_sweep
@@ -150,13 +150,14 @@ def test_a_corrupted_database_is_one_line_and_never_replaced(tiny_spec, workdir,
     data = target.read_bytes()
     broken = b"this is no database\n" * 64 if damage == "not sqlite" else data[:4096] + b"\x00" * 128
     target.write_bytes(broken)
-    result = workbench_cli("sweep", "tiny", "--trials", "2", "--set", "epochs=1", cwd=workdir)
+    result = workbench_in_process("sweep", "tiny", "--trials", "2", "--set", "epochs=1", cwd=workdir)
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "Traceback" not in result.stdout
-    # The line names the damaged file as the command was told it (the default store, mlruns/), so
-    # the user knows which of the two databases to move aside or restore.
-    assert line.startswith(f"error: {Path('mlruns') / which}: "), line
+    # The line names the damaged file as the command was told it (the default store under mlruns/,
+    # which conftest's in-process runner names absolutely), so the user knows which of the two
+    # databases to move aside or restore.
+    assert line.startswith(f"error: {workdir.resolve() / 'mlruns' / which}: "), line
     assert target.read_bytes() == broken  # never silently started afresh
 
 
@@ -218,14 +219,14 @@ def test_models_load_in_safe_mode_and_only_from_the_configured_store(workdir, st
     assert predict.model_uri("/tmp/some/model", allow_external=True) == "/tmp/some/model"
     image = workdir / "face.png"
     keras.utils.save_img(str(image), np.zeros((32, 32, 3)))
-    result = workbench_cli("predict", str(image), "--model", "/tmp/some/model", cwd=workdir)
+    result = workbench_in_process("predict", str(image), "--model", "/tmp/some/model", cwd=workdir)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--allow-external-model" in result.stderr
 
 
 def test_nothing_secret_from_the_environment_reaches_a_run(tiny_spec, workdir, stores):
     secret = "tok-93f1c2-never-log-me"
-    result = workbench_cli("run", "tiny", "--set", "epochs=1", cwd=workdir,
-                           env={"AWS_SECRET_ACCESS_KEY": secret, "WORKBENCH_API_TOKEN": secret})
+    result = workbench_in_process("run", "tiny", "--set", "epochs=1", cwd=workdir,
+                                  env={"AWS_SECRET_ACCESS_KEY": secret, "WORKBENCH_API_TOKEN": secret})
     assert result.returncode == 0, result.stderr
     client = MlflowClient(stores[1])
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])

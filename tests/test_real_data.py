@@ -12,7 +12,7 @@ import cv2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import workbench_cli, write_spec
+from conftest import workbench_in_process, write_spec
 from workbench import spec as S, record
 from workbench.dataset import prepare
 from workbench.run import tracked_run
@@ -54,8 +54,8 @@ def raw(tmp_path_factory) -> Path:
 def ingested(workdir, raw):
     for source, folder, name in (("facemask12k", "Face Mask Dataset", "fm12k"),
                                  ("yonsei_realfake", "real_and_fake_face", "yonsei")):
-        result = workbench_cli("data", "ingest", source, str(raw / folder), "--name", name, cwd=workdir,
-                               env={"WORKBENCH_DATA": str(workdir / "data")})
+        result = workbench_in_process("data", "ingest", source, str(raw / folder), "--name", name, cwd=workdir,
+                                      env={"WORKBENCH_DATA": str(workdir / "data")})
         assert result.returncode == 0, result.stderr
         assert f"{name}:" in result.stdout and "kept" in result.stdout
     return workdir
@@ -84,13 +84,13 @@ def test_merged_spec_maps_classes_and_never_splits_a_shared_picture(ingested, mo
     shared = data.frame[data.frame["path"].str.endswith(("0012.png", "shared.png"))]
     assert len(shared) == 2 and shared["group_id"].nunique() == 1 and shared["source"].nunique() == 2
 
-    check = workbench_cli("data", "check", "s1mini", cwd=ingested, env={"WORKBENCH_DATA": str(ingested / "data")})
+    check = workbench_in_process("data", "check", "s1mini", cwd=ingested, env={"WORKBENCH_DATA": str(ingested / "data")})
     assert check.returncode == 0, check.stdout + check.stderr
     assert "no leak" in check.stdout and "shared between datasets: 1" in check.stdout
 
 
 def test_published_split_leak_is_reported_with_a_non_zero_exit(ingested):
-    check = workbench_cli("data", "check", "fm12k", cwd=ingested, env={"WORKBENCH_DATA": str(ingested / "data")})
+    check = workbench_in_process("data", "check", "fm12k", cwd=ingested, env={"WORKBENCH_DATA": str(ingested / "data")})
     assert check.returncode == 1
     assert "across splits: 1" in check.stdout
     assert check.stderr.strip().startswith("error: fm12k: 1 duplicate group(s) span two splits")

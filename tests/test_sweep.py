@@ -8,7 +8,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import workbench_cli
+from conftest import workbench_cli, workbench_in_process
 from workbench import spec as S, record
 from workbench.errors import SpecError
 from workbench.sweep import run_sweep
@@ -69,7 +69,7 @@ def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):
     assert "tiny: sweep run" in result.stdout and "f1_macro" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert (workdir / "mlruns" / "mlflow.db").is_file() and (workdir / "mlruns" / "optuna.db").is_file()
-    board = workbench_cli("leaderboard", "tiny", cwd=workdir, env={"COLUMNS": "400"})
+    board = workbench_in_process("leaderboard", "tiny", cwd=workdir, env={"COLUMNS": "400"})
     assert board.returncode == 0 and "f1_fake" in board.stdout
     # Best validation objective first, as MLflow holds the figures; checked on two more columns
     # and both directions, so a leaderboard sorted the wrong way (or not at all) fails.
@@ -77,7 +77,7 @@ def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):
     trials = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`workbench.role` = 'trial'")
     assert len(trials) == 2
     for metric, lower in (("objective", False), ("test_log_loss", True), ("test_accuracy", False)):
-        shown = board if metric == "objective" else workbench_cli("leaderboard", "tiny", "--metric", metric,
+        shown = board if metric == "objective" else workbench_in_process("leaderboard", "tiny", "--metric", metric,
                                                                   cwd=workdir, env={"COLUMNS": "400"})
         value = {r.info.run_name: r.data.metrics[metric] for r in trials}
         order = [name for line in shown.stdout.splitlines() for name in value if f" {name} " in line]

@@ -197,16 +197,16 @@ def test_fake_attributes_must_name_region_and_level():
 
 
 def test_cli_generates_the_same_bytes_and_rejects_bad_options(tmp_path):
-    from conftest import workbench_cli
+    from conftest import workbench_in_process
 
     outs = []
     for name in ("a", "b"):
-        result = workbench_cli("data", "synth", "--task", "mask2", "--size", "32", "--count", "40", "--seed", "5",
-                               "--out", str(tmp_path / name), cwd=tmp_path)
+        result = workbench_in_process("data", "synth", "--task", "mask2", "--size", "32", "--count", "40", "--seed", "5",
+                                      "--out", str(tmp_path / name), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "wrote 40 images" in result.stdout and "with_mask 20" in result.stdout
         outs.append(file_hashes(tmp_path / name))
     assert outs[0] == outs[1]
-    bad = workbench_cli("data", "synth", "--task", "mask9", "--out", str(tmp_path / "c"), cwd=tmp_path)
+    bad = workbench_in_process("data", "synth", "--task", "mask9", "--out", str(tmp_path / "c"), cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "task" in bad.stderr
