@@ -423,6 +423,13 @@ def test_serve_model_answers_rest_requests_with_a_model_that_tells_masks_apart(s
     assert "reachable from the network" not in log, log[-2000:]
 
 
+def test_serve_model_refuses_a_model_that_does_not_exist_in_one_line(store):
+    done = cli(store.root, store.env, "serve", "model", "--model", "nosuch", "--port", str(free_port()))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("error: --model models:/nosuch@champion: cannot load it"), lines
+
+
 # --- serve ui: the MLflow UI (booted since the fixture) -------------------------------------------
 
 def test_serve_ui_loads_the_app_and_its_api_lists_the_sweep(store):
