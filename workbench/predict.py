@@ -93,18 +93,34 @@ def registered_champions(client) -> list[str]:
     return sorted(m.name for m in client.search_registered_models() if "champion" in (m.aliases or {}))
 
 
+def _unloadable(uri: str, err: Exception) -> WorkbenchError:
+    return WorkbenchError(f"--model {uri}: cannot load it ({first_line(err)[:200]}); check the name, alias and "
+                          "--tracking-uri", exit_code=2)
+
+
+def model_info(uri: str):
+    """MLflow's description of the model behind a URI (no weights loaded); a URI that names no
+    model is the one-line error `load_model` gives."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as err:
+        raise _unloadable(uri, err) from None
+
+
 def load_model(uri: str) -> LoadedModel:
     """The Keras model behind a URI, with the classes and input size it was logged with."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    info = model_info(uri)
     try:
-        info = mlflow.models.get_model_info(uri)
         # Keras' safe mode refuses models that carry arbitrary code (Lambda layers, pickled functions).
         model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
     except (MlflowException, OSError) as err:
-        raise WorkbenchError(f"--model {uri}: cannot load it ({first_line(err)[:200]}); check the name, alias and "
-                             "--tracking-uri", exit_code=2) from None
+        raise _unloadable(uri, err) from None
     except ValueError as err:
         if "safe_mode" not in str(err) and "unsafe" not in str(err).lower() and "lambda" not in str(err).lower():
             raise

@@ -213,23 +213,12 @@ def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port:
     """MLflow's scoring server for a registered model (default: the only champion): POST /invocations."""
     client = connect(tracking_uri)
     uri = model_uri(client, model)
-    _check_model_exists(uri)  # a wrong name is one line here, not the server's traceback after its banner
+    from workbench.predict import model_info
+
+    model_info(uri)  # a wrong name is one line here, not the server's traceback after its banner
     os.environ["MLFLOW_TRACKING_URI"] = client.tracking_uri
     _start(["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)],
            host, f"model server for {uri}", port)
-
-
-def _check_model_exists(uri: str) -> None:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from workbench.errors import first_line
-
-    try:
-        mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as err:
-        raise WorkbenchError(f"--model {uri}: cannot load it ({first_line(err)[:200]}); check the name, alias and "
-                             "--tracking-uri", exit_code=2) from None
 
 
 @serve_app.command("dashboard")
