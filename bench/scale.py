@@ -13,7 +13,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import alternate, bench_data, median, proc_status, python, rss_mb, run_child, timed
+from common import (
+    alternate,
+    bench_data,
+    median,
+    proc_status,
+    python,
+    rss_mb,
+    run_child,
+    timed,
+)
 
 IMAGES, SIZE = 10_000, 224
 CLASSES = ("fake", "real", "with_mask")
@@ -57,7 +66,7 @@ def side() -> dict:
     from common import quiet
 
     quiet()
-    from workbench import pipeline as P
+    from workbench.model import pipeline as P
 
     frame = frame_of(images_folder())
     baseline = rss_mb()

@@ -31,7 +31,7 @@ def _compiled_model(config, num_classes: int):
     """A fresh model compiled exactly as `train.train` compiles it (same seed every time)."""
     import keras
 
-    from workbench import backbones
+    from workbench.model import backbones
 
     keras.utils.set_random_seed(config.seed)
     model = backbones.build_model(config, num_classes)
@@ -59,7 +59,8 @@ def pipeline_images(count: int, px: int):
     import numpy as np
     import pandas as pd
 
-    from workbench import dataset, spec as S
+    from workbench import spec as S
+    from workbench.data import dataset
 
     folder = bench_data() / f"pipeline-{px}px-n{count}"
     if not (folder / "done").is_file():
@@ -87,7 +88,9 @@ def pipeline(quick: bool) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from workbench import pipeline as P, run, spec as S
+    from workbench import spec as S
+    from workbench.model import pipeline as P
+    from workbench.track import run
 
     # QUICK: fewer images as well as fewer rounds; the ratios, not the seconds, are what compare.
     p = {**PIPELINE, "images": min(PIPELINE["images"], 600)} if quick else PIPELINE
@@ -197,7 +200,11 @@ def tracking(quick: bool) -> dict:
     training part is `train_seconds`, the fit loop with its per-epoch validation (and, tracked,
     its per-epoch metric logging); the rest of a tracked run (test evaluation, cost probes,
     figures, model, artefacts, lineage) is its closing cost, reported in seconds."""
-    from workbench import dataset, figures, record, run, spec as S, train as T
+    from workbench import spec as S
+    from workbench.data import dataset
+    from workbench.measure import figures
+    from workbench.model import train as T
+    from workbench.track import run, store
 
     spec = S.load("quickstart", ["backbone=simple_cnn", "balance=none", "augmentation=none",
                                  f"epochs={2 if quick else 3}"])
@@ -225,8 +232,8 @@ def tracking(quick: bool) -> dict:
     run.epoch_logger = timed_logger
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        client = record.connect(uri)
-        experiment = record.ensure_experiment(client, "bench-tracking", uri)
+        client = store.connect(uri)
+        experiment = store.ensure_experiment(client, "bench-tracking", uri)
 
         def tracked(cfg):
             def go() -> dict:
@@ -301,7 +308,8 @@ def inference(model, image_size: int, quick: bool) -> dict:
     `workbench export` checks its files with, each after a warm-up call, alternating."""
     import numpy as np
 
-    from workbench import evaluate, export
+    from workbench.measure import evaluate
+    from workbench.ship import export
 
     converted, content = timed(lambda: export.convert(model))
     interpreter = export._interpreter(content)

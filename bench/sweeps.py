@@ -37,9 +37,10 @@ def sweeps(quick: bool) -> dict:
 
     import optuna
 
-    from workbench import record, spec as S
-    from workbench.dataset import prepare
-    from workbench.sweep import run_sweep
+    from workbench import spec as S
+    from workbench import vocabulary
+    from workbench.data.dataset import prepare
+    from workbench.track.sweep import run_sweep
 
     # QUICK: half the images (the same 30 trials and epochs, so both figures keep their meaning).
     setup = {**PRUNING, "dataset": {**PRUNING["dataset"], "count": 300}} if quick else PRUNING
@@ -68,7 +69,7 @@ def sweeps(quick: bool) -> dict:
                 "curves": {t.number: [round(v, 3) for _, v in sorted(t.intermediate_values.items())] for t in trials},
             }
     same = sides["median"]["configurations"] == sides["none"]["configurations"]
-    lower = record.lower_is_better(setup["objective"]["metric"])
+    lower = vocabulary.lower_is_better(setup["objective"]["metric"])
     for side in sides.values():
         side.pop("configurations")
     return {
@@ -92,9 +93,11 @@ def quickstart(quick: bool) -> dict:
     """`make sweep` after installation: `workbench sweep quickstart` in a fresh data and runs
     folder, timed from the command's start to its leaderboard; then the champion's latency."""
     import optuna
-
     from speed import inference
-    from workbench import predict, promote, record
+
+    from workbench import vocabulary
+    from workbench.ship import predict, promote
+    from workbench.track import store as tracking
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -111,12 +114,12 @@ def quickstart(quick: bool) -> dict:
         study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{folder / 'mlruns' / 'optuna.db'}")
         done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
         states = {s: sum(t.state.name.lower() == s for t in done) for s in ("complete", "pruned", "fail")}
-        client = record.connect(uri)
+        client = tracking.connect(uri)
         champion = promote.select(client, experiment="quickstart", sweep="latest")
         trials = []
-        for run in client.search_runs([champion.experiment_id], f"tags.`{record.ROLE}` = 'trial'"):
+        for run in client.search_runs([champion.experiment_id], f"tags.`{vocabulary.ROLE}` = 'trial'"):
             m, p = run.data.metrics, run.data.params
-            trials.append({"trial": int(run.data.tags.get(record.TRIAL, -1)), "state": run.data.tags.get(record.STATE),
+            trials.append({"trial": int(run.data.tags.get(vocabulary.TRIAL, -1)), "state": run.data.tags.get(vocabulary.STATE),
                            **{k: p.get(k) for k in ("backbone", "balance", "augmentation", "learning_rate")},
                            **{k: round(m[k], 4) for k in ("objective", "best_epoch", "train_seconds",
                                                           "test_accuracy", "test_f1_macro") if k in m},

@@ -49,7 +49,7 @@ LEARNED_CLASS_FLOOR = 0.7   # recall of each class
 def fresh_faces(folder: Path, per_class: int = 30, size: int = 32, seed: int = 1234) -> dict[str, list[Path]]:
     """Faces no dataset of the tests holds (another seed), drawn and saved as training's are
     (JPEG, young and old), per mask2 class: a model that learned the task names each right."""
-    from workbench import synth
+    from workbench.data import synth
 
     synth.generate(folder, "mask2", seed=seed, size=size, count=2 * per_class)
     return {label: sorted((folder / label).glob("*.jpg")) for label in synth.TASKS["mask2"]}

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from workbench import backbones, spec as S
+from workbench import spec as S
 from workbench.errors import WeightsError
+from workbench.model import backbones
 
 
 def config(**overrides) -> S.TrialConfig:

@@ -12,8 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import bench  # noqa: E402
 from common import alternate  # noqa: E402
+
+import bench  # noqa: E402
 
 REQUIRED = ("pipeline_vs_upper_bound", "pipeline_vs_imagedatagenerator", "tracking_overhead", "pruning_epoch_ratio",
             "pruning_best_delta", "memory_growth", "cache_bytes_per_image", "peak_rss_mb", "quickstart_seconds",

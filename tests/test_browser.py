@@ -26,9 +26,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, copy_learned
-from workbench import compare, record, report
+
+from workbench import vocabulary
+from workbench.analysis import compare, report
+from workbench.track import store as tracking
 
 OUTPUT = REPO / "tests" / "output"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -87,7 +89,7 @@ def sweep(tmp_path_factory, learned):
     has six points; two learning rates, so the trials differ), its comparison table and its
     report."""
     store = copy_learned(learned, tmp_path_factory.mktemp("browser"))
-    client = record.connect(store.uri)
+    client = tracking.connect(store.uri)
     # As `workbench report` builds it (cli/compare.py: report_command).
     selection = compare.select_runs(client, tracking_uri=store.uri, experiment="learn", sweep="latest")
     table = compare.compare(selection.runs, only_diff=True,
@@ -227,7 +229,7 @@ def test_mlflow_ui_nests_the_trials_under_the_sweep_and_shows_their_curves_and_c
         assert plot.locator("svg.main-svg").count() >= 1
     page.screenshot(path=OUTPUT / "mlflow-trial-metrics.png")
 
-    artifact = record.Artifacts.EVALUATION + "/confusion_matrix.png"
+    artifact = vocabulary.Artifacts.EVALUATION + "/confusion_matrix.png"
     expected = png_size(Path(client.download_artifacts(trial, artifact, str(sweep["folder"]))))
     page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{trial}/artifacts/{artifact}?{MODEL_TRAINING}")
     image = page.locator(f"img[alt='{artifact}']")

@@ -34,9 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    LEARN,
+    LEARNED_CLASS_FLOOR,
+    LEARNED_FLOOR,
+    copy_learned,
+    fresh_faces,
+    write_spec,
+)
 from mlflow.tracking import MlflowClient
-
-from conftest import LEARN, LEARNED_CLASS_FLOOR, LEARNED_FLOOR, copy_learned, fresh_faces, write_spec
 
 BIN = Path(sys.executable).parent
 WORKBENCH = BIN / "workbench"
@@ -148,7 +154,7 @@ def store(tmp_path_factory, learned) -> Store:
 
 def fresh_batch(store: Store) -> np.ndarray:
     """The fresh faces read and resized exactly as `workbench predict` reads them."""
-    from workbench.predict import read_image, to_input
+    from workbench.ship.predict import read_image, to_input
 
     return np.stack([to_input(read_image(path), store.image_size) for _, path in store.faces])
 
@@ -255,7 +261,7 @@ def assert_loopback_only(port: int) -> None:
 # --- export: TFLite -------------------------------------------------------------------------------
 
 def test_export_writes_a_tflite_model_and_labels_that_classify_fresh_faces(store):
-    from workbench.export import tflite_probabilities
+    from workbench.ship.export import tflite_probabilities
 
     half, full = store.root / "export-float16", store.root / "export-fresh"
     done, fresh = map(ok, cli_together(

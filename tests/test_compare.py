@@ -18,11 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import workbench_cli, workbench_in_process
 from mlflow.entities import Metric, Param, RunTag
 
-from conftest import workbench_cli, workbench_in_process
-from workbench import compare, report, stats, record
+from workbench import vocabulary
+from workbench.analysis import compare, report
 from workbench.errors import WorkbenchError
+from workbench.measure import stats
+from workbench.track import store as tracking
 
 CLASSES = ["fake", "real", "with_mask"]
 N_IMAGES = 60
@@ -64,11 +67,11 @@ RUNS = {  # name: (backbone, balance, learning_rate, f1_macro, accuracy, latency
 
 def log_run(client, experiment_id, name, *, role, parent=None, trial=None, backbone="vgg16", balance="none",
             learning_rate=0.001, f1=None, accuracy=None, latency=None, state="finished", predictions=None):
-    tags = {record.ROLE: role, record.STATE: state, "workbench.dataset_digest": "d1"}
+    tags = {vocabulary.ROLE: role, vocabulary.STATE: state, "workbench.dataset_digest": "d1"}
     if parent:
         tags["mlflow.parentRunId"] = parent
     if trial is not None:
-        tags[record.TRIAL] = str(trial)
+        tags[vocabulary.TRIAL] = str(trial)
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     params = {"backbone": backbone, "balance": balance, "augmentation": "none", "learning_rate": learning_rate,
@@ -90,10 +93,10 @@ def log_run(client, experiment_id, name, *, role, parent=None, trial=None, backb
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()],
                      tags=[RunTag("mlflow.runName", name)])
     if predictions is not None:
-        client.log_text(run_id, predictions, record.Artifacts.PREDICTIONS)
+        client.log_text(run_id, predictions, vocabulary.Artifacts.PREDICTIONS)
         client.log_dict(run_id, {"classes": CLASSES, "matrix": [[18, 1, 1], [2, 16, 2], [0, 1, 19]],
                                  "matrix_normalized": [[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0, 0.05, 0.95]]},
-                        record.Artifacts.CONFUSION)
+                        vocabulary.Artifacts.CONFUSION)
     client.set_terminated(run_id)
     return run_id
 
@@ -103,9 +106,9 @@ def store(tmp_path_factory):
     """Experiment "cmp": a sweep with trials A-E and, outside it, one single run F."""
     folder = tmp_path_factory.mktemp("compare-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = record.connect(uri)
-    experiment_id = record.ensure_experiment(client, "cmp", uri)
-    sweep = client.create_run(experiment_id, run_name="cmp-sweep", tags={record.ROLE: "sweep"}).info.run_id
+    client = tracking.connect(uri)
+    experiment_id = tracking.ensure_experiment(client, "cmp", uri)
+    sweep = client.create_run(experiment_id, run_name="cmp-sweep", tags={vocabulary.ROLE: "sweep"}).info.run_id
     ids = {}
     for trial, (name, (backbone, balance, lr, f1, accuracy, latency, state)) in enumerate(RUNS.items()):
         csv = None
@@ -122,7 +125,7 @@ def store(tmp_path_factory):
 @pytest.fixture
 def client(store):
     # Other test files point MLflow's global URI elsewhere; search_runs reads it.
-    return record.connect(store["uri"])
+    return tracking.connect(store["uri"])
 
 
 def select(store, **kwargs) -> compare.Selection:
@@ -213,35 +216,35 @@ AGREE = {  # metric: its value in runs a, b, c; the winner is the smallest where
 
 
 def test_compare_and_promote_pick_the_same_winner_for_every_metric(tmp_path):
-    """One rule (`record.better`) ranks runs for every command: for losses, calibration, latency,
+    """One rule (`vocabulary.better`) ranks runs for every command: for losses, calibration, latency,
     size, parameters and seconds the smallest wins, for accuracy, F1 and AUC the largest, and the
     objective goes the way the spec's metric goes."""
-    from workbench import promote
+    from workbench.ship import promote
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = record.connect(uri)
-    experiment_id = record.ensure_experiment(client, "agree", uri)
+    client = tracking.connect(uri)
+    experiment_id = tracking.ensure_experiment(client, "agree", uri)
     ids = []
     for i, name in enumerate("abc"):
-        run = client.create_run(experiment_id, run_name=name, tags={record.ROLE: "trial", record.STATE: "finished"})
+        run = client.create_run(experiment_id, run_name=name, tags={vocabulary.ROLE: "trial", vocabulary.STATE: "finished"})
         run_id = run.info.run_id
         client.log_batch(run_id, metrics=[Metric(k, v[i], 0, 0) for k, v in AGREE.items()],
-                         params=[Param(record.OBJECTIVE_PARAM, "val_loss")])
+                         params=[Param(vocabulary.OBJECTIVE_PARAM, "val_loss")])
         client.log_text(run_id, "flavors: {}\n", "model/MLmodel")  # promote needs a logged model
         client.set_terminated(run_id)
         ids.append(run_id)
     runs = compare.select_runs(client, tracking_uri=uri, experiment="agree").runs
     for metric, values in AGREE.items():
-        lower = record.lower_is_better(metric, "val_loss")
+        lower = vocabulary.lower_is_better(metric, "val_loss")
         expected = ids[values.index(min(values) if lower else max(values))]
         by_compare = compare.compare(runs, sort=metric, stats=False).table["run_id"].iloc[0]
         by_promote = promote.select(client, metric=metric, experiment="agree").run_id
         assert by_compare == by_promote == expected, metric
-    assert [record.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "model_size_mb",
+    assert [vocabulary.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "model_size_mb",
                                                 "total_params", "train_seconds", "test_accuracy", "test_f1_macro",
                                                 "test_roc_auc_ovr", "train_images_per_second")] == [True] * 6 + [False] * 4
     # A per-class score is a score whatever its class is called.
-    assert not any(record.lower_is_better(m) for m in ("test_f1_hair_loss", "test_recall_small_size",
+    assert not any(vocabulary.lower_is_better(m) for m in ("test_f1_hair_loss", "test_recall_small_size",
                                                        "val_precision_gap", "f1_latency"))
     # The default ranks by the validation objective (here a loss: run a has the lowest), never by a
     # test figure (run c has the best test macro-F1).
@@ -427,7 +430,7 @@ def test_report_is_one_offline_page_with_every_section_logged_to_the_sweep(store
     assert "class='missing'" not in page  # every section drew its figure
     assert "trial-000" in page and "0.125" in page
     logged = [a.path for a in store["client"].list_artifacts(store["sweep"], "report")]
-    assert logged == [record.Artifacts.SWEEP_REPORT]
+    assert logged == [vocabulary.Artifacts.SWEEP_REPORT]
     with pytest.raises(WorkbenchError, match="--runs 0+: no such run"):
         report.make_report(store["client"], selection, board, runs=["0" * 32], out=tmp_path / "x.html")
 
@@ -455,7 +458,7 @@ def test_cli_unknown_experiment_is_one_line_and_non_zero(store, tmp_path):
 def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch):
     store = learned_copy
     monkeypatch.chdir(store.root)
-    client = record.connect(store.uri)
+    client = tracking.connect(store.uri)
     selection = compare.select_runs(client, tracking_uri=store.uri, experiment="learn", sweep="latest")
     assert selection.sweep_run_id == store.sweep_id
     table = compare.compare(selection.runs, predictions_for=lambda ids: compare.load_predictions(client, ids)).table

@@ -10,13 +10,18 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from conftest import workbench_in_process, write_spec
 from mlflow.tracking import MlflowClient
 
-from conftest import workbench_in_process, write_spec
-from workbench import crossdata, promote, record, spec as S, synth
-from workbench.dataset import prepare
-from workbench.run import tracked_run
-from workbench.sweep import run_sweep
+from workbench import spec as S
+from workbench import vocabulary
+from workbench.analysis import crossdata
+from workbench.data import synth
+from workbench.data.dataset import prepare
+from workbench.ship import promote
+from workbench.track import store
+from workbench.track.run import tracked_run
+from workbench.track.sweep import run_sweep
 
 
 def two_class_spec(name: str, manifests: list[dict], **extra) -> dict:
@@ -42,8 +47,8 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
     spec = S.load("first")
     data = prepare(spec)
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
-    client = record.connect(uri)
-    outcome = tracked_run(spec, S.first_config(spec), data, experiment_id=record.ensure_experiment(client, "first", uri))
+    client = store.connect(uri)
+    outcome = tracked_run(spec, S.first_config(spec), data, experiment_id=store.ensure_experiment(client, "first", uri))
 
     # Plant into the second dataset: 3 exact copies and 2 re-encoded (near) copies of images the
     # model trained or validated on, and 2 copies of its test images (which it never saw).
@@ -67,7 +72,7 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
     assert everything.excluded_seen == 0 and everything.images == 47
 
     run = client.get_run(honest.run_id)
-    assert run.data.tags["workbench.role"] == "evaluation" and run.data.tags[record.MODEL_RUN] == outcome.run_id
+    assert run.data.tags["workbench.role"] == "evaluation" and run.data.tags[vocabulary.MODEL_RUN] == outcome.run_id
     assert run.data.metrics["excluded_seen"] == 5 and run.data.metrics["images_evaluated"] == 42
     assert run.data.metrics["test_f1_macro_low"] <= run.data.metrics["test_f1_macro"] <= run.data.metrics["test_f1_macro_high"]
     artifacts = {f.path for f in client.list_artifacts(honest.run_id, "evaluation")}
@@ -143,6 +148,6 @@ def test_repeats_train_each_configuration_on_several_seeds(tiny_spec, workdir):
     best_trial = max(trials, key=lambda t: t.data.metrics["objective"])
     seeds = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{best_trial.info.run_id}'")
     best_seed = max(seeds, key=lambda r: r.data.metrics["objective"])
-    done = promote.promote(record.connect(uri), "seeds", sweep=result.parent_run_id)
+    done = promote.promote(store.connect(uri), "seeds", sweep=result.parent_run_id)
     version = client.get_model_version("seeds", done.version)
     assert done.run_id == best_trial.info.run_id and version.run_id == best_seed.info.run_id

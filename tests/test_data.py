@@ -6,8 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from workbench import dataset, spec as S
-from workbench.dataset import assign_splits, class_counts, prepare
+from workbench import spec as S
+from workbench.data import dataset
+from workbench.data.dataset import assign_splits, class_counts, prepare
 
 
 @pytest.fixture
@@ -90,9 +91,10 @@ def test_copies_of_one_picture_never_land_in_two_splits(workdir):
     re-saved JPEG (a near duplicate): ingested and split as a sweep does it, each picture's
     family stays in one split, known here from the file names, not from workbench's groups."""
     import cv2
-
     from conftest import write_spec
-    from workbench import ingest, paths, synth
+
+    from workbench import paths
+    from workbench.data import ingest, synth
 
     raw = workdir / "photos"
     for label in ("with_mask", "without_mask"):

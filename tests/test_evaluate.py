@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from workbench import figures
-from workbench.evaluate import (
+from workbench.measure import figures
+from workbench.measure.evaluate import (
     evaluate,
     expected_calibration_error,
     most_confident_mistakes,

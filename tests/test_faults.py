@@ -25,14 +25,17 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
+import unprivileged
+from conftest import TINY, workbench_in_process, write_spec
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-import unprivileged
-from conftest import TINY, workbench_in_process, write_spec
-from workbench import predict, record, spec as S
+from workbench import errors
+from workbench import spec as S
 from workbench.errors import WorkbenchError
-from workbench.sweep import run_sweep
+from workbench.ship import predict
+from workbench.track import store
+from workbench.track.sweep import run_sweep
 
 
 @pytest.fixture
@@ -205,10 +208,10 @@ def test_servers_bind_loopback_unless_told_and_warn_when_exposed(workdir, host, 
 
 def test_models_load_in_safe_mode_and_only_from_the_configured_store(workdir, stores):
     _, uri = stores
-    record.connect(uri)
+    store.connect(uri)
     inputs = keras.Input((8, 8, 3))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs)))
-    with mlflow.start_run(experiment_id=record.ensure_experiment(record.connect(uri), "unsafe", uri)) as run:
+    with mlflow.start_run(experiment_id=store.ensure_experiment(store.connect(uri), "unsafe", uri)) as run:
         mlflow.keras.log_model(keras.Model(inputs, outputs), name="model", metadata={"classes": ["a", "b"]})
     with pytest.raises(WorkbenchError, match="refused: the model carries code") as err:
         predict.load_model(f"runs:/{run.info.run_id}/model")
@@ -235,6 +238,6 @@ def test_nothing_secret_from_the_environment_reaches_a_run(tiny_spec, workdir, s
     for file in artifacts.rglob("*"):
         if file.is_file():
             assert secret.encode() not in file.read_bytes(), file
-    assert record.masked("postgresql://me:pw@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
-    assert record.scrub("could not connect to postgresql+psycopg2://me:pw@db/x") == \
+    assert errors.masked("postgresql://me:pw@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+    assert errors.scrub("could not connect to postgresql+psycopg2://me:pw@db/x") == \
         "could not connect to postgresql+psycopg2://me:***@db/x"

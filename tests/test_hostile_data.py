@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import hostile
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-import hostile
 import unprivileged
 from conftest import REPO, write_spec
 from hostile import COPIED, DATASET_CASES, FILE_CASES, KEPT
-from workbench import dataset, ingest
+from PIL import Image
+
+from workbench.data import dataset, ingest
+from workbench.data.synth import FaceAttributes, render_face
 from workbench.errors import DataError
-from workbench.synth import FaceAttributes, render_face
 
 MASKED, BARE = FaceAttributes(mask=True, old=False, fake=False), FaceAttributes(mask=False, old=False, fake=False)
 FACES_PER_CLASS = 8
@@ -388,7 +388,8 @@ def test_predict_refuses_a_bad_file_in_one_line_with_ingest_reason(yard, case):
 def test_predict_sees_what_training_saw(yard, swept):
     import mlflow
 
-    from workbench import pipeline, predict
+    from workbench.model import pipeline
+    from workbench.ship import predict
 
     files = [yard.files[c.key] for c in CLASSIFIED]
     done = workbench_cli("predict", *files, "--model", f"runs:/{swept}/model", "--format", "json",

@@ -9,17 +9,16 @@ import inspect
 from pathlib import Path
 
 import cv2
+import hostile
 import numpy as np
 import pytest
-
-import hostile
 from conftest import TINY, workbench_cli, workbench_in_process, write_spec
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     """A working folder with an ingested two-class dataset `faces` and one face image."""
-    from workbench import synth
+    from workbench.data import synth
 
     root = tmp_path_factory.mktemp("hostile-inputs")
     (root / "experiments").mkdir()

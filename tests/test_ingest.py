@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import unprivileged
 from PIL import Image
 
-import unprivileged
+from workbench.data.ingest import ADAPTERS, MANIFEST_COLUMNS, ingest, read_manifest
 from workbench.errors import DataError
-from workbench.ingest import ADAPTERS, MANIFEST_COLUMNS, ingest, read_manifest
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 60)
 

@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workbench import leakage
-from workbench.dataset import augment
-from workbench.leakage import LeakReport, check, near_duplicate_groups, size_stats
-from workbench.dataset import assign_splits
+from workbench.data import leakage
+from workbench.data.dataset import assign_splits, augment
+from workbench.data.leakage import LeakReport, check, near_duplicate_groups, size_stats
 
 
 def test_groups_are_transitive_and_keyed_by_their_smallest_member():

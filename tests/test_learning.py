@@ -16,10 +16,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import LEARNED_CLASS_FLOOR, LEARNED_FLOOR, fresh_faces, workbench_cli
 from mlflow.tracking import MlflowClient
 
-from conftest import LEARNED_CLASS_FLOOR, LEARNED_FLOOR, fresh_faces, workbench_cli
-from workbench import record
+from workbench import vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_every_trained_model_beats_chance_by_a_wide_margin_on_every_class(learne
     for run_id in learned.trials:
         run = client.get_run(run_id)
         metrics = run.data.metrics
-        assert run.data.tags[record.STATE] == "finished"
+        assert run.data.tags[vocabulary.STATE] == "finished"
         assert metrics["test_accuracy"] >= LEARNED_FLOOR, metrics["test_accuracy"]
         # Selection is on validation: it must have learned there too, not only on test.
         assert metrics["objective"] == metrics["val_f1_macro"] >= LEARNED_FLOOR
@@ -52,7 +52,7 @@ def test_logged_test_figures_are_the_models_own_predictions_on_unaugmented_image
     scored by another model would not."""
     import tensorflow as tf
 
-    from workbench import pipeline
+    from workbench.model import pipeline
 
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=learned.run_id, tracking_uri=learned.uri))
     logged = pd.read_csv(artifacts / "evaluation" / "test_predictions.csv")
@@ -87,7 +87,7 @@ def test_predict_names_freshly_rendered_faces_of_each_class(learned, tmp_path):
     assert np.mean(list(recalls.values())) >= LEARNED_FLOOR, recalls
 
 
-# Which way each metric a trial logs improves, written out by hand: the oracle `record.better`
+# Which way each metric a trial logs improves, written out by hand: the oracle `vocabulary.better`
 # is checked against, so inverting the rule for any one metric fails here.
 LOWER_IS_BETTER = {
     "loss", "val_loss", "test_log_loss", "test_ece", "overfit_gap", "overfit_gap_loss", "latency_ms_batch1",
@@ -108,11 +108,11 @@ NEITHER = {"best_epoch", "epochs_run", "train_images", "lr"}
 def test_every_metric_a_trial_logs_ranks_the_way_it_improves(trial):
     logged = set(trial.data.metrics)
     assert logged == LOWER_IS_BETTER | HIGHER_IS_BETTER | NEITHER, "a metric is new or gone: classify it above"
-    wrong = {m for m in LOWER_IS_BETTER if record.better(m) != "min"} | \
-            {m for m in HIGHER_IS_BETTER if record.better(m) != "max"}
+    wrong = {m for m in LOWER_IS_BETTER if vocabulary.better(m) != "min"} | \
+            {m for m in HIGHER_IS_BETTER if vocabulary.better(m) != "max"}
     assert not wrong, wrong
     # A run's objective follows the metric it stands for; a group's mean follows its metric.
-    assert (record.better("objective", "val_loss"), record.better("objective", "val_f1_macro")) == ("min", "max")
-    assert (record.better("test_ece_mean"), record.better("test_f1_macro_mean")) == ("min", "max")
+    assert (vocabulary.better("objective", "val_loss"), vocabulary.better("objective", "val_f1_macro")) == ("min", "max")
+    assert (vocabulary.better("test_ece_mean"), vocabulary.better("test_f1_macro_mean")) == ("min", "max")
     # Per-class scores are scores whatever the class is called.
-    assert record.better("test_f1_hair_loss") == record.better("test_recall_small_size") == "max"
+    assert vocabulary.better("test_f1_hair_loss") == vocabulary.better("test_recall_small_size") == "max"

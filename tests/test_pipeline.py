@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench import pipeline, spec as S
-from workbench.dataset import prepare
+from workbench import spec as S
+from workbench.data.dataset import prepare
+from workbench.model import pipeline
 
 
 def first_batch(frame, classes, **kwargs):
@@ -145,7 +146,7 @@ def test_shear_is_in_degrees_as_the_studies_wrote_it():
     # takes the shear itself, and 0.2 there would slant the face by 11 degrees.
     import math
 
-    from workbench.pipeline import build_policy
+    from workbench.model.pipeline import build_policy
 
     [shear] = [layer for layer in build_policy("s2", 0).layers if type(layer).__name__ == "RandomShear"]
     assert shear.x_factor == pytest.approx((-math.tan(math.radians(0.2)), math.tan(math.radians(0.2))))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import cv2
 import pytest
+from conftest import workbench_in_process, write_spec
 from mlflow.tracking import MlflowClient
 
-from conftest import workbench_in_process, write_spec
-from workbench import spec as S, record
-from workbench.dataset import prepare
-from workbench.run import tracked_run
-from workbench.synth import FaceAttributes, render_face
+from workbench import spec as S
+from workbench.data.dataset import prepare
+from workbench.data.synth import FaceAttributes, render_face
+from workbench.track import store
+from workbench.track.run import tracked_run
 
 MASKED, BARE = FaceAttributes(mask=True, old=False, fake=False), FaceAttributes(mask=False, old=False, fake=False)
 
@@ -112,9 +113,9 @@ def test_a_run_on_merged_data_logs_its_lineage(ingested, monkeypatch):
     spec = S.load("s1mini")
     data = prepare(spec)
     uri = f"sqlite:///{ingested / 'mlruns' / 'mlflow.db'}"
-    client = record.connect(uri)
+    client = store.connect(uri)
     outcome = tracked_run(spec, S.single_config(spec), data,
-                          experiment_id=record.ensure_experiment(client, spec.name, uri))
+                          experiment_id=store.ensure_experiment(client, spec.name, uri))
     run = MlflowClient(uri).get_run(outcome.run_id)
     dataset = run.inputs.dataset_inputs[0].dataset
     assert dataset.digest == data.digest and dataset.name == "fm12k+yonsei"

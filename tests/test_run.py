@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import spec as S, record
-from workbench import dataset, paths
-from workbench.dataset import prepare
-from workbench.run import tracked_run
-from workbench.train import train
+from workbench import paths, vocabulary
+from workbench import spec as S
+from workbench.data import dataset
+from workbench.data.dataset import prepare
+from workbench.model.train import train
+from workbench.track import store as tracking
+from workbench.track.run import tracked_run
 
 
 @pytest.fixture
@@ -57,13 +59,13 @@ def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_sp
     spec = S.load("tiny")
     config = S.single_config(spec)
     data = prepare(spec)
-    client = record.connect(store)
-    experiment_id = record.ensure_experiment(client, spec.name, store)
+    client = tracking.connect(store)
+    experiment_id = tracking.ensure_experiment(client, spec.name, store)
     outcome = tracked_run(spec, config, data, experiment_id=experiment_id)
 
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags[record.ROLE] == "run" and run.data.tags[record.STATE] == "finished"
+    assert run.data.tags[vocabulary.ROLE] == "run" and run.data.tags[vocabulary.STATE] == "finished"
     assert run.data.tags["workbench.seed"] == "7"
     for key, value in config.model_dump().items():
         assert run.data.params[key] == str(value)

@@ -18,12 +18,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import copy_learned, workbench_in_process
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import copy_learned, workbench_in_process
-from workbench import export, predict, promote as P, synth, record
+from workbench import vocabulary
+from workbench.data import synth
 from workbench.errors import WorkbenchError
+from workbench.ship import export, predict
+from workbench.ship import promote as P
+from workbench.track import store as tracking
 
 BIN = Path(sys.executable).parent
 
@@ -44,17 +48,17 @@ def yard(tmp_path_factory, learned) -> Yard:
     """A copy of the session's learned store (a two-trial sweep whose models learned mask / no
     mask), with the runs that must never ship beside it."""
     store = copy_learned(learned, tmp_path_factory.mktemp("ship"))
-    client = record.connect(store.uri)
+    client = tracking.connect(store.uri)
     yield Yard(store.root, store.uri, client, store.sweep_id, list(store.trials), broken_runs(client, store.uri),
                store.classes)
 
 
 def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
     """One run per way a run can be unfit to ship, alone in their own experiment."""
-    experiment_id = record.ensure_experiment(client, "broken", uri)
+    experiment_id = tracking.ensure_experiment(client, "broken", uri)
 
     def run(tags: dict, status: str | None, metrics: dict | None = None) -> str:
-        created = client.create_run(experiment_id, tags={record.ROLE: "run", **tags})
+        created = client.create_run(experiment_id, tags={vocabulary.ROLE: "run", **tags})
         for key, value in (metrics or {}).items():
             client.log_metric(created.info.run_id, key, value)
         if status:
@@ -63,9 +67,9 @@ def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
 
     return {
         "running": run({}, None),
-        "failed": run({record.STATE: "failed", "workbench.error": "FloatingPointError: loss is NaN"}, "FAILED"),
-        "pruned": run({record.STATE: "pruned"}, "FINISHED", {"val_f1_macro": 0.2}),
-        "no_model": run({record.STATE: "finished"}, "FINISHED", {"test_f1_macro": 0.99}),
+        "failed": run({vocabulary.STATE: "failed", "workbench.error": "FloatingPointError: loss is NaN"}, "FAILED"),
+        "pruned": run({vocabulary.STATE: "pruned"}, "FINISHED", {"val_f1_macro": 0.2}),
+        "no_model": run({vocabulary.STATE: "finished"}, "FINISHED", {"test_f1_macro": 0.99}),
     }
 
 
@@ -106,7 +110,7 @@ def test_promote_registers_the_best_finished_run_as_champion_with_tags_and_a_mod
     run = yard.client.get_run(yard.trials[0])
     tags = version.tags
     assert tags["workbench.run_id"] == yard.trials[0] and tags["workbench.sweep_run_id"] == yard.sweep_id
-    assert tags["workbench.spec_hash"] == run.data.tags[record.SPEC_HASH]
+    assert tags["workbench.spec_hash"] == run.data.tags[vocabulary.SPEC_HASH]
     assert tags["workbench.dataset_digest"] == run.data.tags["workbench.dataset_digest"]
     assert tags["workbench.classes"] == ",".join(yard.classes)
     assert float(tags["test_f1_macro"]) == pytest.approx(run.data.metrics["test_f1_macro"], rel=1e-5)
@@ -137,7 +141,7 @@ def test_promoting_another_run_keeps_the_old_champion_as_previous_and_rollback_s
 
 
 def test_lower_is_better_for_losses_calibration_and_latency():
-    assert [record.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "test_f1_macro")] == \
+    assert [vocabulary.lower_is_better(m) for m in ("test_log_loss", "test_ece", "latency_ms_batch1", "test_f1_macro")] == \
         [True, True, True, False]
     runs = [P.Candidate(run_id=str(i), run_name="", experiment_id="1", status="FINISHED", state="finished",
                         has_model=True, metrics={"test_log_loss": loss, "test_f1_macro": f1})

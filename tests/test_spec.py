@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
 from conftest import TINY, workbench_cli, write_spec
+
 from workbench import spec as S
 from workbench.errors import SpecError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from workbench import stats
+from workbench.measure import stats
 
 
 def correctness(b: int, c: int, both_right: int = 10, both_wrong: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -10,11 +10,12 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import REPO, workbench_cli, workbench_in_process
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, workbench_cli, workbench_in_process
-from workbench import spec as S, synth
-from workbench.dataset import prepare
+from workbench import spec as S
+from workbench.data import synth
+from workbench.data.dataset import prepare
 
 STUDIES = {  # spec: (classes, whether it ships a TFLite file)
     "s1_merge_vgg16_mobilenet": ("fake, real, with_mask", False),

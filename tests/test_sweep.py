@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import workbench_cli, workbench_in_process
 from mlflow.tracking import MlflowClient
 
-from conftest import workbench_cli, workbench_in_process
-from workbench import spec as S, record
+from workbench import spec as S
+from workbench import vocabulary
 from workbench.errors import SpecError
-from workbench.sweep import run_sweep
+from workbench.track.sweep import run_sweep
 
 
 @pytest.fixture
@@ -31,15 +32,15 @@ def test_two_trial_sweep_is_one_parent_with_two_children_and_resumes_to_the_tota
     client = MlflowClient(uri)
 
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.tags[record.ROLE] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.tags[vocabulary.ROLE] == "sweep" and parent.info.status == "FINISHED"
     experiment = client.get_experiment(result.experiment_id)
     assert experiment.name == "tiny"
     # A model-training experiment: the MLflow UI opens it on runs and charts, not its GenAI view.
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = children(client, result)
     assert len(runs) == 2
-    assert sorted(r.data.tags[record.TRIAL] for r in runs) == ["0", "1"]
-    assert all(r.data.tags[record.ROLE] == "trial" and r.info.status == "FINISHED" for r in runs)
+    assert sorted(r.data.tags[vocabulary.TRIAL] for r in runs) == ["0", "1"]
+    assert all(r.data.tags[vocabulary.ROLE] == "trial" and r.info.status == "FINISHED" for r in runs)
     # Each trial's run holds the learning rate Optuna sampled for it.
     for trial in result.study.trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])

@@ -14,13 +14,15 @@ import time
 import keras
 import optuna
 import pytest
+from conftest import workbench_cli
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import workbench_cli
-from workbench import spec as S, sweep as sweeps, record
+from workbench import spec as S
+from workbench import vocabulary
 from workbench.errors import WorkbenchError
-from workbench.sweep import run_sweep
+from workbench.track import sweep as sweeps
+from workbench.track.sweep import run_sweep
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def children(uri, result):
 def diverge_above(monkeypatch, threshold: float) -> None:
     """Make every epoch of a trial with a learning rate above `threshold` report a NaN loss, as a
     diverging network does (batch norm keeps the tiny CNN from diverging for real)."""
-    import workbench.train as train_module
+    import workbench.model.train as train_module
 
     original = train_module.EpochRecorder.on_epoch_end
 
@@ -60,7 +62,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_completes(tiny_sp
     failed = result.study.trials[0]
     assert "FloatingPointError" in failed.user_attrs["error"]
     run = MlflowClient(uri).get_run(failed.user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED" and run.data.tags[record.STATE] == "failed"
+    assert run.info.status == "FAILED" and run.data.tags[vocabulary.STATE] == "failed"
     assert "loss became" in run.data.tags["workbench.error"]
     assert any(a.path == "error.txt" for a in MlflowClient(uri).list_artifacts(run.info.run_id))
 
@@ -75,7 +77,7 @@ def test_pruning_stops_a_weak_trial_and_its_run_keeps_its_curves(tiny_spec, stor
     assert weak.state == TrialState.PRUNED, [t.intermediate_values for t in result.study.trials]
     client = MlflowClient(uri)
     run = client.get_run(weak.user_attrs["mlflow_run_id"])
-    assert run.data.tags[record.STATE] == "pruned"
+    assert run.data.tags[vocabulary.STATE] == "pruned"
     assert 1 <= len(client.get_metric_history(run.info.run_id, "val_f1_macro")) < 3
     assert "test_f1_macro" not in run.data.metrics
 
@@ -83,7 +85,7 @@ def test_pruning_stops_a_weak_trial_and_its_run_keeps_its_curves(tiny_spec, stor
 def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, monkeypatch):
     storage, uri = stores
     spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    import workbench.train as train_module
+    import workbench.model.train as train_module
 
     original = train_module.EpochRecorder.on_epoch_end
     calls = {"n": 0}
@@ -168,7 +170,7 @@ def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configura
     assert retries[0].number == killed.number + 1  # retried first, before anything new
     client = MlflowClient(uri)
     run = client.get_run(lost_run)
-    assert run.info.status == "KILLED" and run.data.tags[record.STATE] == "failed"
+    assert run.info.status == "KILLED" and run.data.tags[vocabulary.STATE] == "failed"
     assert "worker lost" in run.data.tags["workbench.error"]
     experiment = client.get_experiment_by_name("tiny").experiment_id
     assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workbench import synth
-from workbench.synth import FaceAttributes, generate, plan, render_face
+from workbench.data import synth
+from workbench.data.synth import FaceAttributes, generate, plan, render_face
 
 COLUMNS = ["path", "label", "mask", "age", "authenticity", "difficulty"]
 

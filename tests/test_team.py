@@ -26,7 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from workbench.sweep import RUN_ATTR, counted
+from workbench.track.sweep import RUN_ATTR, counted
 
 BIN = Path(sys.executable).parent
 

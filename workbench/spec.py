@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from workbench import paths, record
+from workbench import paths, vocabulary
 from workbench.errors import SpecError
 
 # --- the registry: one table per axis ----------------------------------------------------------------
@@ -278,7 +278,7 @@ def _lowest(dim: Dim) -> float:
 # --- the rest of a spec --------------------------------------------------------------------------
 
 class SyntheticData(BaseModel):
-    """The embedded default: faces drawn by workbench.synth, generated once under data/synthetic/."""
+    """The embedded default: faces drawn by workbench.data.synth, generated once under data/synthetic/."""
 
     model_config = ConfigDict(extra="forbid")
     source: Literal["synthetic"] = "synthetic"
@@ -370,7 +370,7 @@ class Split(BaseModel):
 
 class Objective(BaseModel):
     """What a sweep optimises: a validation metric, never a test one (the test split only
-    reports). Its direction follows from the metric (`record.better`); stating it is optional."""
+    reports). Its direction follows from the metric (`vocabulary.better`); stating it is optional."""
 
     model_config = ConfigDict(extra="forbid")
     metric: Literal[OBJECTIVE_METRICS] = "val_f1_macro"
@@ -381,7 +381,7 @@ class Objective(BaseModel):
 
     @model_validator(mode="after")
     def _direction_follows_the_metric(self) -> Objective:
-        implied = record.direction(self.metric)
+        implied = vocabulary.direction(self.metric)
         if self.direction is not None and self.direction != implied:
             raise ValueError(f"direction: {self.metric} is better when it goes {implied.removesuffix('imize')}, "
                              f"not {self.direction.removesuffix('imize')} (leave direction out)")

@@ -14,13 +14,12 @@ import sys
 from typer._click import exceptions as click_errors
 
 # Imported in the order the stages run, which is the order `workbench --help` lists them.
-from workbench.cli import data, sweep, compare, ship  # noqa: F401,I001  (registers the commands)
+from workbench.cli import compare, data, ship, sweep  # noqa: F401,I001  (registers the commands)
 from workbench.cli.common import app, err_console
 from workbench.cli.ship import serve_app
 
 app.add_typer(serve_app, name="serve")
-from workbench.errors import WorkbenchError
-from workbench.record import scrub
+from workbench.errors import WorkbenchError, scrub
 
 
 def main(argv: list[str] | None = None) -> None:

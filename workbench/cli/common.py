@@ -101,7 +101,7 @@ def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = Fa
         # The generated trees go under data/smoke/ whatever --data says: a user's raw folder is
         # read, never written, and generated faces must never pass for their photos later.
         os.environ["WORKBENCH_RAW"] = str(root / "raw")
-        from workbench.dataset import write_smoke_trees
+        from workbench.data.dataset import write_smoke_trees
 
         write_smoke_trees(loaded)
     return loaded
@@ -110,11 +110,11 @@ def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = Fa
 def connect(tracking_uri: str | None, loads_models: bool = False):
     """A client on the tracking store; TensorFlow is imported first, quietly, when the command
     will load models (registry and table work needs none)."""
-    from workbench import record
+    from workbench.track import store
 
     if loads_models:
         quiet_environment()
-    return record.connect(tracking_uri)
+    return store.connect(tracking_uri)
 
 
 def short(value) -> str:
@@ -128,6 +128,6 @@ def short(value) -> str:
 
 def model_uri(client, model: str | None, allow_external: bool = False) -> str:
     """What the user typed as --model, as a full URI (refused when outside the store, unless allowed)."""
-    from workbench import predict
+    from workbench.ship import predict
 
     return predict.model_uri(model, None if model else predict.registered_champions(client), allow_external)

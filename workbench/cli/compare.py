@@ -10,17 +10,34 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from rich.table import Table
 
-from workbench.cli.common import (DataOption, ExperimentOption, FilterOption, ModelOption, OrderOption, SetOption,
-                                  SmokeOption, SortOption, StatsOption, SweepOption, TagOption, TrackingOption, app,
-                                  connect, console, err_console, load_spec, model_uri, quiet_environment)
+from workbench.cli.common import (
+    DataOption,
+    ExperimentOption,
+    FilterOption,
+    ModelOption,
+    OrderOption,
+    SetOption,
+    SmokeOption,
+    SortOption,
+    StatsOption,
+    SweepOption,
+    TagOption,
+    TrackingOption,
+    app,
+    connect,
+    console,
+    err_console,
+    load_spec,
+    model_uri,
+    quiet_environment,
+)
 from workbench.errors import WorkbenchError
 
 
 def _select(experiment, sweep, tags, filter_string, tracking_uri):
-    from workbench import compare
+    from workbench.analysis import compare
 
     client = connect(tracking_uri)
     return client, compare.select_runs(client, tracking_uri=tracking_uri, experiment=experiment, sweep=sweep,
@@ -48,7 +65,7 @@ def compare_command(
 ) -> None:
     """Compare runs side by side: axes, hyperparameters, the validation objective, test metrics
     and cost, best first, and whether the best is significantly better than the runs behind it."""
-    from workbench import compare
+    from workbench.analysis import compare
 
     if format_ not in compare.FORMATS:
         raise WorkbenchError(f"--format {format_}: choose from {', '.join(compare.FORMATS)}")
@@ -92,7 +109,7 @@ def report_command(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Write one self-contained interactive HTML report on the selected runs (opens offline)."""
-    from workbench import compare, report
+    from workbench.analysis import compare, report
 
     client, selection = _select(experiment, sweep, tag, filter_, tracking_uri)
     result = compare.compare(selection.runs, sort=sort, order=order, only_diff=True, stats=stats,
@@ -111,7 +128,7 @@ def print_table(table, title: str, transpose_up_to: int = 12) -> None:
     squeezed into ellipses; many runs get the full width and a hint."""
     from rich.table import Table
 
-    from workbench import compare
+    from workbench.analysis import compare
 
     wide = compare.rich_table(table, title)
     # Measured against an unbounded width: rich clamps a measurement to the console's otherwise.
@@ -154,7 +171,7 @@ def evaluate_command(
 ) -> None:
     """Score a model on another dataset, honestly: an MLflow evaluation run with the same evidence a trial logs."""
     quiet_environment()
-    from workbench import crossdata
+    from workbench.analysis import crossdata
 
     client = connect(tracking_uri, loads_models=True)
     uri = model_uri(client, model)
@@ -181,7 +198,7 @@ def matrix_command(
     (minus what it saw): a train x test table of accuracy and macro-F1 with bootstrap intervals."""
     quiet_environment()
     loaded = load_spec(spec, set_, smoke=smoke, data=data)
-    from workbench import crossdata
+    from workbench.analysis import crossdata
 
     def cell(row: dict) -> None:
         f1 = row.get("test_f1_macro")

@@ -13,9 +13,17 @@ from rich.table import Table
 
 from workbench import paths
 from workbench import spec as specs
-from workbench.cli.common import DataOption, SetOption, SmokeOption, console, data_app, load_spec, specs_app, weights_app
+from workbench.cli.common import (
+    DataOption,
+    SetOption,
+    SmokeOption,
+    console,
+    data_app,
+    load_spec,
+    specs_app,
+    weights_app,
+)
 from workbench.errors import WorkbenchError
-
 
 # --- specs ---------------------------------------------------------------------------------------
 
@@ -61,8 +69,8 @@ def data_synth(
     same options, same bytes); `data ingest folders` or a synthetic spec reads it like photos."""
     from pydantic import ValidationError
 
-    from workbench import synth
-    from workbench.dataset import synthetic_root
+    from workbench.data import synth
+    from workbench.data.dataset import synthetic_root
 
     try:
         options = specs.SyntheticData(task=task, size=size, count=count)
@@ -82,7 +90,7 @@ def data_ingest(
     near_duplicate_distance: Annotated[int, typer.Option(help="Perceptual-hash bits under which two images are one picture.")] = 4,
 ) -> None:
     """Index a dataset folder into data/manifests/NAME.csv; unusable files are listed, not fatal."""
-    from workbench import ingest
+    from workbench.data import ingest
 
     result = ingest.ingest(source, path, name, paths.manifests_dir(), paths.decoded_dir(), near_duplicate_distance)
     splits = sorted({s for per in result.counts.values() for s in per})
@@ -103,18 +111,18 @@ def data_check(
 ) -> None:
     """Report duplicates within and across splits and datasets, class counts and image sizes;
     exit code 1 when a leak is found."""
-    from workbench import leakage
+    from workbench.data import leakage
 
     manifest = paths.manifests_dir() / f"{target}.csv"
     if manifest.is_file() and not (set_ or smoke or data):
-        from workbench import ingest
+        from workbench.data import ingest
 
         frame, sidecar = ingest.read_manifest(target, paths.manifests_dir())
         frame = frame.assign(split=frame["original_split"])
         what = f"dataset {target} (its own splits)"
         distance = int(sidecar.get("near_duplicate_distance", 4))
     else:
-        from workbench.dataset import prepare
+        from workbench.data.dataset import prepare
 
         loaded = load_spec(target, set_, smoke=smoke, data=data)
         prepared = prepare(loaded)
@@ -148,7 +156,7 @@ def weights_fetch(
     pretrained = [name for name, info in specs.BACKBONES.items() if info.application]
     if backbone not in pretrained:
         raise WorkbenchError(f"{backbone}: no ImageNet weights (choose from {', '.join(pretrained)})")
-    from workbench import backbones
+    from workbench.model import backbones
 
     backbones.build_base(specs.TrialConfig(backbone=backbone, image_size=image_size, weights="imagenet", alpha=alpha))
     console.print(f"{backbone}: ImageNet weights cached in {backbones.keras_cache()}")

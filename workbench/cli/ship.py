@@ -19,8 +19,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from workbench.cli.common import (ModelOption, StorageOption, TrackingOption, app, connect, console, err_console,
-                                  model_uri, quiet_environment)
+from workbench.cli.common import (
+    ModelOption,
+    StorageOption,
+    TrackingOption,
+    app,
+    connect,
+    console,
+    err_console,
+    model_uri,
+    quiet_environment,
+)
 from workbench.errors import WorkbenchError
 
 
@@ -57,7 +66,7 @@ def promote_command(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Register the best finished run's model under NAME and make it the champion (the old one becomes previous)."""
-    from workbench import promote
+    from workbench.ship import promote
 
     done = promote.promote(connect(tracking_uri), name, metric=metric, experiment=experiment, sweep=sweep,
                            run_id=run, min_score=min_score)
@@ -78,7 +87,7 @@ def rollback_command(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Make the previous champion the champion again (the two aliases swap)."""
-    from workbench import promote
+    from workbench.ship import promote
 
     done = promote.rollback(connect(tracking_uri), name)
     console.print(f"{name}: version {done.version} (run {done.run_id}) is champion again; previous: "
@@ -101,7 +110,7 @@ def predict_command(
     allow_external: AllowExternalOption = False,
 ) -> None:
     """Classify images with a registered (or any logged) model: class and probabilities per image or face."""
-    from workbench import predict
+    from workbench.ship import predict
 
     pictures = predict.read_images(images)
     detector = predict.face_detector() if detect_faces else None
@@ -143,7 +152,7 @@ def export_command(
     allow_external: AllowExternalOption = False,
 ) -> None:
     """Write model.tflite and labels.txt, check they decide like the Keras model, and log both on its run."""
-    from workbench import export, predict
+    from workbench.ship import export, predict
 
     client = connect(tracking_uri)
     uri = model_uri(client, model, allow_external)
@@ -199,10 +208,10 @@ def _start(argv: list[str], host: str, what: str, port: int) -> None:
 @serve_app.command("ui")
 def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: TrackingOption = None) -> None:
     """The MLflow UI on the tracking store (opens on the model-training view via the printed address)."""
-    from workbench import record
+    from workbench.track import store
 
-    uri = record.tracking_uri(tracking_uri)
-    record.connect(uri)  # a corrupted or wrong store is one line here, not a server that fails later
+    uri = store.tracking_uri(tracking_uri)
+    store.connect(uri)  # a corrupted or wrong store is one line here, not a server that fails later
     err_console.print(f"open http://{host}:{port}/#/experiments?workflowType=machine_learning", highlight=False)
     _start(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)], host, "MLflow UI", port)
 
@@ -213,7 +222,7 @@ def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port:
     """MLflow's scoring server for a registered model (default: the only champion): POST /invocations."""
     client = connect(tracking_uri)
     uri = model_uri(client, model)
-    from workbench.predict import model_info
+    from workbench.ship.predict import model_info
 
     model_info(uri)  # a wrong name is one line here, not the server's traceback after its banner
     os.environ["MLFLOW_TRACKING_URI"] = client.tracking_uri
@@ -225,7 +234,7 @@ def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port:
 def serve_dashboard(host: HostOption = "127.0.0.1", port: int = 8080, storage: StorageOption = None) -> None:
     """optuna-dashboard on the study storage."""
     from workbench import paths
-    from workbench.sweep import make_storage
+    from workbench.track.sweep import make_storage
 
     url = storage or paths.default_storage_url()
     make_storage(url)  # a damaged store is one line here; a new one gets its tables (the dashboard will not make them)

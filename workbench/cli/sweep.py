@@ -9,12 +9,31 @@ import time
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from workbench import spec as specs
-from workbench.cli.common import (DataOption, RepeatsOption, SetOption, SmokeOption, StorageOption, TrackingOption, app,
-                                  console, err_console, load_spec, quiet_environment, short)
+from workbench.cli.common import (
+    DataOption,
+    RepeatsOption,
+    SetOption,
+    SmokeOption,
+    StorageOption,
+    TrackingOption,
+    app,
+    console,
+    err_console,
+    load_spec,
+    quiet_environment,
+    short,
+)
 
 
 @app.command("run")
@@ -32,12 +51,12 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
     if open_dims:
         err_console.print(f"note: {', '.join(open_dims)} not fixed: using the first choice or the middle "
                           "of the range (fix them with --set)")
-    from workbench import record
-    from workbench.dataset import prepare
-    from workbench.run import tracked_repeats, tracked_run
+    from workbench.data.dataset import prepare
+    from workbench.track import store
+    from workbench.track.run import tracked_repeats, tracked_run
 
-    client = record.connect(tracking_uri)
-    experiment_id = record.ensure_experiment(client, loaded.name, tracking_uri)
+    client = store.connect(tracking_uri)
+    experiment_id = store.ensure_experiment(client, loaded.name, tracking_uri)
     prepared = prepare(loaded)
     console.print(prepared.describe(), highlight=False)
     train_one = tracked_run if loaded.repeats == 1 else tracked_repeats
@@ -78,7 +97,7 @@ class SweepProgress:
             self.bar.stop()
 
     def opened(self, sweep) -> None:
-        from workbench.sweep import count
+        from workbench.track.sweep import count
 
         if sweep.found.any:
             console.print(sweep.found.line(sweep.study.study_name, self.total), highlight=False)
@@ -87,7 +106,7 @@ class SweepProgress:
     def trial(self, study, trial) -> None:
         from optuna.trial import TrialState
 
-        from workbench.sweep import ERROR_ATTR, KILLED_ATTR, counted
+        from workbench.track.sweep import ERROR_ATTR, KILLED_ATTR, counted
 
         trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
         done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -130,8 +149,8 @@ def sweep_command(
     checked for leaks; a spec with `ship` registers (and exports) the winner at the end."""
     quiet_environment()
     loaded = load_spec(spec, set_, smoke=smoke, data=data, repeats=repeats)
-    from workbench import record
-    from workbench.sweep import run_sweep
+    from workbench.track import store
+    from workbench.track.sweep import run_sweep
 
     if not worker:
         check_data(loaded)
@@ -145,8 +164,8 @@ def sweep_command(
     if result.ran == 0 and result.found.complete + result.found.pruned >= total:
         console.print(f"study {result.study.study_name} already has {total} finished trials; nothing to run "
                       "(raise --trials to run more)")
-    client = record.connect(tracking_uri)
-    from workbench.compare import leaderboard, select_runs
+    client = store.connect(tracking_uri)
+    from workbench.analysis.compare import leaderboard, select_runs
 
     selection = select_runs(client, tracking_uri=tracking_uri, sweep=result.parent_run_id)
     print_leaderboard(leaderboard(selection.runs, top=top), title=f"{loaded.name}: sweep run {result.parent_run_id}",
@@ -165,8 +184,8 @@ def ui_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
 def check_data(spec) -> None:
     """The data a sweep will train on, in one line, and proof that no test image has a copy in
     training (`data check` in short); a leak stops the sweep before anything trains."""
-    from workbench import leakage
-    from workbench.dataset import prepare
+    from workbench.data import leakage
+    from workbench.data.dataset import prepare
     from workbench.errors import DataError
 
     data = prepare(spec)
@@ -183,8 +202,8 @@ def check_data(spec) -> None:
 def ship(spec, client, sweep_run_id: str) -> None:
     """The spec's `ship` step: the sweep's best run (validation objective) becomes the champion,
     then is exported when the spec asks (S4: TFLite, checked against Keras on the test split)."""
-    from workbench import export, predict, promote
     from workbench.errors import WorkbenchError
+    from workbench.ship import export, predict, promote
 
     done = promote.promote(client, spec.ship.name, sweep=sweep_run_id)
     console.print(f"shipped: run {done.run_id} ({done.metric} {done.score:.4f}) is models:/{spec.ship.name}@champion "
@@ -207,10 +226,10 @@ def leaderboard_command(
     top: int = 10,
 ) -> None:
     """Rank the trials of SPEC's latest sweep by the validation objective, test figures beside."""
-    from workbench import record
-    from workbench.compare import leaderboard, objective_of, select_runs
+    from workbench.analysis.compare import leaderboard, objective_of, select_runs
+    from workbench.track import store
 
-    client = record.connect(tracking_uri)
+    client = store.connect(tracking_uri)
     selection = select_runs(client, tracking_uri=tracking_uri, experiment=spec, sweep="latest")
     print_leaderboard(leaderboard(selection.runs, top=top, sort=metric),
                       title=f"{spec}: sweep run {selection.sweep_run_id}", objective=objective_of(selection.runs))

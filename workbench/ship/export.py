@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench import paths, record
+from workbench import paths, vocabulary
 from workbench.errors import WorkbenchError, first_line
-from workbench.record import Artifacts
-from workbench.predict import LoadedModel, probabilities, read_image, to_input
+from workbench.ship.predict import LoadedModel, probabilities, read_image, to_input
+from workbench.vocabulary import Artifacts
 
 QUANTIZE = ("none", "dynamic", "float16")
 MIN_AGREEMENT = 0.995
@@ -149,7 +149,7 @@ def locate_test_files(manifest) -> list[Path]:
     """The run's test images on this machine (read through the datasets' own manifests, the same
     rule training used), each raw file checked against the sha256 the run logged; missing or
     changed files are left out."""
-    from workbench import dataset, ingest
+    from workbench.data import dataset, ingest
 
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     found = []
@@ -173,7 +173,7 @@ def run_test_images(client, run_id: str, image_size: int, limit: int = MAX_IMAGE
     from mlflow.exceptions import MlflowException
 
     try:
-        name = client.get_run(run_id).data.params.get(record.DATASET, "")
+        name = client.get_run(run_id).data.params.get(vocabulary.DATASET, "")
         with tempfile.TemporaryDirectory() as tmp:
             local = client.download_artifacts(run_id, Artifacts.MANIFEST, tmp)
             manifest = pd.read_csv(local, dtype=str, keep_default_na=False)

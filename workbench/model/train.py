@@ -24,11 +24,17 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from workbench import backbones, paths, pipeline, record
-from workbench.dataset import Balanced, Dataset
-from workbench.evaluate import Evaluation, cost, evaluate, most_confident_mistakes
+from workbench import paths, vocabulary
+from workbench.data.dataset import Balanced, Dataset
+from workbench.measure.evaluate import (
+    Evaluation,
+    cost,
+    evaluate,
+    most_confident_mistakes,
+)
+from workbench.measure.stats import f1_macro_of_indices
+from workbench.model import backbones, pipeline
 from workbench.spec import TrialConfig
-from workbench.stats import f1_macro_of_indices
 
 # Every trial builds a fresh model, so tf.function retracing is expected, not a bug to warn about.
 tf.get_logger().setLevel("ERROR")
@@ -55,7 +61,7 @@ class TrainResult:
         values = self.history[metric]
         if not restore_best:
             return float(values[-1])
-        return float(min(values) if record.lower_is_better(metric) else max(values))
+        return float(min(values) if vocabulary.lower_is_better(metric) else max(values))
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -142,7 +148,7 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
             stopping = []
             if config.early_stopping or config.restore_best:
                 stopping = [keras.callbacks.EarlyStopping(
-                    monitor=monitor, mode=record.better(monitor),
+                    monitor=monitor, mode=vocabulary.better(monitor),
                     patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
             model.fit(train_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
                       class_weight=balanced.class_weight, shuffle=False, verbose=0,  # tf.data shuffles

@@ -5,7 +5,7 @@ once, and the Pareto front of two competing objectives (accuracy up, latency dow
 
 Values in, values out: arrays of labels or booleans, no pandas, no MLflow, so every number can
 be checked by hand in a test. Both paired procedures assume the caller lined the arrays up image
-by image (same test set, same order); `workbench.compare` does that from the runs' logged
+by image (same test set, same order); `workbench.analysis.compare` does that from the runs' logged
 `evaluation/test_predictions.csv`.
 """
 

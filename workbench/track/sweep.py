@@ -44,11 +44,12 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from workbench import paths, record
-from workbench.dataset import prepare
+from workbench import errors, paths, vocabulary
+from workbench.data.dataset import prepare
 from workbench.errors import SpecError, TrackingError, WorkbenchError, first_line
-from workbench.record import Artifacts
 from workbench.spec import Range, Spec, grid_values, is_searched, sample_config
+from workbench.track import store
+from workbench.vocabulary import Artifacts
 
 # Study and trial attributes: how a study finds its MLflow side and its trials' fates.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -203,15 +204,15 @@ def make_storage(url: str, on_stale: Callable | None = None):
         if url.startswith("sqlite:///"):
             db = Path(url.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
-            record._check_sqlite(db)
-            with record.locked(db.with_name(f".{db.name}.lock")):  # table creation, one process at a time
+            store._check_sqlite(db)
+            with store.locked(db.with_name(f".{db.name}.lock")):  # table creation, one process at a time
                 return storage()
         return storage()
     if url.startswith("journal:///"):
         path = Path(url.removeprefix("journal:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    raise TrackingError(f"--storage {record.masked(url)}: use sqlite:///FILE, postgresql://..., mysql://... "
+    raise TrackingError(f"--storage {errors.masked(url)}: use sqlite:///FILE, postgresql://..., mysql://... "
                         "or journal:///FILE")
 
 
@@ -232,12 +233,12 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None,
             study_name=name, storage=make_storage(storage, on_stale if tracking_uri else None),
             load_if_exists=True, directions=directions, sampler=make_sampler(spec), pruner=make_pruner(spec))
     except ValueError as err:  # e.g. an existing study with other directions
-        raise SpecError(f"study {name} in {record.masked(storage)}: {record.scrub(str(err))}") from None
+        raise SpecError(f"study {name} in {errors.masked(storage)}: {errors.scrub(str(err))}") from None
     except WorkbenchError:
         raise
     except Exception as err:  # storage unreachable or not a database Optuna can use
-        raise TrackingError(f"--storage {record.masked(storage)}: cannot open Optuna storage "
-                            f"({type(err).__name__}: {record.scrub(first_line(err))[:200]})") from None
+        raise TrackingError(f"--storage {errors.masked(storage)}: cannot open Optuna storage "
+                            f"({type(err).__name__}: {errors.scrub(first_line(err))[:200]})") from None
     recorded = study.user_attrs.get(SPEC_HASH_ATTR)
     if recorded is None:
         study.set_user_attr(SPEC_HASH_ATTR, spec.content_hash())
@@ -245,7 +246,7 @@ def open_study(spec: Spec, storage: str, study_name: str | None = None,
         for point in points:  # once, when the study is created
             study.enqueue_trial(point, skip_if_exists=True, user_attrs={ENQUEUED_ATTR: True})
     elif recorded != spec.content_hash():
-        raise SpecError(f"study {name} in {record.masked(storage)} was run with a different version of spec "
+        raise SpecError(f"study {name} in {errors.masked(storage)} was run with a different version of spec "
                         f"{spec.name} (hash {recorded}, now {spec.content_hash()}): pass --study NEW_NAME to start "
                         "a new study, or restore the spec to resume the old one")
     started = len(study.get_trials(deepcopy=False))
@@ -262,8 +263,8 @@ def lost(study: optuna.Study, trial: FrozenTrial, tracking_uri: str | None) -> N
         client = MlflowClient(tracking_uri)
         try:
             if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, record.STATE, "failed")
-                client.set_tag(run_id, record.ERROR, trial.user_attrs.get(KILLED_ATTR, LOST_WORKER))
+                client.set_tag(run_id, vocabulary.STATE, "failed")
+                client.set_tag(run_id, vocabulary.ERROR, trial.user_attrs.get(KILLED_ATTR, LOST_WORKER))
                 client.set_terminated(run_id, status="KILLED")
         except mlflow.exceptions.MlflowException as err:
             log.warning("could not end lost run %s: %s", run_id, err)
@@ -327,15 +328,15 @@ def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: 
         except mlflow.exceptions.MlflowException:
             log.warning("parent run %s is gone; starting a new one", run_id)
     run = client.create_run(experiment_id, run_name=f"{study.study_name}-sweep", tags={
-        record.ROLE: "sweep", record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash(),
-        record.STUDY: study.study_name})
+        vocabulary.ROLE: "sweep", vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
+        vocabulary.STUDY: study.study_name})
     client.log_batch(run.info.run_id, params=[
         mlflow.entities.Param(k, str(v)) for k, v in {
-            "spec": spec.name, record.OBJECTIVE_PARAM: spec.objective.metric, "direction": spec.objective.direction,
+            "spec": spec.name, vocabulary.OBJECTIVE_PARAM: spec.objective.metric, "direction": spec.objective.direction,
             "latency_objective": spec.objective.latency, "sampler": spec.sampler, "pruner": spec.pruner,
             "seed": spec.seed, "repeats": spec.repeats,
             # Where the study lives, for whoever resumes it; never with its password.
-            "storage": record.masked(storage)}.items()])
+            "storage": errors.masked(storage)}.items()])
     client.log_dict(run.info.run_id, spec.model_dump(mode="json"), Artifacts.SPEC)
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     return run.info.run_id
@@ -375,9 +376,9 @@ OnTrial = Callable[[optuna.Study, FrozenTrial], None]
 
 def open_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | None = None,
                study_name: str | None = None) -> Sweep:
-    uri, storage = record.tracking_uri(tracking_uri), storage or paths.default_storage_url()
-    client = record.connect(uri)
-    experiment_id = record.ensure_experiment(client, spec.name, uri)
+    uri, storage = store.tracking_uri(tracking_uri), storage or paths.default_storage_url()
+    client = store.connect(uri)
+    experiment_id = store.ensure_experiment(client, spec.name, uri)
     study = open_study(spec, storage, study_name, uri)
     retries = reap(study, uri)
     parent = ensure_parent_run(study, client, experiment_id, spec, storage)
@@ -407,7 +408,7 @@ def _already_run(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None
 def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
     """Run trials in this process until the study holds `total` finished ones; returns how many
     this process finished. Any number of workers may call this on one study at once."""
-    from workbench.run import tracked_repeats, tracked_run
+    from workbench.track.run import tracked_repeats, tracked_run
 
     spec, study = sweep.spec, sweep.study
     train_one = tracked_run if spec.repeats == 1 else tracked_repeats
@@ -442,18 +443,18 @@ def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
             raise
         except WorkbenchError as err:
             # Recorded as this trial's own failure, so a resume never takes it for a lost worker's.
-            trial.set_user_attr(ERROR_ATTR, record.scrub(str(err))[:500])
+            trial.set_user_attr(ERROR_ATTR, errors.scrub(str(err))[:500])
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(KILLED_ATTR, "interrupted (Ctrl-C)")
             raise
         except Exception as err:
-            reason = record.scrub(f"{type(err).__name__}: {err}")
+            reason = errors.scrub(f"{type(err).__name__}: {err}")
             trial.set_user_attr(ERROR_ATTR, reason[:500])
             raise TrialFailure(f"trial {trial.number}: {reason}") from err
         trial.set_user_attr("test_metrics", {k: v for k, v in outcome.metrics.items() if k.startswith("test_")})
         if spec.objective.latency:
-            return outcome.objective, outcome.metrics[record.LATENCY]
+            return outcome.objective, outcome.metrics[vocabulary.LATENCY]
         return outcome.objective
 
     plotted = time.monotonic()
@@ -514,7 +515,7 @@ def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | Non
     in `workers` processes, and close it. `on_open` sees the opened sweep (what it found);
     `on_trial` sees each trial that finishes from now on, whichever worker ran it. `close_run`:
     whether this call ends the sweep's run when it is done (not in a worker process)."""
-    from workbench.pipeline import memory_budget
+    from workbench.model.pipeline import memory_budget
 
     memory_budget()  # a malformed $WORKBENCH_CACHE_BUDGET fails here, not in every trial
     sweep = open_sweep(spec, storage=storage, tracking_uri=tracking_uri, study_name=study_name)
@@ -635,7 +636,7 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
     """Refresh the sweep run: state counts, the best trial (or Pareto front), a trials table
     (CSV) and, with `plots`, Optuna's plots (history, importances, parallel coordinates, slices)
     as one page."""
-    from workbench import figures
+    from workbench.measure import figures
 
     trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
@@ -646,7 +647,7 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
     if completed and not spec.objective.latency:
         best = study.best_trial
         metrics.update(best_objective=best.value, best_trial=best.number)
-        client.set_tag(parent_run_id, record.BEST_RUN, best.user_attrs.get(RUN_ATTR, ""))
+        client.set_tag(parent_run_id, vocabulary.BEST_RUN, best.user_attrs.get(RUN_ATTR, ""))
     elif completed:
         front = [t.number for t in study.best_trials]
         metrics["pareto_size"] = len(front)
@@ -658,7 +659,7 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
         if front:
             table[table["pareto"]].to_csv(Path(tmp) / Path(Artifacts.SWEEP_PARETO).name, index=False)
         shown = plots and figures.study_plots(study, spec.objective.metric,
-                                              record.LATENCY if spec.objective.latency else None)
+                                              vocabulary.LATENCY if spec.objective.latency else None)
         if shown:
             figures.write_html_page(shown, Path(tmp) / Path(Artifacts.SWEEP_PLOTS).name,
                                     title=f"{study.study_name}: Optuna study")

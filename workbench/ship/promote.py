@@ -19,16 +19,16 @@ import math
 import re
 from dataclasses import dataclass, field
 
+import jinja2
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import jinja2
-
-from workbench import record
+from workbench import vocabulary
 from workbench.errors import WorkbenchError
+from workbench.track import store
 
 CHAMPION, PREVIOUS = "champion", "previous"
-DEFAULT_METRIC = record.DEFAULT_SELECTION
+DEFAULT_METRIC = vocabulary.DEFAULT_SELECTION
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -58,12 +58,12 @@ class Candidate:
     def model_run_id(self) -> str:
         """The run holding the model: the run itself, or, for a configuration trained with
         repeats, its best seed's run."""
-        return self.tags.get(record.MODEL_RUN, self.run_id)
+        return self.tags.get(vocabulary.MODEL_RUN, self.run_id)
 
     @property
     def objective(self) -> str | None:
         """The metric this run's `objective` stands for (val_f1_macro, say)."""
-        return self.params.get(record.OBJECTIVE_PARAM)
+        return self.params.get(vocabulary.OBJECTIVE_PARAM)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def refusal(candidate: Candidate, metric: str, min_score: float | None = None) -
         return f"{run} ended {ended}{because}: only finished runs can be promoted"
     if candidate.state == "pruned":
         return f"{run} was pruned: it has no test evaluation and no model; promote a finished run"
-    role = candidate.tags.get(record.ROLE)
+    role = candidate.tags.get(vocabulary.ROLE)
     if role in ("sweep", "evaluation", "matrix"):
         return f"{run} is a {role} run, not a training run: promote one of its trials or the run that trained the model"
     if candidate.state != "finished":
@@ -104,8 +104,8 @@ def refusal(candidate: Candidate, metric: str, min_score: float | None = None) -
     if score is None or not math.isfinite(score):
         known = ", ".join(sorted(m for m in candidate.metrics if m.startswith("test_"))) or "none"
         return f"{run} has no metric {metric} (its test metrics: {known}); pick one with --metric"
-    if min_score is not None and not record.at_least_as_good(score, min_score, metric, candidate.objective):
-        side = "above" if record.lower_is_better(metric, candidate.objective) else "under"
+    if min_score is not None and not vocabulary.at_least_as_good(score, min_score, metric, candidate.objective):
+        side = "above" if vocabulary.lower_is_better(metric, candidate.objective) else "under"
         return (f"{run} has {metric} {score:.4f}, {side} --min-score {min_score:g}: not promoted; "
                 "train a better model or lower the bar")
     return None
@@ -116,7 +116,7 @@ def best(candidates: list[Candidate], metric: str) -> Candidate | None:
     eligible = [c for c in candidates if refusal(c, metric) is None]
     if not eligible:
         return None
-    sign = 1 if record.lower_is_better(metric, record.objective_of(c.objective for c in eligible)) else -1
+    sign = 1 if vocabulary.lower_is_better(metric, vocabulary.objective_of(c.objective for c in eligible)) else -1
     return min(eligible, key=lambda c: sign * c.metrics[metric])
 
 
@@ -165,8 +165,8 @@ def version_tags(candidate: Candidate, metric: str, experiment: str) -> dict[str
     tags = {
         "workbench.run_id": candidate.run_id,
         "workbench.experiment": experiment,
-        record.SELECTED_BY: metric,
-        "workbench.spec_hash": candidate.tags.get(record.SPEC_HASH, ""),
+        vocabulary.SELECTED_BY: metric,
+        "workbench.spec_hash": candidate.tags.get(vocabulary.SPEC_HASH, ""),
         "workbench.dataset": candidate.params.get("dataset", ""),
         "workbench.dataset_digest": candidate.tags.get("workbench.dataset_digest",
                                                        candidate.params.get("dataset_digest", "")),
@@ -179,7 +179,7 @@ def version_tags(candidate: Candidate, metric: str, experiment: str) -> dict[str
     if commit := candidate.tags.get("workbench.git_commit"):
         tags["workbench.git_commit"] = commit
     for key, value in candidate.metrics.items():
-        if key.startswith("test_") or key in record.CARD_COST or key == metric:
+        if key.startswith("test_") or key in vocabulary.CARD_COST or key == metric:
             tags[key] = f"{value:.6g}"
     return {k: v for k, v in tags.items() if v != ""}
 
@@ -251,8 +251,8 @@ def model_card(candidate: Candidate, metric: str, experiment: str, name: str) ->
     p, m = candidate.params, candidate.metrics
     dataset = p.get("dataset", "?")
     limits = []
-    if candidate.tags.get(record.SYNTHETIC) == "true":
-        limits.append("Trained and tested on synthetic faces (stylised renders by `workbench.synth`), never on "
+    if candidate.tags.get(vocabulary.SYNTHETIC) == "true":
+        limits.append("Trained and tested on synthetic faces (stylised renders by `workbench.data.synth`), never on "
                       "photographs: its figures say nothing about real faces; do not use it on people.")
     n_test = int(float(p["images_test"])) if p.get("images_test") else None
     if n_test is not None and "test_accuracy" in m:
@@ -260,7 +260,7 @@ def model_card(candidate: Candidate, metric: str, experiment: str, name: str) ->
         half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / max(n_test, 1))
         limits.append(f"The test split holds {n_test} images: accuracy {acc:.3f} is known to about "
                       f"+/-{half:.3f} (95 %); smaller per-class figures are less certain still.")
-    if repeats := candidate.tags.get(record.REPEATS):
+    if repeats := candidate.tags.get(vocabulary.REPEATS):
         limits.append(f"The figures here are the means over the {repeats} seeds this configuration was trained "
                       f"with; the registered model is its best seed's (run `{candidate.model_run_id}`), whose "
                       "own test figures are on that run.")
@@ -277,7 +277,7 @@ def model_card(candidate: Candidate, metric: str, experiment: str, name: str) ->
                   "or deliberately adversarial or spoofed images.")
     return _CARD.render(c=candidate, p=p, m=m, name=name, experiment=experiment, metric=metric,
                         classes=[k for k in p.get("classes", "").split(",") if k], size=p.get("image_size", "?"),
-                        lower=record.lower_is_better(metric, candidate.objective), limits=limits,
+                        lower=vocabulary.lower_is_better(metric, candidate.objective), limits=limits,
                         quality=CARD_QUALITY, fmt=_fmt, number=_number)
 
 
@@ -294,8 +294,8 @@ def _has_model(client: MlflowClient, run) -> bool:
 
 
 def to_candidate(client: MlflowClient, run) -> Candidate:
-    holder = run.data.tags.get(record.MODEL_RUN)
-    if holder and run.data.tags.get(record.ROLE) in record.TRAINING_ROLES:
+    holder = run.data.tags.get(vocabulary.MODEL_RUN)
+    if holder and run.data.tags.get(vocabulary.ROLE) in vocabulary.TRAINING_ROLES:
         try:
             holder_run = client.get_run(holder)
         except MlflowException:
@@ -304,7 +304,7 @@ def to_candidate(client: MlflowClient, run) -> Candidate:
     else:
         has_model = _has_model(client, run)
     return Candidate(run_id=run.info.run_id, run_name=run.info.run_name or "", experiment_id=run.info.experiment_id,
-                     status=run.info.status, state=run.data.tags.get(record.STATE),
+                     status=run.info.status, state=run.data.tags.get(vocabulary.STATE),
                      has_model=has_model, metrics=dict(run.data.metrics),
                      params=dict(run.data.params), tags=dict(run.data.tags))
 
@@ -323,7 +323,7 @@ def scope_runs(client: MlflowClient, *, experiment: str | None = None, sweep: st
         raise PromotionError("pass --experiment or --sweep, not both")
     if sweep:
         parent = _get_run(client, sweep)
-        role = parent.data.tags.get(record.ROLE)
+        role = parent.data.tags.get(vocabulary.ROLE)
         if role != "sweep":
             raise PromotionError(f"run {sweep} is a {role or 'plain MLflow run'}, not a sweep: "
                                  f"pass it as --run {sweep}, or give the sweep's run id to --sweep")
@@ -339,7 +339,7 @@ def scope_runs(client: MlflowClient, *, experiment: str | None = None, sweep: st
         raise PromotionError("say which runs to choose from: --experiment NAME, --sweep RUN_ID or --run RUN_ID")
     runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=5000)
     return [to_candidate(client, r) for r in runs
-            if r.data.tags.get(record.ROLE) not in ("sweep", "repeat", "evaluation", "matrix")], scope
+            if r.data.tags.get(vocabulary.ROLE) not in ("sweep", "repeat", "evaluation", "matrix")], scope
 
 
 def select(client: MlflowClient, *, metric: str = DEFAULT_METRIC, experiment: str | None = None,
@@ -348,7 +348,7 @@ def select(client: MlflowClient, *, metric: str = DEFAULT_METRIC, experiment: st
     if sweep == "latest":
         if not experiment:
             raise PromotionError("--sweep latest needs --experiment NAME (whose latest sweep to use)")
-        sweep, experiment = record.latest_sweep(client, experiment), None
+        sweep, experiment = store.latest_sweep(client, experiment), None
     if run_id:
         candidate = to_candidate(client, _get_run(client, run_id))
         if sweep and candidate.parent_run_id != sweep:

@@ -1,23 +1,20 @@
-"""What a run records, stated once: the tags that say what a run is, the params and metrics it
-logs and which way each metric is better, where its artefacts sit, and how a tracking store is
-reached and searched ("the latest sweep"). Train, sweep, compare, promote, report and export all
-read these names from here, so they cannot drift apart: `better(metric)` is the one rule that
-ranks runs, whichever command does the ranking.
-
-MLflow is imported inside the functions that talk to a store, so importing this module is free.
-"""
+"""The tracking store: how a client on it is made (a local SQLite file created and checked on
+first use, a server or database named as such when it cannot answer), how experiments are
+created as model-training experiments, and how runs are found by what a user types
+(`--experiment`, `--sweep ID|latest`). MLflow is imported inside the functions that talk to a
+store, so importing this module is free."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal
-from urllib.parse import urlparse, urlunparse
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from workbench import paths
-from workbench.errors import TrackingError, WorkbenchError, first_line
+from workbench.errors import TrackingError, WorkbenchError, first_line, masked, scrub
+from workbench.vocabulary import EXPERIMENT_KIND, ROLE
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -25,148 +22,10 @@ if TYPE_CHECKING:
 # MLflow's INFO lines (database migrations, artifact uploads) are noise in a command's output.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
-# --- tags ------------------------------------------------------------------------------------------
-ROLE = "workbench.role"              # one of ROLES
-TRIAL = "workbench.trial"            # the Optuna trial number of a trial run
-STATE = "workbench.state"            # one of STATES
-SPEC = "workbench.spec"              # the spec's name
-SPEC_HASH = "workbench.spec_hash"    # the spec's content hash (what was trained and searched)
-ERROR = "workbench.error"            # why a run failed, one line
-SEED = "workbench.seed"
-DATASET_DIGEST = "workbench.dataset_digest"
-SYNTHETIC = "workbench.synthetic"    # "true" when the data were generated, not photographed
-GIT_COMMIT = "workbench.git_commit"
-DEVICE = "workbench.device"
-BEST_RUN = "workbench.best_run_id"   # on a sweep run: its best trial's run
-SELECTED_BY = "workbench.selected_by"  # on a registered version: the metric that chose it
-MODEL_RUN = "workbench.model_run_id"   # on an evaluation run: the run that trained the model
-MODEL_URI = "workbench.model_uri"
-REPEAT = "workbench.repeat"          # on a repeat run: its index within the trial
-REPEATS = "workbench.repeats"        # on a trial with repeats: how many
-LEFT_OUT = "workbench.left_out"      # images of the data not used, and why
-STUDY = "optuna.study_name"
-
-ROLES = ("sweep", "trial", "run", "repeat", "evaluation", "matrix")
-TRAINING_ROLES = ("trial", "run")    # runs whose model and test figures stand for a configuration
-STATES = ("finished", "pruned", "failed")
-
-# Experiments are marked as model training, so the MLflow UI opens them on runs and charts
-# rather than on its GenAI (traces) view.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-
-# --- params a run logs besides its configuration ----------------------------------------------------
-DATASET = "dataset"                  # the dataset's name
-DATASET_DIGEST_PARAM = "dataset_digest"
-CLASSES = "classes"                  # comma-separated, in the model's output order
-OBJECTIVE_PARAM = "objective"        # the metric name the `objective` metric stands for
-SPLIT_SIZES = ("images_train", "images_val", "images_test")
-# Params that describe the data or the search, not the model: never shown as hyperparameters.
-NOT_HYPERPARAMETERS = frozenset({CLASSES, DATASET_DIGEST_PARAM, OBJECTIVE_PARAM, *SPLIT_SIZES, "spec",
-                                 "direction", "trials", "repeats"})
-
-# --- metrics -----------------------------------------------------------------------------------------
-OBJECTIVE = "objective"              # the value the sweep optimised (validation, never test)
-DEFAULT_SELECTION = OBJECTIVE        # what promote and compare rank by unless told otherwise
-PER_EPOCH = ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro", "lr")
-LATENCY = "latency_ms_batch1"
-QUALITY = (OBJECTIVE, "test_accuracy", "test_f1_macro")      # then test_f1_<class>, then QUALITY_AFTER
-QUALITY_AFTER = ("test_f1_weighted", "test_roc_auc_ovr", "test_log_loss", "test_ece", "best_epoch", "overfit_gap")
-COST = ("total_params", "trainable_params", "model_size_mb", "train_seconds", LATENCY,
-        "latency_ms_per_image_batch32")
-INTEGER_METRICS = ("total_params", "trainable_params", "frozen_params", "best_epoch", "epochs_run",
-                   "train_images", "excluded_seen")
-# Shown on a registered version beside the test metrics.
-CARD_COST = ("overfit_gap", "total_params", "model_size_mb", LATENCY)
-
-# Words (between underscores) that make smaller better; every other metric is a score.
-_LOWER_WORDS = frozenset({"loss", "ece", "latency", "size", "params", "seconds", "gap"})
-_LOWER_NAMES = frozenset({"p_vs_best", "p_holm"})
-# Per-class scores end in a class name, which may hold any word ("hair_loss", "small_size"): they
-# are scores whatever the class is called.
-_SCORE_PREFIX = re.compile(r"^(?:[a-z]+_)?(?:precision|recall|f1)_")
-
-
-def lower_is_better(metric: str, objective: str | None = None) -> bool:
-    """Whether smaller values of `metric` are better. `objective` is the metric the run's
-    `objective` stands for (its `objective` param); a group's `<m>_mean` follows `<m>`."""
-    name = metric.removesuffix("_mean")
-    if name == OBJECTIVE:
-        return bool(objective) and lower_is_better(objective)
-    if _SCORE_PREFIX.match(name):
-        return False
-    return name in _LOWER_NAMES or bool(_LOWER_WORDS & set(name.split("_")))
-
-
-def better(metric: str, objective: str | None = None) -> Literal["max", "min"]:
-    """Which way `metric` improves: the one rule every command ranks by."""
-    return "min" if lower_is_better(metric, objective) else "max"
-
-
-def direction(metric: str, objective: str | None = None) -> Literal["maximize", "minimize"]:
-    """`better` in Optuna's words."""
-    return "minimize" if lower_is_better(metric, objective) else "maximize"
-
-
-def at_least_as_good(score: float, bar: float, metric: str, objective: str | None = None) -> bool:
-    return score <= bar if lower_is_better(metric, objective) else score >= bar
-
-
-def objective_of(params: Iterable[str | None]) -> str | None:
-    """The single metric that a set of runs' `objective` params name, or None when they differ."""
-    names = {p for p in params if p}
-    return next(iter(names)) if len(names) == 1 else None
-
-
-# --- artefacts ---------------------------------------------------------------------------------------
-class Artifacts:
-    """Where things sit inside a run's artefact store."""
-
-    MODEL = "model"
-    LABELS = "model_labels.json"
-    ERROR = "error.txt"
-    SPEC = "spec.json"
-    MANIFEST = "data/manifest.csv"
-    CLASS_COUNTS = "data/class_counts.csv"
-    SOURCE_COUNTS = "data/class_counts_by_source.csv"
-    EVALUATION = "evaluation"
-    FIGURES = "evaluation/figures.html"
-    PREDICTIONS = "evaluation/test_predictions.csv"
-    CONFUSION = "evaluation/confusion_matrix.json"
-    REPORT = "evaluation/classification_report.json"
-    REPORT_TEXT = "evaluation/classification_report.txt"
-    HISTORY = "evaluation/history.json"
-    MISTAKES = "evaluation/most_confident_mistakes.csv"
-    SWEEP_TRIALS = "sweep/trials.csv"
-    SWEEP_PARETO = "sweep/pareto_front.csv"
-    SWEEP_PLOTS = "sweep/study.html"
-    SWEEP_REPORT = "report/report.html"
-    MATRIX = "matrix/matrix.csv"
-    TFLITE = "tflite"
-
-
 # --- the tracking store ------------------------------------------------------------------------------
 def tracking_uri(uri: str | None = None) -> str:
     return uri or paths.default_tracking_uri()
 
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
-
-
-def scrub(text: str) -> str:
-    """Any text with the passwords of URLs in it replaced by *** (error messages quote URLs)."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
-
-def masked(url: str) -> str:
-    """A storage or tracking URL as it may be shown or logged: any password replaced by ***."""
-    try:
-        parsed = urlparse(url)
-    except ValueError:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-    if parsed.password is None:
-        return url
-    netloc = f"{parsed.username}:***@{parsed.hostname or ''}" + (f":{parsed.port}" if parsed.port else "")
-    return urlunparse(parsed._replace(netloc=netloc))
 
 
 def connect(uri: str | None = None) -> MlflowClient:

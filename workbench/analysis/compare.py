@@ -9,7 +9,7 @@ only by `select_runs`, `load_predictions` and `load_repeats`; the rest are pure 
 the frame `mlflow.search_runs` returns, so every column can be checked in a test on runs built
 by hand.
 Runs are ranked by the validation objective unless told otherwise (choosing by test figures
-would make the reported test figure of the winner optimistic), by `record.better`'s directions.
+would make the reported test figure of the winner optimistic), by `vocabulary.better`'s directions.
 The table keeps raw numbers (csv and json carry them as they are); the human formats go through
 `display_frame`, which rounds and joins a group's mean and std into "mean ± std".
 """
@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from workbench import record, stats
+from workbench import vocabulary
 from workbench.errors import TrackingError, WorkbenchError, first_line
-from workbench.record import Artifacts
+from workbench.measure import stats
+from workbench.track import store
+from workbench.vocabulary import Artifacts
 
 # The registry's axes: what a study is about, always the first columns after the run.
 REGISTRY_AXES = ("backbone", "balance", "augmentation")
@@ -42,7 +44,7 @@ HYPERPARAMETERS = ("learning_rate", "batch_size", "epochs", "dropout", "dense_un
 IDENTITY = ("run_id", "run_name", "state")
 STATS_COLUMNS = ("f1_macro_ci", "f1_diff_vs_best", "f1_diff_ci", "mcnemar_b", "mcnemar_c", "p_vs_best",
                  "p_holm", "note")
-DEFAULT_SORT = record.DEFAULT_SELECTION
+DEFAULT_SORT = vocabulary.DEFAULT_SELECTION
 STATS_TOP = 5
 STATS_MAX_ROWS = 20
 FORMATS = ("table", "csv", "markdown", "html", "latex", "json")
@@ -75,11 +77,11 @@ def select_runs(client, *, tracking_uri: str | None = None, experiment: str | No
         raise WorkbenchError("choose the runs: --experiment NAME (all its runs) or --sweep RUN_ID (one sweep's trials)")
     if sweep == "latest" and not experiment:
         raise WorkbenchError("--sweep latest needs --experiment NAME to say whose latest sweep")
-    experiment_id = record.find_experiment(client, experiment, tracking_uri).experiment_id if experiment else None
+    experiment_id = store.find_experiment(client, experiment, tracking_uri).experiment_id if experiment else None
     if sweep == "latest":
-        sweep = record.latest_sweep(client, experiment, tracking_uri)
+        sweep = store.latest_sweep(client, experiment, tracking_uri)
     if sweep:
-        parent = record.sweep_of(client, sweep, tracking_uri)
+        parent = store.sweep_of(client, sweep, tracking_uri)
         name = client.get_experiment(parent.info.experiment_id).name
         if experiment and name != experiment:
             raise WorkbenchError(f"--sweep {sweep}: that sweep belongs to experiment {name}, not {experiment}")
@@ -94,7 +96,7 @@ def select_runs(client, *, tracking_uri: str | None = None, experiment: str | No
     except MlflowException as err:
         raise TrackingError(f"--filter/--tag: MLflow rejects {' AND '.join(clauses)!r}: "
                             f"{first_line(err)}") from None
-    role_column = f"tags.{record.ROLE}"
+    role_column = f"tags.{vocabulary.ROLE}"
     if role_column in runs:
         # Sweep parents, repeats (their trial stands for them) and evaluations are not configurations.
         runs = runs[~runs[role_column].fillna("").isin(("sweep", "repeat", "evaluation", "matrix"))]
@@ -142,21 +144,21 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         "run_id": runs["run_id"],
         "run_name": runs.get("tags.mlflow.runName", blank),
         # Runs not made by workbench have no state tag: MLflow's own status stands in.
-        "state": runs.get(f"tags.{record.STATE}", blank).fillna(status),
+        "state": runs.get(f"tags.{vocabulary.STATE}", blank).fillna(status),
     })
     params = [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")]
-    extra = sorted(p for p in params if p not in (*REGISTRY_AXES, *HYPERPARAMETERS, *record.NOT_HYPERPARAMETERS)
+    extra = sorted(p for p in params if p not in (*REGISTRY_AXES, *HYPERPARAMETERS, *vocabulary.NOT_HYPERPARAMETERS)
                    and runs[f"params.{p}"].nunique(dropna=False) > 1)
     for name in (*REGISTRY_AXES, *HYPERPARAMETERS, *extra):
         if name in params:
             table[name] = _numeric_if_possible(runs[f"params.{name}"])
-    for name in (*record.QUALITY, *[f"test_f1_{c}" for c in _classes(runs)], *record.QUALITY_AFTER,
-                 *record.COST):
+    for name in (*vocabulary.QUALITY, *[f"test_f1_{c}" for c in _classes(runs)], *vocabulary.QUALITY_AFTER,
+                 *vocabulary.COST):
         column = runs.get(f"metrics.{name}")
         if column is None:
             continue
         column = pd.to_numeric(column, errors="coerce")
-        if name in record.INTEGER_METRICS and (column.dropna() % 1 == 0).all():
+        if name in vocabulary.INTEGER_METRICS and (column.dropna() % 1 == 0).all():
             column = column.round().astype("Int64")
         table[name] = column
         # A configuration trained with repeats logs the spread of every metric beside its mean.
@@ -193,14 +195,14 @@ def default_sort(table: pd.DataFrame) -> str:
 
 
 def sort_table(table: pd.DataFrame, column: str, order: str | None = None, objective: str | None = None) -> pd.DataFrame:
-    """Best first by `record.better`: descending for scores, ascending for losses, latency, size
+    """Best first by `vocabulary.better`: descending for scores, ascending for losses, latency, size
     and cost (and for text); `objective` names what the `objective` column stands for; `order`
     ("asc" or "desc") overrides. Runs without a value go last, and runs that did not finish after
     every finished one."""
     if order not in (None, "asc", "desc"):
         raise WorkbenchError(f"--order {order}: choose asc or desc")
     numeric = pd.api.types.is_numeric_dtype(table[column])
-    ascending = (order == "asc") if order else (not numeric or record.lower_is_better(column, objective))
+    ascending = (order == "asc") if order else (not numeric or vocabulary.lower_is_better(column, objective))
     table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
     if "state" in table.columns:
         # Finished runs first, as promote can only choose those: a run that logged its objective
@@ -211,7 +213,7 @@ def sort_table(table: pd.DataFrame, column: str, order: str | None = None, objec
 
 def objective_of(runs: pd.DataFrame) -> str | None:
     """The metric the runs' `objective` stands for (their `objective` param), if they agree."""
-    return record.objective_of(runs.get(f"params.{record.OBJECTIVE_PARAM}", pd.Series(dtype=object)).dropna())
+    return vocabulary.objective_of(runs.get(f"params.{vocabulary.OBJECTIVE_PARAM}", pd.Series(dtype=object)).dropna())
 
 
 def only_differences(table: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
@@ -251,7 +253,7 @@ def group_table(table: pd.DataFrame, by: Sequence[str], sort: str, order: str | 
 def is_measure(column: str) -> bool:
     if column.endswith("_std"):  # a repeated configuration's spread travels with its mean
         return False
-    return column in (*record.QUALITY, *record.QUALITY_AFTER, *record.COST) or column.startswith("test_f1_")
+    return column in (*vocabulary.QUALITY, *vocabulary.QUALITY_AFTER, *vocabulary.COST) or column.startswith("test_f1_")
 
 
 # --- is the winner really better? (pure, given the predictions) ------------------------------------
@@ -365,16 +367,16 @@ def _repeats_note(i: int, best: tuple[str, list[float]] | None, mine: tuple[str,
 def load_repeats(client, runs: pd.DataFrame) -> dict[str, tuple[str, list[float]]]:
     """Per-seed test macro-F1 of every run trained with repeats (its nested `repeat` runs)."""
     found = {}
-    column = f"tags.{record.REPEATS}"
+    column = f"tags.{vocabulary.REPEATS}"
     if column not in runs:
         return found
     for row in runs[runs[column].notna()].itertuples():
         run_id = row.run_id
         children = client.search_runs([client.get_run(run_id).info.experiment_id],
-                                      f"tags.mlflow.parentRunId = '{run_id}' AND tags.`{record.ROLE}` = 'repeat'")
-        scored = sorted((int(c.data.tags.get(record.REPEAT, 0)), c.data.metrics.get("test_f1_macro")) for c in children)
+                                      f"tags.mlflow.parentRunId = '{run_id}' AND tags.`{vocabulary.ROLE}` = 'repeat'")
+        scored = sorted((int(c.data.tags.get(vocabulary.REPEAT, 0)), c.data.metrics.get("test_f1_macro")) for c in children)
         if scored and all(v is not None for _, v in scored):
-            digest = client.get_run(run_id).data.tags.get(record.DATASET_DIGEST, "")
+            digest = client.get_run(run_id).data.tags.get(vocabulary.DATASET_DIGEST, "")
             found[run_id] = (digest, [v for _, v in scored])
     return found
 
@@ -432,7 +434,7 @@ def leaderboard(runs: pd.DataFrame, top: int | None = 10, sort: str | None = Non
     keep = ["run_name", "state",
             *[a for a in (*REGISTRY_AXES, "learning_rate") if a in ranked and (len(ranked) == 1 or
                                                                               ranked[a].nunique(dropna=False) > 1)],
-            *[m for m in ranked.columns if m in record.QUALITY or (m.startswith("test_f1_") and m != "test_f1_weighted")],
+            *[m for m in ranked.columns if m in vocabulary.QUALITY or (m.startswith("test_f1_") and m != "test_f1_weighted")],
             "run_id"]
     return ranked[[c for c in keep if c in ranked]]
 
@@ -520,7 +522,7 @@ def render(table: pd.DataFrame, fmt: str, title: str | None = None) -> str:
     if fmt == "markdown":
         return to_markdown(table)
     if fmt == "html":
-        from workbench.figures import Section, page
+        from workbench.measure.figures import Section, page
 
         return page(title or "workbench compare", [Section("", html=to_html_table(table))])
     if fmt == "latex":

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from workbench.data.leakage import near_duplicate_groups
 from workbench.errors import DataError
-from workbench.leakage import near_duplicate_groups
 
 MANIFEST_COLUMNS = ["path", "sha256", "width", "height", "channels", "format", "label", "source",
                     "original_split", "group_id", "phash", "decoded"]

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import jinja2
 import markupsafe
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless machines and CI: never try to open a window
@@ -31,7 +30,7 @@ import plotly.express as px  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
-from workbench.evaluate import Evaluation, most_confident_mistakes  # noqa: E402
+from workbench.measure.evaluate import Evaluation, most_confident_mistakes  # noqa: E402
 
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

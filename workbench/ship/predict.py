@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench import ingest
+from workbench.data import ingest
 from workbench.errors import WorkbenchError, first_line
 
 # Share of the face box added on each side before cropping: Haar boxes are tight around the
@@ -169,7 +169,7 @@ def to_input(bgr: np.ndarray, size: int) -> np.ndarray:
     exactly as training resizes."""
     import cv2
 
-    from workbench.pipeline import resize
+    from workbench.model.pipeline import resize
 
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return resize(rgb, size).numpy().astype("float32")

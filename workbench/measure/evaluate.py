@@ -7,7 +7,7 @@ per-epoch history into the few numbers a study compares (best epoch, overfitting
 size and inference latency on the machine that trained the model (latency is the median of a
 few timed calls after a warm-up call, so one-off graph tracing is not counted). Nothing here
 knows about MLflow, plotly or the filesystem, so every number can be checked in a test without a
-tracking store; the figures live in `workbench.figures`.
+tracking store; the figures live in `workbench.measure.figures`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from workbench import record
+from workbench import vocabulary
 
 ECE_BINS = 15
 # Keeps log loss finite when a model puts exactly 0 on the true class (float32 softmax underflows).
@@ -159,7 +159,7 @@ def training_summary(history: dict[str, list[float]], monitor: str = "val_f1_mac
     """The per-epoch history condensed to what studies compare across runs.
 
     `best_epoch` is 1-based (as MLflow steps are) and the first epoch reaching the best value of
-    `monitor` (the metric training restored its weights by; `record.better` says which way is
+    `monitor` (the metric training restored its weights by; `vocabulary.better` says which way is
     best); `best_<monitor>` is that value. `overfit_gap` = final train accuracy - final
     validation accuracy; `overfit_gap_loss` = final val_loss - final loss. Each key appears only
     when the history has what it needs, so a run without validation still gets a summary.
@@ -174,7 +174,7 @@ def training_summary(history: dict[str, list[float]], monitor: str = "val_f1_mac
     if isinstance(series, (list, tuple, np.ndarray)) and len(series):
         values = np.asarray(series, dtype=float)
         if not np.isnan(values).all():  # a diverged run can log NaN; skip those epochs, not the run
-            best = int(np.nanargmax(values) if record.better(monitor) == "max" else np.nanargmin(values))
+            best = int(np.nanargmax(values) if vocabulary.better(monitor) == "max" else np.nanargmin(values))
             summary["best_epoch"] = float(best + 1)
             summary[f"best_{monitor}"] = float(values[best])
     train_acc, val_acc = final("accuracy"), final("val_accuracy")

@@ -21,11 +21,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench import dataset, ingest, leakage, paths, pipeline, record, stats
+from workbench import paths, vocabulary
+from workbench.data import dataset, ingest, leakage
 from workbench.errors import DataError, WorkbenchError
-from workbench.evaluate import Evaluation, evaluate, most_confident_mistakes
-from workbench.record import Artifacts
+from workbench.measure import stats
+from workbench.measure.evaluate import Evaluation, evaluate, most_confident_mistakes
+from workbench.model import pipeline
 from workbench.spec import Spec, first_config, validate
+from workbench.track import store
+from workbench.vocabulary import Artifacts
 
 SPLIT_CHOICES = ("all", "train", "val", "test")
 
@@ -168,12 +172,12 @@ def log_evaluation(scored: Scored, *, experiment_id: str, name: str, tags: dict[
                    extra_metrics: dict[str, float], parent_run_id: str | None = None) -> tuple[str, dict[str, float]]:
     import mlflow
 
-    from workbench.run import log_evidence, provenance_tags
+    from workbench.track.run import log_evidence, provenance_tags
 
     metrics = {**scored.evaluation.metrics, **intervals(scored), **extra_metrics,
                "images_evaluated": float(len(scored.frame))}
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
-                          tags={record.ROLE: "evaluation", record.STATE: "finished", **provenance_tags(), **tags}) as run:
+                          tags={vocabulary.ROLE: "evaluation", vocabulary.STATE: "finished", **provenance_tags(), **tags}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         log_evidence(scored.evaluation, scored.frame, scored.mistakes, scored.mistake_images,
@@ -186,7 +190,7 @@ def evaluate_model(client, model_uri: str, data: str, *, split: str = "all", map
     """`workbench evaluate`: score a model (runs:/... or models:/NAME@alias) on an ingested dataset
     or a spec's data, leaving out what it saw unless `include_seen`, and log it as an evaluation
     run in the model's own experiment, linked to the run (and version) that trained it."""
-    from workbench import predict
+    from workbench.ship import predict
 
     loaded = predict.load_model(model_uri)
     name, frame = target_frame(data, split)
@@ -202,11 +206,11 @@ def evaluate_model(client, model_uri: str, data: str, *, split: str = "all", map
         mask = seen(frame, saw)
     scored = score(loaded.model, loaded.classes, loaded.image_size, frame[~mask].reset_index(drop=True))
     experiment_id = (client.get_run(loaded.run_id).info.experiment_id if loaded.run_id
-                     else record.ensure_experiment(client, "evaluations"))
-    tags = {record.MODEL_URI: model_uri, **({record.MODEL_RUN: loaded.run_id} if loaded.run_id else {})}
+                     else store.ensure_experiment(client, "evaluations"))
+    tags = {vocabulary.MODEL_URI: model_uri, **({vocabulary.MODEL_RUN: loaded.run_id} if loaded.run_id else {})}
     if model_uri.startswith("models:/"):
         tags["workbench.model_version"] = _version_of(client, model_uri)
-    params = {"data": name, "split": split, "include_seen": include_seen, record.CLASSES: ",".join(loaded.classes),
+    params = {"data": name, "split": split, "include_seen": include_seen, vocabulary.CLASSES: ",".join(loaded.classes),
               "classes_mapping": ", ".join(f"{k}: {v}" for k, v in (mapping or {}).items()) or "-"}
     run_id, metrics = log_evaluation(scored, experiment_id=experiment_id, name=f"evaluate-{name}", tags=tags,
                                      params=params, extra_metrics={"excluded_seen": float(mask.sum()),
@@ -243,17 +247,18 @@ def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matr
     score every model on every dataset: its own test split on the diagonal, elsewhere the whole
     other dataset minus every image it saw (exact or near copies). All runs nest under one
     `matrix` run, which holds the table and its heatmap."""
-    from workbench import figures, predict
-    from workbench.run import tracked_run
+    from workbench.measure import figures
+    from workbench.ship import predict
+    from workbench.track.run import tracked_run
 
     sources = [m.name for m in getattr(spec.dataset, "manifests", [])]
     if len(sources) < 2:
         raise WorkbenchError(f"{spec.name}: the matrix needs a spec that merges several datasets "
                              f"(dataset.manifests has {len(sources)})")
-    client = record.connect(tracking_uri)
-    experiment_id = record.ensure_experiment(client, spec.name, tracking_uri)
+    client = store.connect(tracking_uri)
+    experiment_id = store.ensure_experiment(client, spec.name, tracking_uri)
     parent = client.create_run(experiment_id, run_name="matrix", tags={
-        record.ROLE: "matrix", record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash()}).info.run_id
+        vocabulary.ROLE: "matrix", vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash()}).info.run_id
     status = "FAILED"
     try:
         config = first_config(spec)
@@ -278,8 +283,8 @@ def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matr
                     scored = score(loaded.model, loaded.classes, loaded.image_size, kept)
                     run_id, metrics = log_evaluation(
                         scored, experiment_id=experiment_id, name=f"{s}-on-{t}", parent_run_id=parent,
-                        tags={record.MODEL_RUN: models[s], "workbench.matrix_cell": f"{s}->{t}"},
-                        params={"data": t, "split": "test" if t == s else "all", record.CLASSES: ",".join(loaded.classes)},
+                        tags={vocabulary.MODEL_RUN: models[s], "workbench.matrix_cell": f"{s}->{t}"},
+                        params={"data": t, "split": "test" if t == s else "all", vocabulary.CLASSES: ",".join(loaded.classes)},
                         extra_metrics={"excluded_seen": float(mask.sum()), "excluded_unknown": float(unknown)})
                     row.update({k: metrics[k] for k in ("test_accuracy", "test_accuracy_low", "test_accuracy_high",
                                                         "test_f1_macro", "test_f1_macro_low", "test_f1_macro_high")},

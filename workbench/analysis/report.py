@@ -3,7 +3,7 @@ sweep): the comparison table, the objective by each registry axis, parameters ag
 objective, overlaid learning curves, confusion matrices side by side, and accuracy against
 latency with its Pareto front.
 
-The figures are `workbench.figures`' builders (the same curves and confusion matrices a run's
+The figures are `workbench.measure.figures`' builders (the same curves and confusion matrices a run's
 own page shows) and the page is its one page writer, so it opens offline with plotly.js inlined
 once. This module only decides what goes on the page and reads it from MLflow: the metric
 histories, the confusion matrices, and where the page is written and logged.
@@ -18,15 +18,17 @@ from typing import Sequence
 
 import pandas as pd
 
-from workbench import compare, figures, paths, record, stats
+from workbench import paths, vocabulary
+from workbench.analysis import compare
 from workbench.errors import WorkbenchError
-from workbench.figures import Section
-from workbench.record import Artifacts
+from workbench.measure import figures, stats
+from workbench.measure.figures import Section
+from workbench.vocabulary import Artifacts
 
 SECTIONS = ("Leaderboard", "Objective by axis", "Parameters vs objective", "Learning curves",
             "Confusion matrices", "Accuracy vs latency")
 MATRIX_SECTION = "Across datasets: trained on x tested on"
-CURVE_KEYS = tuple(key for key in record.PER_EPOCH if key != "lr")
+CURVE_KEYS = tuple(key for key in vocabulary.PER_EPOCH if key != "lr")
 
 
 def label(table: pd.DataFrame, run_id: str) -> str:
@@ -60,9 +62,9 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
     objective = objective_column(everything)
     scored = everything[everything[objective].notna()] if objective else everything.iloc[0:0]
     latency = everything[everything.get("test_accuracy", pd.Series(dtype=float)).notna()
-                         & everything.get(record.LATENCY, pd.Series(dtype=float)).notna()] \
-        if {"test_accuracy", record.LATENCY} <= set(everything) else everything.iloc[0:0]
-    front = stats.pareto_front(latency["test_accuracy"].to_numpy(float), latency[record.LATENCY].to_numpy(float)) \
+                         & everything.get(vocabulary.LATENCY, pd.Series(dtype=float)).notna()] \
+        if {"test_accuracy", vocabulary.LATENCY} <= set(everything) else everything.iloc[0:0]
+    front = stats.pareto_front(latency["test_accuracy"].to_numpy(float), latency[vocabulary.LATENCY].to_numpy(float)) \
         if len(latency) else []
     sections = [
         Section(SECTIONS[0], html=f"<div class='scroll'>{compare.to_html_table(board)}</div>"),
@@ -75,7 +77,7 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
         Section(SECTIONS[4], figures.confusion_heatmaps({names[r]: c for r, c in confusions.items()}),
                 missing=f"no {Artifacts.CONFUSION} for the top runs"),
         Section(SECTIONS[5], figures.accuracy_vs_latency(latency, front) if len(latency) else None,
-                missing=f"no run has both test_accuracy and {record.LATENCY}"),
+                missing=f"no run has both test_accuracy and {vocabulary.LATENCY}"),
     ]
     if matrix is not None and not matrix.empty:  # the experiment's latest `workbench matrix`
         sections.append(Section(MATRIX_SECTION, figures.matrix_heatmap(matrix, "test_f1_macro"),
@@ -120,7 +122,7 @@ def collect_matrix(client, experiment_id: str) -> pd.DataFrame | None:
     """The table of the experiment's latest finished matrix run, if it has one."""
     from mlflow.exceptions import MlflowException
 
-    runs = client.search_runs([experiment_id], f"tags.`{record.ROLE}` = 'matrix' AND attributes.status = 'FINISHED'",
+    runs = client.search_runs([experiment_id], f"tags.`{vocabulary.ROLE}` = 'matrix' AND attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return None
@@ -148,7 +150,7 @@ def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, ru
             except MlflowException:
                 raise WorkbenchError(f"--runs {run_id}: no such run") from None
     # A configuration trained with repeats keeps its curves and confusions on its model's seed run.
-    column = f"tags.{record.MODEL_RUN}"
+    column = f"tags.{vocabulary.MODEL_RUN}"
     held = selection.runs[column] if column in selection.runs else pd.Series(dtype=object)
     sources = {run: model_run for run, model_run in zip(selection.runs["run_id"], held)
                if isinstance(model_run, str) and model_run}

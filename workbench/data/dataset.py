@@ -30,9 +30,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from workbench import ingest, leakage, paths, record, synth
+from workbench import paths
+from workbench.data import ingest, leakage, synth
 from workbench.errors import DataError
 from workbench.spec import ManifestSource, Spec, Split, SyntheticData
+from workbench.track import store
 
 SPLITS = ("train", "val", "test")
 
@@ -77,7 +79,7 @@ def build_once(target: Path, done: str, build: Callable[[Path], None]) -> Path:
         return target
     # The lock lives under the data folder, not beside the target (which may be a raw-data root).
     key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
-    with record.locked(paths.data_dir() / ".locks" / f"{target.name}-{key}.lock"):
+    with store.locked(paths.data_dir() / ".locks" / f"{target.name}-{key}.lock"):
         if (target / done).exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,7 @@ def ensure_synthetic(data: SyntheticData, seed: int) -> str:
     name = synthetic_name(data, seed)
     manifests = paths.manifests_dir()
     if not (manifests / f"{name}.json").is_file():
-        with record.locked(manifests / f".{name}.lock"):
+        with store.locked(manifests / f".{name}.lock"):
             if not (manifests / f"{name}.json").is_file():
                 ingest.ingest("folders", root, name, manifests, paths.decoded_dir(),
                               extra={"synthetic": json.loads((root / "dataset.json").read_text())})
@@ -185,7 +187,7 @@ def ensure_ingested(source: ManifestSource) -> None:
 
     if current():
         return
-    with record.locked(manifests / f".{source.name}.lock"):
+    with store.locked(manifests / f".{source.name}.lock"):
         if not current():
             ingest.ingest(source.adapter, root, source.name, manifests, paths.decoded_dir(), extra={"fingerprint": mark})
 

@@ -25,11 +25,12 @@ from typing import Callable
 import mlflow
 import optuna
 
-from workbench import dataset, record
-from workbench.dataset import Dataset
-from workbench.record import Artifacts
+from workbench import errors, vocabulary
+from workbench.data import dataset
+from workbench.data.dataset import Dataset
+from workbench.model.train import TrainResult, train
 from workbench.spec import Spec, TrialConfig
-from workbench.train import TrainResult, train
+from workbench.vocabulary import Artifacts
 
 # MLflow registers the local-file dataset source twice and then warns that a path is ambiguous.
 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -47,11 +48,11 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
                 callbacks: list = (), on_start: Callable[[str], None] | None = None,
                 tags: dict[str, str] | None = None, name: str | None = None) -> RunOutcome:
     role = role or ("trial" if trial_number is not None else "run")
-    all_tags = {record.ROLE: role, record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash(),
-                record.DATASET_DIGEST: data.digest, record.SEED: str(config.seed),
-                record.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags(), **(tags or {})}
+    all_tags = {vocabulary.ROLE: role, vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
+                vocabulary.DATASET_DIGEST: data.digest, vocabulary.SEED: str(config.seed),
+                vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags(), **(tags or {})}
     if trial_number is not None:
-        all_tags[record.TRIAL] = str(trial_number)
+        all_tags[vocabulary.TRIAL] = str(trial_number)
     name = name or (f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}")
     # Inside a trial with repeats, the trial's run is active: a repeat nests under it.
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=all_tags,
@@ -60,16 +61,16 @@ def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id
         with ends_definitely():
             if on_start:
                 on_start(run.info.run_id)
-            mlflow.log_params({**config.model_dump(), record.DATASET: data.name,
-                               record.DATASET_DIGEST_PARAM: data.digest, record.CLASSES: ",".join(data.classes),
-                               record.OBJECTIVE_PARAM: spec.objective.metric})
+            mlflow.log_params({**config.model_dump(), vocabulary.DATASET: data.name,
+                               vocabulary.DATASET_DIGEST_PARAM: data.digest, vocabulary.CLASSES: ",".join(data.classes),
+                               vocabulary.OBJECTIVE_PARAM: spec.objective.metric})
             log_dataset(data)
             balanced = dataset.balanced(data, config.balance, config.balance_target, config.seed)
             result = train(config, data, balanced, callbacks=[epoch_logger(), *callbacks],
                            monitor=spec.objective.metric)
             objective = result.objective(spec.objective.metric, config.restore_best)
             metrics = log_result(result, config, data.classes, objective, spec.objective.metric)
-            mlflow.set_tag(record.STATE, "finished")
+            mlflow.set_tag(vocabulary.STATE, "finished")
             mlflow.end_run("FINISHED")
             return RunOutcome(run.info.run_id, objective, metrics)
     finally:
@@ -85,14 +86,14 @@ def ends_definitely():
     try:
         yield
     except optuna.TrialPruned:
-        mlflow.set_tag(record.STATE, "pruned")
+        mlflow.set_tag(vocabulary.STATE, "pruned")
         mlflow.end_run("FINISHED")
         raise
     except BaseException as err:
         try:
             # Error messages quote store URLs; their passwords never reach a tag or an artefact.
-            mlflow.set_tags({record.STATE: "failed", record.ERROR: record.scrub(f"{type(err).__name__}: {err}")[:500]})
-            mlflow.log_text(record.scrub(traceback.format_exc()), Artifacts.ERROR)
+            mlflow.set_tags({vocabulary.STATE: "failed", vocabulary.ERROR: errors.scrub(f"{type(err).__name__}: {err}")[:500]})
+            mlflow.log_text(errors.scrub(traceback.format_exc()), Artifacts.ERROR)
         except Exception:  # the store itself may be what failed (read-only, disk full): still end the run
             pass
         mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -111,34 +112,34 @@ def tracked_repeats(spec: Spec, config: TrialConfig, data: Dataset, *, experimen
     import numpy as np
 
     role = "trial" if trial_number is not None else "run"
-    tags = {record.ROLE: role, record.SPEC: spec.name, record.SPEC_HASH: spec.content_hash(),
-            record.DATASET_DIGEST: data.digest, record.SEED: str(config.seed), record.REPEATS: str(spec.repeats),
-            record.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags()}
+    tags = {vocabulary.ROLE: role, vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
+            vocabulary.DATASET_DIGEST: data.digest, vocabulary.SEED: str(config.seed), vocabulary.REPEATS: str(spec.repeats),
+            vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags()}
     if trial_number is not None:
-        tags[record.TRIAL] = str(trial_number)
+        tags[vocabulary.TRIAL] = str(trial_number)
     name = f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}"
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
     with ends_definitely():
         if on_start:
             on_start(run.info.run_id)
-        mlflow.log_params({**config.model_dump(exclude={"seed"}), "repeats": spec.repeats, record.DATASET: data.name,
-                           record.DATASET_DIGEST_PARAM: data.digest, record.CLASSES: ",".join(data.classes),
-                           record.OBJECTIVE_PARAM: spec.objective.metric})
+        mlflow.log_params({**config.model_dump(exclude={"seed"}), "repeats": spec.repeats, vocabulary.DATASET: data.name,
+                           vocabulary.DATASET_DIGEST_PARAM: data.digest, vocabulary.CLASSES: ",".join(data.classes),
+                           vocabulary.OBJECTIVE_PARAM: spec.objective.metric})
         outcomes = []
         for k in range(spec.repeats):
             outcomes.append(tracked_run(spec, config.model_copy(update={"seed": config.seed + k}), data,
                                         experiment_id=experiment_id, parent_run_id=run.info.run_id, role="repeat",
-                                        callbacks=callbacks if k == 0 else [], tags={record.REPEAT: str(k)},
+                                        callbacks=callbacks if k == 0 else [], tags={vocabulary.REPEAT: str(k)},
                                         name=f"{name}-seed{config.seed + k}"))
         shared = set.intersection(*(set(o.metrics) for o in outcomes))
         values = {m: np.array([o.metrics[m] for o in outcomes], dtype=float) for m in sorted(shared)}
         metrics = {**{m: float(v.mean()) for m, v in values.items()},
                    **{f"{m}_std": float(v.std(ddof=1)) for m, v in values.items()}}
         objectives = np.array([o.objective for o in outcomes])
-        metrics.update({record.OBJECTIVE: float(objectives.mean()), f"{record.OBJECTIVE}_std": float(objectives.std(ddof=1))})
+        metrics.update({vocabulary.OBJECTIVE: float(objectives.mean()), f"{vocabulary.OBJECTIVE}_std": float(objectives.std(ddof=1))})
         mlflow.log_metrics(metrics)
-        pick = np.argmin if record.lower_is_better(spec.objective.metric) else np.argmax
-        mlflow.set_tags({record.MODEL_RUN: outcomes[int(pick(objectives))].run_id, record.STATE: "finished"})
+        pick = np.argmin if vocabulary.lower_is_better(spec.objective.metric) else np.argmax
+        mlflow.set_tags({vocabulary.MODEL_RUN: outcomes[int(pick(objectives))].run_id, vocabulary.STATE: "finished"})
         mlflow.end_run("FINISHED")
         return RunOutcome(run.info.run_id, float(objectives.mean()), metrics)
 
@@ -178,7 +179,7 @@ def provenance_tags() -> dict[str, str]:
     tags = {"workbench.tensorflow_version": tf.__version__, "workbench.keras_version": keras.__version__,
             "workbench.mlflow_version": mlflow.__version__}
     if commit := git_commit():
-        tags[record.GIT_COMMIT] = commit
+        tags[vocabulary.GIT_COMMIT] = commit
     return tags
 
 
@@ -215,10 +216,10 @@ def log_dataset(data: Dataset) -> None:
         time.sleep(0.5)
         mlflow.log_input(dataset_input, context="training")
     counts = data.counts()
-    mlflow.log_params({size: int(counts[size.removeprefix("images_")].sum()) for size in record.SPLIT_SIZES})
+    mlflow.log_params({size: int(counts[size.removeprefix("images_")].sum()) for size in vocabulary.SPLIT_SIZES})
     if data.left_out:
         mlflow.log_metric("images_left_out", sum(data.left_out.values()))
-        mlflow.set_tag(record.LEFT_OUT, "; ".join(f"{n} {why}" for why, n in data.left_out.items()))
+        mlflow.set_tag(vocabulary.LEFT_OUT, "; ".join(f"{n} {why}" for why, n in data.left_out.items()))
     with tempfile.TemporaryDirectory() as tmp:
         frame.to_csv(Path(tmp) / Path(Artifacts.MANIFEST).name, index=False)
         counts.to_csv(Path(tmp) / Path(Artifacts.CLASS_COUNTS).name)
@@ -232,12 +233,12 @@ def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...
     (quality, training summary around `monitor`, the metric training chose its epoch by; cost;
     the objective), the evidence (figures, reports, predictions) and the model. Returns the
     metrics it logged."""
-    from workbench.evaluate import training_summary
+    from workbench.measure.evaluate import training_summary
 
     metrics = {**result.evaluation.metrics, **training_summary(result.history, monitor), **result.timings,
-               **result.cost, "train_images": result.train_images, record.OBJECTIVE: objective}
+               **result.cost, "train_images": result.train_images, vocabulary.OBJECTIVE: objective}
     mlflow.log_metrics(metrics)
-    mlflow.set_tags({record.DEVICE: result.runtime.device,
+    mlflow.set_tags({vocabulary.DEVICE: result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
                      "workbench.xla": str(result.runtime.xla).lower()})
     log_evidence(result.evaluation, result.test_frame, result.mistakes, result.mistake_images,
@@ -254,7 +255,7 @@ def log_evidence(evaluation, frame, mistakes, mistake_images, history=None, phas
     confusion matrix and the per-image predictions."""
     import matplotlib.pyplot as plt
 
-    from workbench import figures
+    from workbench.measure import figures
 
     pairs = figures.figure_pairs(evaluation, history, images=mistake_images, picked=mistakes,
                                  phase_boundary=phase_boundary)

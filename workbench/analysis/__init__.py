@@ -1,0 +1,2 @@
+"""Reading runs back: side-by-side tables with statistics (`compare`), the interactive report
+(`report`), and scores on datasets a model was not trained on (`crossdata`)."""

@@ -1,0 +1,2 @@
+"""Shipping a model: registering the winner under an alias (`promote`), loading and predicting
+with it (`predict`), and the TFLite export (`export`)."""
