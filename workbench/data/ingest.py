@@ -463,62 +463,16 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
     """Turn the raw folder into `out_dir/<name>.csv` (+ `.json` sidecar, `.report.csv` of every
     file left out and why) and normalised copies under `interim_dir/<name>/`. `extra` is recorded
     in the sidecar (the synthetic set's generator options, say)."""
-    adapter = ADAPTERS.get(source)
-    if adapter is None:
-        raise DataError(f"unknown dataset source {source!r}; expected one of {', '.join(ADAPTERS)}", exit_code=2)
-    if not _NAME.fullmatch(name):
-        raise DataError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.' only", exit_code=2)
-    raw_root, out_dir, interim_dir = (Path(p).resolve() for p in (raw_root, out_dir, interim_dir))
-    if not raw_root.is_dir():
-        raise DataError(f"{printable(str(raw_root))}: raw dataset folder not found", exit_code=2)
-    for folder in (out_dir, interim_dir):
-        if _inside(folder, raw_root):
-            raise DataError(f"{folder}: inside the raw folder {raw_root}; raw data is read-only, "
-                            "write outputs elsewhere")
-    if _inside(raw_root, interim_dir / name):
-        # interim_dir/<name> is replaced wholesale, which must never take the raw folder with it.
-        raise DataError(f"{interim_dir / name}: would replace the raw folder {raw_root}; "
-                        "choose another interim folder or dataset name")
-    try:
-        items = adapter.scan(raw_root)
-    except OSError as err:  # a folder of the layout itself cannot be listed
-        raise DataError(f"{printable(str(err.filename or raw_root))}: cannot read this folder "
-                        f"({err.strerror or _one_line(err)})") from None
-    if not items:
-        raise DataError(f"{printable(str(raw_root))}: no class folders in the {source} layout ({adapter.layout})", exit_code=2)
-    # Training reads a file by the manifest's path, which must be valid UTF-8: where the real
-    # name is not, the file is read through a decoded copy instead.
-    unreachable_root = printable(str(raw_root)) != str(raw_root)
+    adapter, raw_root, out_dir, interim_dir = _checked_arguments(source, raw_root, name, out_dir, interim_dir)
+    items = _scanned(adapter, source, raw_root)
 
     interim_dir.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Copies go to a staging folder that replaces interim_dir/<name> only once all are written,
     # so an interrupted ingest never leaves a manifest pointing at missing or stale copies.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=interim_dir))
-    rows, skipped, seen = [], [], set()
     try:
-        for item in items:
-            real_path = item.file.relative_to(raw_root).as_posix()
-            folder = item.problem == _EMPTY_FOLDER or item.problem.startswith("unreadable folder")
-            path = printable(real_path) + ("/" if folder else "")
-            copy_name = _copy_name(path)
-            if not contained(item.file, raw_root):
-                described = "symlink outside the dataset root: not followed"
-            elif item.problem:
-                described = item.problem
-            elif path in seen:
-                described = "name collides with another file's once written as valid UTF-8"
-            else:
-                described = inspect_image(item.file, staging / copy_name,
-                                          copy=unreachable_root or path != real_path)
-            seen.add(path)
-            if isinstance(described, str):
-                skipped.append({"path": path, "reason": described})
-                continue
-            if described["decoded"]:
-                described["decoded"] = f"{name}/{copy_name}"
-            rows.append({**described, "path": path, "label": printable(item.label), "source": name,
-                         "original_split": item.original_split, **item.extra})
+        rows, skipped = _described(items, raw_root, name, staging)
         report_path = report_of(name, out_dir)
         _write_csv(pd.DataFrame(skipped, columns=["path", "reason"]).sort_values("path"), report_path)
         if not rows:
@@ -547,6 +501,71 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
     return IngestResult(name=name, manifest_path=manifest_path, report_path=report_path,
                         kept=len(frame), skipped=len(skipped), counts=counts, ignored=ignored,
                         notes=tuple(notes))
+
+
+def _checked_arguments(source: str, raw_root: Path, name: str, out_dir: Path,
+                       interim_dir: Path) -> tuple[Adapter, Path, Path, Path]:
+    """Validate `ingest`'s source, name and folders; return the adapter and the resolved folders."""
+    adapter = ADAPTERS.get(source)
+    if adapter is None:
+        raise DataError(f"unknown dataset source {source!r}; expected one of {', '.join(ADAPTERS)}", exit_code=2)
+    if not _NAME.fullmatch(name):
+        raise DataError(f"dataset name {name!r}: use letters, digits, '_', '-' or '.' only", exit_code=2)
+    raw_root, out_dir, interim_dir = (Path(p).resolve() for p in (raw_root, out_dir, interim_dir))
+    if not raw_root.is_dir():
+        raise DataError(f"{printable(str(raw_root))}: raw dataset folder not found", exit_code=2)
+    for folder in (out_dir, interim_dir):
+        if _inside(folder, raw_root):
+            raise DataError(f"{folder}: inside the raw folder {raw_root}; raw data is read-only, "
+                            "write outputs elsewhere")
+    if _inside(raw_root, interim_dir / name):
+        # interim_dir/<name> is replaced wholesale, which must never take the raw folder with it.
+        raise DataError(f"{interim_dir / name}: would replace the raw folder {raw_root}; "
+                        "choose another interim folder or dataset name")
+    return adapter, raw_root, out_dir, interim_dir
+
+
+def _scanned(adapter: Adapter, source: str, raw_root: Path) -> list[Item]:
+    """The adapter's items under `raw_root`, or a DataError when the layout cannot be read or is empty."""
+    try:
+        items = adapter.scan(raw_root)
+    except OSError as err:  # a folder of the layout itself cannot be listed
+        raise DataError(f"{printable(str(err.filename or raw_root))}: cannot read this folder "
+                        f"({err.strerror or _one_line(err)})") from None
+    if not items:
+        raise DataError(f"{printable(str(raw_root))}: no class folders in the {source} layout ({adapter.layout})", exit_code=2)
+    return items
+
+
+def _described(items: list[Item], raw_root: Path, name: str, staging: Path) -> tuple[list[dict], list[dict]]:
+    """Manifest rows for the usable items (decoded copies under `staging`), and the skipped ones with reasons."""
+    # Training reads a file by the manifest's path, which must be valid UTF-8: where the real
+    # name is not, the file is read through a decoded copy instead.
+    unreachable_root = printable(str(raw_root)) != str(raw_root)
+    rows, skipped, seen = [], [], set()
+    for item in items:
+        real_path = item.file.relative_to(raw_root).as_posix()
+        folder = item.problem == _EMPTY_FOLDER or item.problem.startswith("unreadable folder")
+        path = printable(real_path) + ("/" if folder else "")
+        copy_name = _copy_name(path)
+        if not contained(item.file, raw_root):
+            described = "symlink outside the dataset root: not followed"
+        elif item.problem:
+            described = item.problem
+        elif path in seen:
+            described = "name collides with another file's once written as valid UTF-8"
+        else:
+            described = inspect_image(item.file, staging / copy_name,
+                                      copy=unreachable_root or path != real_path)
+        seen.add(path)
+        if isinstance(described, str):
+            skipped.append({"path": path, "reason": described})
+            continue
+        if described["decoded"]:
+            described["decoded"] = f"{name}/{copy_name}"
+        rows.append({**described, "path": path, "label": printable(item.label), "source": name,
+                     "original_split": item.original_split, **item.extra})
+    return rows, skipped
 
 
 def _notes(counts: dict[str, dict[str, int]], labels: set[str]) -> list[str]:

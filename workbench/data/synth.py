@@ -203,6 +203,19 @@ def _pick(rng, palette: np.ndarray, jitter: float) -> np.ndarray:
 
 
 def _sample_face(rng: np.random.Generator) -> dict:
+    """Every random draw for one face, in the fixed order that keeps a (seed, index) the same face."""
+    f = _sample_head(rng)
+    f.update(_sample_hair(rng))
+    f.update(_sample_features(rng))
+    f.update(_sample_accessories(rng))
+    f.update(_sample_mask(rng, f["skin"]))
+    f["wrinkles"] = rng.uniform(size=40)
+    f["sag"] = rng.uniform(0.04, 0.12)
+    return f
+
+
+def _sample_head(rng: np.random.Generator) -> dict:
+    """Draw the head's position, shape, pose and skin colour."""
     k = KNOBS
     f = {}
     f["cx"], f["cy"] = 0.5 + rng.uniform(-0.09, 0.09), 0.52 + rng.uniform(-0.05, 0.05)
@@ -217,6 +230,12 @@ def _sample_face(rng: np.random.Generator) -> dict:
     hi = min(lo + 1, len(SKIN_TONES_RGB) - 1)
     skin = SKIN_TONES_RGB[lo] * (1 - (t - lo)) + SKIN_TONES_RGB[hi] * (t - lo)
     f["skin"] = _bgr(np.clip(skin + rng.normal(0, 6, 3), 0, 255))
+    return f
+
+
+def _sample_hair(rng: np.random.Generator) -> dict:
+    """Draw the hair's colours, style and shape."""
+    f = {}
     f["hair"] = _pick(rng, HAIR_COLOURS_RGB, 8)
     f["grey"] = rng.uniform(150, 235) * np.ones(3, np.float32) + rng.normal(0, 4, 3)
     f["grey_mix"] = rng.uniform(0.65, 1.0)
@@ -226,6 +245,12 @@ def _sample_face(rng: np.random.Generator) -> dict:
     f["hair_volume"] = rng.uniform(1.04, 1.14)
     f["part"] = rng.uniform(-0.5, 0.5)
     f["strands"] = rng.uniform(size=(12, 4))
+    return f
+
+
+def _sample_features(rng: np.random.Generator) -> dict:
+    """Draw the eyes, brows, nose, mouth, cheeks and ears."""
+    f = {}
     f["eye_y"] = rng.uniform(-0.14, -0.03)
     f["eye_gap"] = rng.uniform(0.36, 0.46)
     f["eye_w"] = rng.uniform(0.15, 0.21)
@@ -244,25 +269,36 @@ def _sample_face(rng: np.random.Generator) -> dict:
     f["lip_red"] = rng.uniform(0.15, 0.55)
     f["blush"] = rng.uniform(0.0, 0.25)
     f["ear_size"] = rng.uniform(0.85, 1.15)
+    return f
+
+
+def _sample_accessories(rng: np.random.Generator) -> dict:
+    """Draw the beard, glasses and clothes."""
+    k = KNOBS
+    f = {}
     f["beard"] = rng.random() < k.beard_prob
     f["beard_alpha"] = rng.uniform(0.35, 0.9)
     f["glasses"] = rng.random() < k.glasses_prob
     f["glasses_round"] = rng.random() < 0.5
     f["glasses_colour"] = _pick(rng, HAIR_COLOURS_RGB[:3], 15)
     f["clothes"] = rng.uniform(20, 235, 3).astype(np.float32)
+    return f
+
+
+def _sample_mask(rng: np.random.Generator, skin: np.ndarray) -> dict:
+    """Draw the mask's colour, pattern and fit (drawn for every face, worn only by masked ones)."""
+    f = {}
     f["mask_colour"] = _pick(rng, MASK_COLOURS_RGB, 12)
     if rng.random() < 0.4:  # cloth masks come in any colour
         f["mask_colour"] = rng.uniform(20, 240, 3).astype(np.float32)
-    if rng.random() < k.skin_like_mask_prob:
-        near_skin = f["skin"] * rng.uniform(0.85, 1.15) + rng.normal(0, 8, 3)
+    if rng.random() < KNOBS.skin_like_mask_prob:
+        near_skin = skin * rng.uniform(0.85, 1.15) + rng.normal(0, 8, 3)
         f["mask_colour"] = np.clip(near_skin, 0, 255).astype(np.float32)
     f["mask_pattern"] = MASK_PATTERNS[rng.choice(3, p=[0.55, 0.25, 0.2])]
     f["mask_pattern_colour"] = rng.uniform(20, 240, 3).astype(np.float32)
     f["mask_top"] = rng.uniform(0.12, 0.2)       # mask top edge below the eye line
     f["mask_pleats"] = rng.random() < 0.5
     f["strap_white"] = rng.random() < 0.5
-    f["wrinkles"] = rng.uniform(size=40)
-    f["sag"] = rng.uniform(0.04, 0.12)
     return f
 
 
