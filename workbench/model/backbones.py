@@ -1,6 +1,6 @@
 """Models: the backbone registry built into classifiers, and the runtime they train on.
 
-Every network a spec can name is an entry of `spec.BACKBONES` and is built here with one
+Every network a spec can name is an entry of `spec.registry.BACKBONES` and is built here with one
 signature, like `keras.applications`: `build_base(config)` returns a headless feature extractor,
 and `build_model` puts the backbone's own input preprocessing in front and a classification head
 behind, so the saved model takes raw RGB pixels in [0, 255] and nothing outside it needs to know
@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from workbench.errors import WeightsError
 from workbench.spec import BACKBONES, TrialConfig
+from workbench.spec.registry import OPTIMIZERS
 
 SCRATCH_BN_MOMENTUM = 0.9
 
@@ -232,10 +233,4 @@ def unfreeze_for_fine_tuning(model: keras.Model, cfg: TrialConfig) -> None:
 
 
 def make_optimizer(cfg: TrialConfig, learning_rate: float | None = None) -> keras.optimizers.Optimizer:
-    factories = {
-        "adam": lambda lr: keras.optimizers.Adam(lr),
-        "adamax": lambda lr: keras.optimizers.Adamax(lr),
-        "rmsprop": lambda lr: keras.optimizers.RMSprop(lr),
-        "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
-    }
-    return factories[cfg.optimizer](learning_rate or cfg.learning_rate)
+    return OPTIMIZERS[cfg.optimizer].make(learning_rate or cfg.learning_rate)

@@ -9,14 +9,13 @@ instead, and shuffled by file name before decoding with only a small buffer of i
 cache, so peak memory stays bounded whatever the dataset's size: Face Mask 12K at 224 px is
 1.5 GB as uint8, and would be 6 GB as float32.
 
-Online augmentation policies (one axis of the registry, `spec.AUGMENTATIONS`) are small stacks of
-Keras preprocessing layers applied to training batches only; validation and test batches are
-never augmented. A Keras rotation factor is a fraction of a full turn, so 10 degrees is 10/360.
+Online augmentation policies (one axis of the registry, `spec.registry.AUGMENTATIONS`, whose
+entries build their own Keras preprocessing layers) are applied to training batches only;
+validation and test batches are never augmented.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -171,24 +170,7 @@ def load_images(files: list[str], image_size: int) -> np.ndarray:
 
 
 def build_policy(name: str, seed: int, options: dict | None = None) -> keras.Sequential | None:
-    """The layers of one policy, or None when it has none (so the pipeline skips the map entirely)."""
-    params = AUGMENTATIONS[name] if name != "custom" else (options or {})
-    layers = []
-    if params.get("flip"):
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if params.get("rotation"):
-        layers.append(keras.layers.RandomRotation(params["rotation"] / 360, fill_mode="reflect", seed=seed))
-    if params.get("zoom"):
-        layers.append(keras.layers.RandomZoom(params["zoom"], fill_mode="reflect", seed=seed))
-    if params.get("shift"):
-        layers.append(keras.layers.RandomTranslation(params["shift"], params["shift"], fill_mode="reflect", seed=seed))
-    if params.get("shear"):
-        # Degrees, as ImageDataGenerator's shear_range (the studies' 0.2 is a fifth of a degree);
-        # Keras' RandomShear takes the shear itself, tan(angle), drawn in both directions.
-        shear = math.tan(math.radians(params["shear"]))
-        layers.append(keras.layers.RandomShear(shear, shear, fill_mode="reflect", seed=seed))
-    if params.get("brightness"):
-        layers.append(keras.layers.RandomBrightness(params["brightness"], value_range=(0, 255), seed=seed))
-    if params.get("contrast"):
-        layers.append(keras.layers.RandomContrast(params["contrast"], value_range=(0, 255), seed=seed))
+    """The layers of one policy (the registry entry's), or None when it has none (so the pipeline
+    skips the map entirely)."""
+    layers = AUGMENTATIONS[name].layers(options, seed)
     return keras.Sequential(layers, name=f"augment_{name}") if layers else None
