@@ -6,8 +6,8 @@ leaderboard a sweep ends with, which is a narrower view of the same table.
 Everything here starts from the tracking store, not from in-process state, so the same table can
 be rebuilt at any time for any sweep, on any machine that can reach the store. MLflow is touched
 only by `select_runs`, `load_predictions` and `load_repeats`; the rest are pure functions over
-the frame `mlflow.search_runs` returns, so every column can be checked in a test on runs built
-by hand.
+a frame of runs (`runs_frame`, in the columns `mlflow.search_runs` gives), so every column can
+be checked in a test on runs built by hand.
 Runs are ranked by the validation objective unless told otherwise (choosing by test figures
 would make the reported test figure of the winner optimistic), by `vocabulary.better`'s directions.
 The table keeps raw numbers (csv and json carry them as they are); the human formats go through
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -68,43 +67,43 @@ class Selection:
     description: str            # "tiny, sweep run 1a2b…": for titles and error messages
 
 
-def select_runs(client, *, tracking_uri: str | None = None, experiment: str | None = None, sweep: str | None = None,
+def select_runs(client, *, experiment: str | None = None, sweep: str | None = None,
                 tags: Sequence[str] = (), filter_string: str | None = None) -> Selection:
     """The runs to compare: one sweep's trials (`sweep` = a sweep run id, or "latest" with an
     experiment), or every trial and single run of an experiment (sweep parents left out), narrowed
     by `tags` ("key=value", all must hold) and an MLflow filter expression."""
-    if not experiment and not sweep:
-        raise WorkbenchError("choose the runs: --experiment NAME (all its runs) or --sweep RUN_ID (one sweep's trials)")
-    if sweep == "latest" and not experiment:
-        raise WorkbenchError("--sweep latest needs --experiment NAME to say whose latest sweep")
-    experiment_id = store.find_experiment(client, experiment, tracking_uri).experiment_id if experiment else None
-    if sweep == "latest":
-        sweep = store.latest_sweep(client, experiment, tracking_uri)
-    if sweep:
-        parent = store.sweep_of(client, sweep, tracking_uri)
-        name = client.get_experiment(parent.info.experiment_id).name
-        if experiment and name != experiment:
-            raise WorkbenchError(f"--sweep {sweep}: that sweep belongs to experiment {name}, not {experiment}")
-        experiment, experiment_id = name, parent.info.experiment_id
-    clauses = [f"tags.mlflow.parentRunId = '{sweep}'"] if sweep else []
-    clauses += [_tag_clause(tag) for tag in tags]
+    where = store.scope(client, experiment=experiment, sweep=sweep)
+    clauses = [_tag_clause(tag) for tag in tags]
     if filter_string and filter_string.strip():
         clauses.append(filter_string.strip())
     try:
-        runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string=" AND ".join(clauses),
-                                  output_format="pandas")
+        runs = runs_frame(store.configuration_runs(client, where, clauses))
     except MlflowException as err:
-        raise TrackingError(f"--filter/--tag: MLflow rejects {' AND '.join(clauses)!r}: "
-                            f"{first_line(err)}") from None
-    role_column = f"tags.{vocabulary.ROLE}"
-    if role_column in runs:
-        # Sweep parents, repeats (their trial stands for them) and evaluations are not configurations.
-        runs = runs[~runs[role_column].fillna("").isin(("sweep", "repeat", "evaluation", "matrix"))]
-    description = f"{experiment}, sweep run {sweep}" if sweep else f"experiment {experiment}"
+        shown = " AND ".join([*([f"tags.mlflow.parentRunId = '{where.sweep_run_id}'"] if where.sweep_run_id else []),
+                              *clauses])
+        raise TrackingError(f"--filter/--tag: MLflow rejects {shown!r}: {first_line(err)}") from None
     if runs.empty:
         narrowed = [f"--tag {t}" for t in tags] + ([f"--filter {filter_string!r}"] if filter_string else [])
-        raise WorkbenchError(f"{description}{' with ' + ' '.join(narrowed) if narrowed else ''}: no runs match")
-    return Selection(runs.reset_index(drop=True), experiment, experiment_id, sweep, description)
+        raise WorkbenchError(f"{where.description}{' with ' + ' '.join(narrowed) if narrowed else ''}: no runs match")
+    return Selection(runs, where.experiment, where.experiment_id, where.sweep_run_id, where.description)
+
+
+def runs_frame(runs) -> pd.DataFrame:
+    """Runs as one row each, in the columns `mlflow.search_runs` gives (run_id, experiment_id,
+    status, artifact_uri, start_time, end_time, metrics.*, params.*, tags.*)."""
+    rows = [{"run_id": r.info.run_id, "experiment_id": r.info.experiment_id, "status": r.info.status,
+             "artifact_uri": r.info.artifact_uri,
+             "start_time": pd.to_datetime(r.info.start_time, unit="ms", utc=True),
+             "end_time": pd.to_datetime(r.info.end_time, unit="ms", utc=True),
+             **{f"metrics.{k}": v for k, v in r.data.metrics.items()},
+             **{f"params.{k}": v for k, v in r.data.params.items()},
+             **{f"tags.{k}": v for k, v in r.data.tags.items()}} for r in runs]
+    info = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
+    frame = pd.DataFrame(rows, columns=None if rows else info)
+    for column in [c for c in frame.columns if c.startswith(("params.", "tags."))]:
+        # A run without the param or tag: None, as MLflow has it (metrics stay NaN).
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
 
 
 def _tag_clause(tag: str) -> str:
@@ -327,21 +326,26 @@ def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | 
             note[i] = (f"different test set (digest {mine.digest}, {len(mine.frame)} images; "
                        f"best {best.digest}, {len(best.frame)} images): not compared")
         else:
-            labels = sorted(set(best.labels) | set(mine.labels))
-            diff[i], low, high = stats.bootstrap_f1_macro_difference(
-                mine.frame["true"], mine.frame["predicted"], best.frame["predicted"], labels,
-                resamples=resamples, seed=seed)
-            diff_ci[i] = f"[{low:+.4f}, {high:+.4f}]"
-            result = stats.mcnemar((best.frame["true"] == best.frame["predicted"]).to_numpy(),
-                                   (mine.frame["true"] == mine.frame["predicted"]).to_numpy())
-            b[i], c[i], p[i] = result.b, result.c, result.p_value
-            note[i] = ("McNemar exact binomial" if result.method == "exact"
-                       else "McNemar chi-square, continuity-corrected")
+            diff[i], diff_ci[i], b[i], c[i], p[i], note[i] = _paired_vs_best(mine, best, resamples, seed)
     out["f1_macro_ci"] = pd.Series(ci, dtype=object)
     out["f1_diff_vs_best"], out["f1_diff_ci"] = diff, pd.Series(diff_ci, dtype=object)
     out["mcnemar_b"], out["mcnemar_c"], out["p_vs_best"] = b, c, p
     out["p_holm"], out["note"] = stats.holm(p), note
     return out
+
+
+def _paired_vs_best(mine: ScoredImages, best: ScoredImages, resamples: int,
+                    seed: int) -> tuple[float, str, int, int, float, str]:
+    """Compare one run with the best on their shared test set: macro-F1 difference, its interval, McNemar."""
+    labels = sorted(set(best.labels) | set(mine.labels))
+    diff, low, high = stats.bootstrap_f1_macro_difference(
+        mine.frame["true"], mine.frame["predicted"], best.frame["predicted"], labels,
+        resamples=resamples, seed=seed)
+    result = stats.mcnemar((best.frame["true"] == best.frame["predicted"]).to_numpy(),
+                           (mine.frame["true"] == mine.frame["predicted"]).to_numpy())
+    note = ("McNemar exact binomial" if result.method == "exact"
+            else "McNemar chi-square, continuity-corrected")
+    return diff, f"[{low:+.4f}, {high:+.4f}]", result.b, result.c, result.p_value, note
 
 
 def _repeats_note(i: int, best: tuple[str, list[float]] | None, mine: tuple[str, list[float]], p: list, diff: list) -> str:

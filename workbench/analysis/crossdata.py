@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workbench import paths, vocabulary
+from workbench import vocabulary
 from workbench.data import dataset, ingest, leakage
 from workbench.errors import DataError, WorkbenchError
 from workbench.measure import stats
@@ -30,25 +30,26 @@ from workbench.model import pipeline
 from workbench.spec import Spec, first_config, validate
 from workbench.track import store
 from workbench.vocabulary import Artifacts
+from workbench.workspace import Workspace
 
 SPLIT_CHOICES = ("all", "train", "val", "test")
 
 
 # --- which images, under which labels --------------------------------------------------------------
 
-def target_frame(data: str, split: str = "all") -> tuple[str, pd.DataFrame]:
+def target_frame(ws: Workspace, data: str, split: str = "all") -> tuple[str, pd.DataFrame]:
     """The images `data` names: an ingested dataset NAME (all of it, or one of its own published
     splits), or a SPEC (its merged data, whole or one of its splits). Returns a name and rows
     with `file`, `label`, `sha256`, `phash`."""
     if split not in SPLIT_CHOICES:
         raise WorkbenchError(f"--split {split}: choose from {', '.join(SPLIT_CHOICES)}")
-    if (paths.manifests_dir() / f"{data}.csv").is_file():
-        frame, _ = ingest.read_manifest(data, paths.manifests_dir())
-        frame = frame.assign(file=dataset.files(frame), split=frame["original_split"])
+    if (ws.manifests / f"{data}.csv").is_file():
+        frame, _ = ingest.read_manifest(data, ws.manifests)
+        frame = frame.assign(file=dataset.files(frame, ws.manifests), split=frame["original_split"])
     else:
         from workbench.spec import load
 
-        prepared = dataset.prepare(load(data))
+        prepared = dataset.prepare(load(data, folder=ws.experiments), ws)
         frame, data = prepared.frame, prepared.name
     if split != "all":
         frame = frame[frame["split"] == split]
@@ -168,32 +169,35 @@ def trained_on(client, run_id: str | None) -> pd.DataFrame | None:
     return frame[frame["split"].isin(("train", "val"))]
 
 
-def log_evaluation(scored: Scored, *, experiment_id: str, name: str, tags: dict[str, str], params: dict,
+def log_evaluation(client, scored: Scored, *, experiment_id: str, name: str, tags: dict[str, str], params: dict,
                    extra_metrics: dict[str, float], parent_run_id: str | None = None) -> tuple[str, dict[str, float]]:
-    import mlflow
-
-    from workbench.track.run import log_evidence, provenance_tags
+    from workbench.track.run import RunLog, log_evidence, provenance_tags
 
     metrics = {**scored.evaluation.metrics, **intervals(scored), **extra_metrics,
                "images_evaluated": float(len(scored.frame))}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
-                          tags={vocabulary.ROLE: "evaluation", vocabulary.STATE: "finished", **provenance_tags(), **tags}) as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        log_evidence(scored.evaluation, scored.frame, scored.mistakes, scored.mistake_images,
+    run = RunLog.start(client, experiment_id, name, {vocabulary.ROLE: "evaluation", vocabulary.STATE: "finished",
+                                                     **provenance_tags(), **tags}, parent_run_id)
+    status = "FAILED"
+    try:
+        run.params(params)
+        run.metrics(metrics)
+        log_evidence(run, scored.evaluation, scored.frame, scored.mistakes, scored.mistake_images,
                      title=f"workbench evaluation: {name}")
-    return run.info.run_id, metrics
+        status = "FINISHED"
+    finally:
+        run.end(status)
+    return run.run_id, metrics
 
 
-def evaluate_model(client, model_uri: str, data: str, *, split: str = "all", mapping: dict | None = None,
+def evaluate_model(ws: Workspace, client, model_uri: str, data: str, *, split: str = "all", mapping: dict | None = None,
                    include_seen: bool = False) -> EvaluationOutcome:
     """`workbench evaluate`: score a model (runs:/... or models:/NAME@alias) on an ingested dataset
     or a spec's data, leaving out what it saw unless `include_seen`, and log it as an evaluation
     run in the model's own experiment, linked to the run (and version) that trained it."""
     from workbench.ship import predict
 
-    loaded = predict.load_model(model_uri)
-    name, frame = target_frame(data, split)
+    loaded = predict.load_model(model_uri, client.tracking_uri)
+    name, frame = target_frame(ws, data, split)
     frame, unknown = map_labels(frame, loaded.classes, mapping or {}, strict=True, what=f"--data {data}")
     if include_seen:
         mask = np.zeros(len(frame), dtype=bool)
@@ -212,7 +216,7 @@ def evaluate_model(client, model_uri: str, data: str, *, split: str = "all", map
         tags["workbench.model_version"] = _version_of(client, model_uri)
     params = {"data": name, "split": split, "include_seen": include_seen, vocabulary.CLASSES: ",".join(loaded.classes),
               "classes_mapping": ", ".join(f"{k}: {v}" for k, v in (mapping or {}).items()) or "-"}
-    run_id, metrics = log_evaluation(scored, experiment_id=experiment_id, name=f"evaluate-{name}", tags=tags,
+    run_id, metrics = log_evaluation(client, scored, experiment_id=experiment_id, name=f"evaluate-{name}", tags=tags,
                                      params=params, extra_metrics={"excluded_seen": float(mask.sum()),
                                                                    "excluded_unknown": float(unknown)})
     return EvaluationOutcome(run_id, name, len(scored.frame), int(mask.sum()), unknown, metrics)
@@ -233,6 +237,7 @@ class Matrix:
     parent_run_id: str
     experiment_id: str
     table: pd.DataFrame     # one row per (trained_on, tested_on)
+    experiment: str = ""
 
 
 def per_source(spec: Spec, source: str) -> Spec:
@@ -242,7 +247,7 @@ def per_source(spec: Spec, source: str) -> Spec:
     return validate(raw, source=f"{spec.name} [{source}]")
 
 
-def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matrix:
+def matrix(ws: Workspace, spec: Spec, *, on_cell=None) -> Matrix:
     """`workbench matrix SPEC`: train the spec's configuration once per dataset it merges, then
     score every model on every dataset: its own test split on the diagonal, elsewhere the whole
     other dataset minus every image it saw (exact or near copies). All runs nest under one
@@ -255,22 +260,22 @@ def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matr
     if len(sources) < 2:
         raise WorkbenchError(f"{spec.name}: the matrix needs a spec that merges several datasets "
                              f"(dataset.manifests has {len(sources)})")
-    client = store.connect(tracking_uri)
-    experiment_id = store.ensure_experiment(client, spec.name, tracking_uri)
+    client = store.connect(ws.tracking_uri)
+    experiment_id = store.ensure_experiment(client, spec.name)
     parent = client.create_run(experiment_id, run_name="matrix", tags={
         vocabulary.ROLE: "matrix", vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash()}).info.run_id
     status = "FAILED"
     try:
         config = first_config(spec)
-        data = {s: dataset.prepare(per_source(spec, s)) for s in sources}
+        data = {s: dataset.prepare(per_source(spec, s), ws) for s in sources}
         models = {}
         for s in sources:
-            outcome = tracked_run(per_source(spec, s), config, data[s], experiment_id=experiment_id,
+            outcome = tracked_run(ws, client, per_source(spec, s), config, data[s], experiment_id=experiment_id,
                                   parent_run_id=parent, name=f"train-{s}", tags={"workbench.matrix_source": s})
             models[s] = outcome.run_id
         rows = []
         for s in sources:
-            loaded = predict.load_model(f"runs:/{models[s]}/model")
+            loaded = predict.load_model(f"runs:/{models[s]}/model", ws.tracking_uri)
             seen_by_s = data[s].frame[data[s].frame["split"].isin(("train", "val"))]
             for t in sources:
                 frame = data[t].part("test") if t == s else data[t].frame
@@ -282,7 +287,7 @@ def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matr
                 if len(kept):
                     scored = score(loaded.model, loaded.classes, loaded.image_size, kept)
                     run_id, metrics = log_evaluation(
-                        scored, experiment_id=experiment_id, name=f"{s}-on-{t}", parent_run_id=parent,
+                        client, scored, experiment_id=experiment_id, name=f"{s}-on-{t}", parent_run_id=parent,
                         tags={vocabulary.MODEL_RUN: models[s], "workbench.matrix_cell": f"{s}->{t}"},
                         params={"data": t, "split": "test" if t == s else "all", vocabulary.CLASSES: ",".join(loaded.classes)},
                         extra_metrics={"excluded_seen": float(mask.sum()), "excluded_unknown": float(unknown)})
@@ -297,7 +302,7 @@ def matrix(spec: Spec, *, tracking_uri: str | None = None, on_cell=None) -> Matr
         status = "FINISHED"
     finally:
         client.set_terminated(parent, status=status)
-    return Matrix(parent, experiment_id, table)
+    return Matrix(parent, experiment_id, table, spec.name)
 
 
 def _log_matrix(client, parent: str, table: pd.DataFrame, name: str, figures) -> None:

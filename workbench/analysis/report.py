@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
-from workbench import paths, vocabulary
+from workbench import vocabulary
 from workbench.analysis import compare
 from workbench.errors import WorkbenchError
 from workbench.measure import figures, stats
 from workbench.measure.figures import Section
 from workbench.vocabulary import Artifacts
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path                      # the self-contained HTML page
+    figures: dict[str, Any]         # its plotly figures by section title (they render inline in Jupyter)
+    sweep_run_id: str | None = None  # the sweep whose run it is attached to, if any
+
 
 SECTIONS = ("Leaderboard", "Objective by axis", "Parameters vs objective", "Learning curves",
             "Confusion matrices", "Accuracy vs latency")
@@ -57,6 +66,12 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
                  title: str, subtitle: str, matrix: pd.DataFrame | None = None) -> str:
     """The page from values: `board` is the leaderboard as shown (sorted, maybe with statistics),
     `everything` the full comparison table of the selected runs (for the figures)."""
+    return figures.page(title, report_sections(board, everything, histories, confusions, matrix), subtitle)
+
+
+def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: dict, confusions: dict,
+                    matrix: pd.DataFrame | None = None) -> list[Section]:
+    """The report's sections in order, each a plotly figure (or the table, or why it is missing)."""
     names = {run_id: label(everything, run_id) for run_id in everything["run_id"]}
     names.update({run_id: run_id[:8] for run_id in (*histories, *confusions) if run_id not in names})
     objective = objective_column(everything)
@@ -82,7 +97,7 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
     if matrix is not None and not matrix.empty:  # the experiment's latest `workbench matrix`
         sections.append(Section(MATRIX_SECTION, figures.matrix_heatmap(matrix, "test_f1_macro"),
                                 missing="the matrix run scored no images"))
-    return figures.page(title, sections, subtitle)
+    return sections
 
 
 # --- MLflow edge ----------------------------------------------------------------------------------
@@ -133,11 +148,12 @@ def collect_matrix(client, experiment_id: str) -> pd.DataFrame | None:
         return None
 
 
-def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, runs: Sequence[str] = (),
-                out: str | Path | None = None, log: bool = True, curves_top: int = 5, confusions_top: int = 3) -> Path:
-    """Write the page for `selection` (default `reports/<experiment>-report.html`) and, when the
+def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, out: str | Path, runs: Sequence[str] = (),
+                log: bool = True, curves_top: int = 5, confusions_top: int = 3) -> Report:
+    """Write the page for `selection` to `out` (a workspace's `reports/<experiment>-report.html`) and, when the
     runs are one sweep's trials and `log` is set, attach it to the sweep's run as report/report.html.
-    `runs` picks whose learning curves are overlaid (default: the first `curves_top` of `board`)."""
+    `runs` picks whose learning curves are overlaid (default: the first `curves_top` of `board`).
+    Returns where the page is and its figures, for a notebook to show inline."""
     from mlflow.exceptions import MlflowException
 
     everything = compare.comparison_table(selection.runs)
@@ -154,11 +170,11 @@ def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, ru
     held = selection.runs[column] if column in selection.runs else pd.Series(dtype=object)
     sources = {run: model_run for run, model_run in zip(selection.runs["run_id"], held)
                if isinstance(model_run, str) and model_run}
-    page = build_report(board, everything, collect_histories(client, chosen, sources=sources),
-                        collect_confusions(client, ranked[:confusions_top], sources),
-                        title=f"workbench report: {selection.experiment}", subtitle=selection.description,
-                        matrix=collect_matrix(client, selection.experiment_id))
-    path = Path(out) if out else paths.reports_dir() / f"{selection.experiment}-report.html"
+    sections = report_sections(board, everything, collect_histories(client, chosen, sources=sources),
+                               collect_confusions(client, ranked[:confusions_top], sources),
+                               matrix=collect_matrix(client, selection.experiment_id))
+    page = figures.page(f"workbench report: {selection.experiment}", sections, selection.description)
+    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     if log and selection.sweep_run_id:
@@ -166,4 +182,5 @@ def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, ru
             copy = Path(tmp) / Path(Artifacts.SWEEP_REPORT).name
             copy.write_text(page, encoding="utf-8")
             client.log_artifact(selection.sweep_run_id, str(copy), artifact_path=str(Path(Artifacts.SWEEP_REPORT).parent))
-    return path
+    return Report(path, {s.title: s.figure for s in sections if s.figure is not None},
+                  selection.sweep_run_id if log else None)

@@ -3,12 +3,11 @@
 Every image arrives the same way: through an ingested manifest (`workbench data ingest`). The
 embedded synthetic faces are no exception: they are generated once as a raw folder of class
 folders under `data/synthetic/`, then ingested like any photo folder, so one manifest schema and
-one loader serve both. `prepare(spec)` merges the spec's manifests (mapping their labels to the
+one loader serve both. `prepare(spec, ws)` merges the spec's manifests (mapping their labels to the
 experiment's classes and regrouping duplicates *across* datasets), splits them by group, and
 returns a `Dataset`: a manifest frame, the class list and a digest that changes whenever the
-images, labels or split assignment change. `balanced(data, strategy, target, seed)` then
-materialises what one configuration trains on (S1's oversampled copies are written here, once,
-and cached), so that `train()` only ever reads.
+images, labels or split assignment change. `balance.balanced` then materialises what one
+configuration trains on, so that `train()` only ever reads.
 
 Splits are assigned by *group*, never image by image: exact and near duplicates, a picture two
 datasets share, and every augmented copy of one source image share a group, and a group lands in
@@ -21,20 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from workbench import paths
 from workbench.data import ingest, leakage, synth
 from workbench.errors import DataError
 from workbench.spec import ManifestSource, Spec, Split, SyntheticData
-from workbench.track import store
+from workbench.workspace import Workspace, build_once, locked
 
 SPLITS = ("train", "val", "test")
 
@@ -69,64 +64,39 @@ class Dataset:
         return pd.crosstab(self.frame["label"], self.frame["source"], margins=True, margins_name="total")
 
 
-# --- building things once ---------------------------------------------------------------------------
-
-def build_once(target: Path, done: str, build: Callable[[Path], None]) -> Path:
-    """Make folder `target` with `build(staging)` unless `target/done` already exists. The build
-    happens in a staging folder renamed into place when complete, so an interrupted build never
-    leaves a half-written folder that looks finished."""
-    if (target / done).exists():
-        return target
-    # The lock lives under the data folder, not beside the target (which may be a raw-data root).
-    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
-    with store.locked(paths.data_dir() / ".locks" / f"{target.name}-{key}.lock"):
-        if (target / done).exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build(staging)
-            if target.exists():  # a leftover without its completion mark
-                shutil.rmtree(target)
-            os.rename(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 # --- sources ---------------------------------------------------------------------------------------
 
 def synthetic_name(data: SyntheticData, seed: int) -> str:
     return f"{data.task}-{data.size}px-n{data.count}-seed{seed}"
 
 
-def synthetic_root(data: SyntheticData, seed: int) -> Path:
+def synthetic_root(data: SyntheticData, seed: int, ws: Workspace) -> Path:
     """The generated raw folder (class folders of JPEGs), like a downloaded dataset's."""
-    return paths.data_dir() / "synthetic" / synthetic_name(data, seed)
+    return ws.data / "synthetic" / synthetic_name(data, seed)
 
 
-def ensure_synthetic(data: SyntheticData, seed: int) -> str:
+def ensure_synthetic(data: SyntheticData, seed: int, ws: Workspace) -> str:
     """Generate the synthetic faces and ingest them, each once; returns the manifest's name."""
-    root = synthetic_root(data, seed)
+    root = synthetic_root(data, seed, ws)
     build_once(root, "dataset.json",
-               lambda staging: synth.generate(staging, task=data.task, seed=seed, size=data.size, count=data.count))
+               lambda staging: synth.generate(staging, task=data.task, seed=seed, size=data.size, count=data.count),
+               ws.locks)
     name = synthetic_name(data, seed)
-    manifests = paths.manifests_dir()
+    manifests = ws.manifests
     if not (manifests / f"{name}.json").is_file():
-        with store.locked(manifests / f".{name}.lock"):
+        with locked(manifests / f".{name}.lock"):
             if not (manifests / f"{name}.json").is_file():
-                ingest.ingest("folders", root, name, manifests, paths.decoded_dir(),
+                ingest.ingest("folders", root, name, manifests, ws.decoded,
                               extra={"synthetic": json.loads((root / "dataset.json").read_text())})
     return name
 
 
-def files(frame: pd.DataFrame, manifests_dir: Path | None = None) -> list[str]:
+def files(frame: pd.DataFrame, manifests_dir: Path) -> list[str]:
     """Where to read each row's image: the normalised copy ingest made for files TensorFlow cannot
     decode as they are, else the raw file. Rows need `source` (the manifest name), `path` and
     `decoded`; this is the one rule training, evaluation and export all use. A row that resolves
     outside its dataset's root (an edited manifest's `..` or absolute path, a link swapped in after
     ingest) is refused, so a manifest can never make a run read another file of the machine."""
-    manifests_dir = manifests_dir or paths.manifests_dir()
     roots: dict[str, tuple[Path, Path]] = {}
     out = []
     for source, path, decoded in zip(frame["source"], frame["path"], frame.get("decoded", [""] * len(frame))):
@@ -145,9 +115,9 @@ def files(frame: pd.DataFrame, manifests_dir: Path | None = None) -> list[str]:
     return out
 
 
-def raw_folder(source: ManifestSource) -> Path:
+def raw_folder(source: ManifestSource, ws: Workspace) -> Path:
     path = Path(source.path).expanduser()
-    return path if path.is_absolute() else paths.raw_dir() / path
+    return path if path.is_absolute() else ws.raw / path
 
 
 def fingerprint(root: Path) -> str:
@@ -164,17 +134,17 @@ def fingerprint(root: Path) -> str:
     return hashlib.sha256("\n".join(entries).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def ensure_ingested(source: ManifestSource) -> None:
+def ensure_ingested(source: ManifestSource, ws: Workspace) -> None:
     """A spec that says where a dataset's raw folder is gets it ingested on first use, and again
     whenever the folder's contents change; a missing folder is one line saying where it was
     expected, in which layout, and how to get it."""
-    root = raw_folder(source)
+    root = raw_folder(source, ws)
     layout = ingest.ADAPTERS[source.adapter].layout
     if not root.is_dir():
         how = f"{source.get}; unpack it" if source.get else "put it"
         raise DataError(f"dataset {source.name}: no folder {root} (expected layout {layout}); {how} there, or "
                         "point --data DIR (or $WORKBENCH_RAW) at the folder that holds it", exit_code=2)
-    manifests = paths.manifests_dir()
+    manifests = ws.manifests
     mark = fingerprint(root)
 
     def current() -> bool:
@@ -187,12 +157,12 @@ def ensure_ingested(source: ManifestSource) -> None:
 
     if current():
         return
-    with store.locked(manifests / f".{source.name}.lock"):
+    with locked(manifests / f".{source.name}.lock"):
         if not current():
-            ingest.ingest(source.adapter, root, source.name, manifests, paths.decoded_dir(), extra={"fingerprint": mark})
+            ingest.ingest(source.adapter, root, source.name, manifests, ws.decoded, extra={"fingerprint": mark})
 
 
-def write_smoke_trees(spec: Spec, per_class: int = 16, size: int = 48) -> list[Path]:
+def write_smoke_trees(spec: Spec, ws: Workspace, per_class: int = 16, size: int = 48) -> list[Path]:
     """For `--smoke`: each raw folder the spec names, filled with generated faces in that
     dataset's real published layout (under the raw-data root the caller chose), once."""
     written = []
@@ -200,15 +170,15 @@ def write_smoke_trees(spec: Spec, per_class: int = 16, size: int = 48) -> list[P
         if source.adapter is None:
             raise DataError(f"dataset.manifests[{source.name}]: --smoke needs the spec to name the dataset's "
                             "adapter and path, to generate a tree in its layout", exit_code=2)
-        root = raw_folder(source)
+        root = raw_folder(source, ws)
         if not root.is_dir():
             build_once(root, ".", lambda staging, s=source: synth.generate_layout(
-                staging, s.adapter, per_class=per_class, seed=spec.seed + len(written), size=size))
+                staging, s.adapter, per_class=per_class, seed=spec.seed + len(written), size=size), ws.locks)
         written.append(root)
     return written
 
 
-def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int = 4
+def load_manifests(sources: list[ManifestSource], ws: Workspace, near_duplicate_distance: int = 4
                    ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The manifests merged, labels mapped, and duplicate groups joined across datasets (sources
     that name their raw folder are ingested first, when needed); and how many images were left
@@ -216,10 +186,10 @@ def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int =
     parts, left_out = [], {}
     for source in sources:
         if source.adapter is not None:
-            ensure_ingested(source)
-        frame, sidecar = ingest.read_manifest(source.name, paths.manifests_dir())
+            ensure_ingested(source, ws)
+        frame, sidecar = ingest.read_manifest(source.name, ws.manifests)
         if sidecar.get("skipped"):
-            report = ingest.report_of(source.name, paths.manifests_dir())
+            report = ingest.report_of(source.name, ws.manifests)
             why = f"files of {source.name} that are not usable images (listed in {report})"
             left_out[why] = int(sidecar["skipped"])
         unknown = set(source.classes) - set(frame["label"])
@@ -237,7 +207,7 @@ def load_manifests(sources: list[ManifestSource], near_duplicate_distance: int =
     if frame.empty:
         raise DataError(f"dataset.manifests: the class mapping leaves no images "
                         f"(every label of {', '.join(s.name for s in sources)} is mapped to null)", exit_code=2)
-    frame["file"] = files(frame)
+    frame["file"] = files(frame, ws.manifests)
     frame["group_id"] = leakage.merged_group_ids(frame, near_duplicate_distance)
     return frame, left_out
 
@@ -314,15 +284,15 @@ def digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-def prepare(spec: Spec) -> Dataset:
-    """Materialise the spec's data and split it; the same spec always gives the same Dataset."""
+def prepare(spec: Spec, ws: Workspace) -> Dataset:
+    """Materialise the spec's data in `ws` and split it; the same spec always gives the same Dataset."""
     if isinstance(spec.dataset, SyntheticData):
-        name = ensure_synthetic(spec.dataset, spec.seed)
+        name = ensure_synthetic(spec.dataset, spec.seed, ws)
         sources, distance = [ManifestSource(name=name)], 4
     else:
         sources, distance = spec.dataset.manifests, spec.dataset.near_duplicate_distance
         name = "+".join(m.name for m in sources)
-    frame, left_out = load_manifests(sources, distance)
+    frame, left_out = load_manifests(sources, ws, distance)
     frame["split"] = split_frame(frame, spec.split, spec.seed)
     if spec.split.keep_original_split:
         reasons = published_leaks(frame)
@@ -337,111 +307,17 @@ def prepare(spec: Spec) -> Dataset:
             raise DataError(f"dataset {name}: split '{split}' gets no image of class {_sizes(frame, absent)}; "
                             "every class needs images in train, val and test: add images of it, map it to "
                             "null in the spec's classes, or change the split ratios", exit_code=2)
-    synthetic = all(ingest.read_sidecar(s.name, paths.manifests_dir()).get("synthetic") for s in sources)
-    return Dataset(name=name, source=str(paths.manifests_dir().resolve()), frame=frame, classes=classes,
+    synthetic = all(ingest.read_sidecar(s.name, ws.manifests).get("synthetic") for s in sources)
+    return Dataset(name=name, source=str(ws.manifests.resolve()), frame=frame, classes=classes,
                    digest=digest(frame), synthetic=synthetic, left_out=left_out)
 
 
-# --- balancing the training split -----------------------------------------------------------------
-
-# Offline copies for `oversample`: S1's OpenCV recipe.
-RECIPE = ("rotate_cw", "rotate_acw", "hflip", "noise", "blur")
-RECIPE_VERSION = "s1-v1"  # bump when the augmentation code changes, so caches are rebuilt
-
-
-@dataclass(frozen=True)
-class Balanced:
-    train: pd.DataFrame
-    class_weight: dict[int, float] | None = None
-
-
-def balanced(data: Dataset, strategy: str, target: int = 0, seed: int = 0) -> Balanced:
-    """The training split under one balance strategy (validation and test keep the real class
-    mix, so every strategy is judged on the same data). `target` is the images per class to
-    reach (0: the smallest class for `undersample`, the largest for `oversample`); with a target,
-    `oversample` also cuts larger classes down to it, as S1 did (5,000 a class: `real`
-    undersampled, `fake` grown by augmentation)."""
-    train = data.part("train")
-    counts = train["label"].value_counts().reindex(data.classes, fill_value=0)
-    if strategy == "none":
-        return Balanced(train)
-    if strategy == "class_weight":
-        # Inverse frequency, scaled so a balanced dataset gets weight 1 everywhere.
-        total, k = counts.sum(), len(data.classes)
-        return Balanced(train, {i: float(total / (k * counts[c])) for i, c in enumerate(data.classes)})
-    if strategy == "undersample":
-        return Balanced(_cut(train, target or int(counts.min()), seed))
-    if strategy == "oversample":
-        target = target or int(counts.max())
-        return Balanced(oversample(_cut(train, target, seed), target=target, seed=seed))
-    raise ValueError(f"unknown balance strategy {strategy!r}")
-
-
-def _cut(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
-    """Randomly keep at most `target` images of every class (smaller classes stay whole)."""
-    parts = [group.sample(n=min(target, len(group)), random_state=seed) for _, group in train.groupby("label")]
-    return pd.concat(parts).sort_values("file").reset_index(drop=True)
-
-
-def oversample(train: pd.DataFrame, target: int, seed: int) -> pd.DataFrame:
-    """Top every class up to `target` images with augmented copies of its own training images.
-    Each copy keeps its source's group id, so it can never sit in another split than its
-    original; copies are deterministic by seed and written once per (images and their lineage,
-    seed, target, recipe) under `data/interim/oversample/`, then reused by every trial that asks for them."""
-    # The copies carry their sources' lineage (dataset, group, path), so that is part of the key:
-    # the same pictures under another manifest or grouping get copies of their own.
-    lineage = [c for c in ("sha256", "label", "source", "path", "group_id") if c in train.columns]
-    rows = train[lineage].astype(str).agg("\x1f".join, axis=1)
-    key = hashlib.sha256("|".join([RECIPE_VERSION, str(seed), str(target), *sorted(rows)]).encode()).hexdigest()[:16]
-    cache = build_once(paths.data_dir() / "interim" / "oversample" / key, "copies.csv",
-                       lambda staging: _write_copies(train, target, seed, staging))
-    copies = pd.read_csv(cache / "copies.csv", dtype=str, keep_default_na=False)
-    copies["file"] = [str(cache.resolve() / name) for name in copies["file"]]
-    return pd.concat([train, copies], ignore_index=True)
-
-
-def _write_copies(train: pd.DataFrame, target: int, seed: int, staging: Path) -> None:
-    import cv2
-
-    rows = []
-    for index, (label, group) in enumerate(sorted(train.groupby("label"), key=lambda kv: kv[0])):
-        sources = group.sort_values("file").reset_index(drop=True)
-        missing = target - len(sources)
-        rng = np.random.default_rng([seed, len(rows), missing])
-        for k in range(max(missing, 0)):
-            src = sources.iloc[k % len(sources)]  # round-robin: every source used evenly
-            image = cv2.imread(src["file"], cv2.IMREAD_COLOR)
-            if image is None:
-                raise DataError(f"{src['file']}: cannot be read to make an oversampled copy", exit_code=2)
-            operation = RECIPE[int(rng.integers(len(RECIPE)))]
-            # Short names of our own (the source is in `augmented_from`): a class or file name of
-            # any length or character cannot make a path too long or leave the folder.
-            name = f"class{index}/{k:05d}_{operation}.png"
-            (staging / f"class{index}").mkdir(exist_ok=True)
-            if not cv2.imwrite(str(staging / name), augment(image, operation, rng)):
-                raise DataError(f"{staging / name}: cannot write an oversampled copy (disk full?)")
-            rows.append({**{c: src[c] for c in train.columns if c not in ("file", "sha256")},
-                         "file": name, "sha256": hashlib.sha256((staging / name).read_bytes()).hexdigest(),
-                         "augmented_from": src["sha256"], "augmentation": operation})
-    pd.DataFrame(rows, columns=[*[c for c in train.columns if c != "file"], "file", "augmented_from",
-                                "augmentation"]).to_csv(staging / "copies.csv", index=False)
-
-
-def augment(image: np.ndarray, operation: str, rng: np.random.Generator) -> np.ndarray:
-    """One step of S1's OpenCV recipe, with its strength drawn from `rng`."""
-    import cv2
-
-    h, w = image.shape[:2]
-    if operation in ("rotate_cw", "rotate_acw"):
-        angle = float(rng.uniform(10, 25)) * (-1 if operation == "rotate_cw" else 1)
-        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
-        return cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT_101)
-    if operation == "hflip":
-        return cv2.flip(image, 1)
-    if operation == "noise":
-        noise = rng.normal(0, rng.uniform(5, 15), image.shape)
-        return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    if operation == "blur":
-        k = int(rng.choice([3, 5]))
-        return cv2.GaussianBlur(image, (k, k), 0)
-    raise ValueError(f"unknown augmentation {operation!r}")
+def prepare_checked(spec: Spec, ws: Workspace) -> tuple[Dataset, leakage.LeakReport]:
+    """`prepare`, then proof that no test image has a copy in training (`data check` in short):
+    what a sweep does before anything trains. A leak is one line naming an example and exit 1."""
+    data = prepare(spec, ws)
+    report = leakage.check(data.frame, getattr(spec.dataset, "near_duplicate_distance", 4))
+    if report.leaks:
+        raise DataError(f"{spec.name}: {report.exact_across + report.near_across} duplicate group(s) span two splits "
+                        f"(e.g. {', '.join(report.examples[0]['paths'][:2])}); run `workbench data check {spec.name}`")
+    return data, report

@@ -13,19 +13,19 @@ test can train a tiny model here without any MLflow store.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from workbench import paths, vocabulary
-from workbench.data.dataset import Balanced, Dataset
+from workbench import vocabulary
+from workbench.data.balance import Balanced
+from workbench.data.dataset import Dataset
 from workbench.measure.evaluate import (
     Evaluation,
     cost,
@@ -35,6 +35,7 @@ from workbench.measure.evaluate import (
 from workbench.measure.stats import f1_macro_of_indices
 from workbench.model import backbones, pipeline
 from workbench.spec import TrialConfig
+from workbench.spec.registry import SCHEDULES
 
 # Every trial builds a fresh model, so tf.function retracing is expected, not a bug to warn about.
 tf.get_logger().setLevel("ERROR")
@@ -96,33 +97,21 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 def schedule_callbacks(config: TrialConfig, base_lr: float, epochs: int, first_epoch: int = 0) -> list:
-    """The learning-rate schedule of one phase (epochs are counted within the phase)."""
-    options = config.schedule_options
-    if config.schedule == "plateau":
-        return [keras.callbacks.ReduceLROnPlateau(monitor=options["monitor"], patience=options["patience"],
-                                                  factor=options["factor"], min_lr=options["min_lr"])]
-    if config.schedule == "step":
-        def step(epoch, lr):
-            passed = sum(epoch - first_epoch >= b for b in options["boundaries"])
-            return base_lr * options["step_factor"] ** passed
-        return [keras.callbacks.LearningRateScheduler(step)]
-    if config.schedule == "cosine":
-        return [keras.callbacks.LearningRateScheduler(
-            lambda epoch, lr: base_lr * 0.5 * (1 + math.cos(math.pi * (epoch - first_epoch) / max(epochs, 1))))]
-    return []
+    """The learning-rate schedule of one phase (epochs are counted within the phase), as the
+    registry's entry for `config.schedule` builds it."""
+    return SCHEDULES[config.schedule].callbacks(config.schedule_options, base_lr, epochs, first_epoch)
 
 
-def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
+def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None, *, scratch: Path,
           callbacks: list[keras.callbacks.Callback] = (), monitor: str = "val_f1_macro") -> TrainResult:
     """Train one configuration on `data` (its training split as `balanced` gives it; unbalanced
-    when None) and return everything the run records."""
+    when None) and return everything the run records. Splits over the memory budget spill to
+    files under `scratch` (a workspace's `scratch("cache")`) for the run's duration."""
     keras.utils.set_random_seed(config.seed)
     device = backbones.detect_runtime(config.mixed_precision, config.xla)
     balanced = balanced or Balanced(data.part("train"))
     val, test = data.part("val"), data.part("test")
-    # Splits over the memory budget spill to files here for the run's duration (created only then).
-    spill = paths.data_dir() / "interim" / "cache" / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    caches = pipeline.CachePlan(disk_dir=spill)
+    caches = pipeline.CachePlan(disk_dir=scratch)  # the folder is created only when a split spills
     try:
         def batches(frame, name, training=False):
             return pipeline.image_dataset(frame, data.classes, image_size=config.image_size,
@@ -136,20 +125,8 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
         recorder = EpochRecorder(val_ds, pipeline.labels_of(val, data.classes), len(data.classes))
 
         def fit(learning_rate: float, first_epoch: int, epochs: int) -> None:
-            # Tracing cost: Keras (TF backend, no distribution strategy) creates the optimizer's slots
-            # and a string metric's variables inside the first traced train step, and a tf.function
-            # that creates variables is traced twice. A metric object (variables made here) and an
-            # optimizer built eagerly halve the first step: MobileNetV2 at 48 px, 25 s -> 11 s on 2 cores.
-            model.compile(optimizer=backbones.make_optimizer(config, learning_rate),
-                          loss="sparse_categorical_crossentropy",
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                          jit_compile=device.xla, run_eagerly=config.eager)
-            model.optimizer.build(model.trainable_variables)
-            stopping = []
-            if config.early_stopping or config.restore_best:
-                stopping = [keras.callbacks.EarlyStopping(
-                    monitor=monitor, mode=vocabulary.better(monitor),
-                    patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
+            _compile(model, config, learning_rate, jit_compile=device.xla)
+            stopping = _early_stopping(config, monitor, epochs)
             model.fit(train_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
                       class_weight=balanced.class_weight, shuffle=False, verbose=0,  # tf.data shuffles
                       callbacks=[recorder, *callbacks, *schedule_callbacks(config, learning_rate, epochs, first_epoch),
@@ -169,7 +146,7 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
         epochs_run = len(recorder.history["loss"])
         probabilities = model.predict(test_ds, verbose=0)
     finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
     y_test = pipeline.labels_of(test, data.classes)
     evaluation = evaluate(y_test, probabilities, data.classes)
@@ -180,8 +157,35 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None,
         cost=cost(model, config.image_size), mistakes=mistakes,
         mistake_images=pipeline.load_images([test["file"].iloc[i] for i in mistakes], config.image_size),
         phase_boundary=boundary,
-        timings={"train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds, "epochs_run": epochs_run,
-                 # Includes the per-epoch validation pass that computes macro-F1.
-                 "train_images_per_second": len(balanced.train) * epochs_run / max(train_seconds, 1e-9)},
+        timings=_timings(train_seconds, train_cpu_seconds, epochs_run, len(balanced.train)),
     )
+
+
+def _compile(model: keras.Model, config: TrialConfig, learning_rate: float, jit_compile: bool) -> None:
+    """Compile `model` for one training phase at `learning_rate` and build its optimizer eagerly."""
+    # Tracing cost: Keras (TF backend, no distribution strategy) creates the optimizer's slots
+    # and a string metric's variables inside the first traced train step, and a tf.function
+    # that creates variables is traced twice. A metric object (variables made here) and an
+    # optimizer built eagerly halve the first step: MobileNetV2 at 48 px, 25 s -> 11 s on 2 cores.
+    model.compile(optimizer=backbones.make_optimizer(config, learning_rate),
+                  loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=jit_compile, run_eagerly=config.eager)
+    model.optimizer.build(model.trainable_variables)
+
+
+def _early_stopping(config: TrialConfig, monitor: str, epochs: int) -> list[keras.callbacks.Callback]:
+    """The phase's early-stopping callback, when the config stops early or keeps the best weights."""
+    if not (config.early_stopping or config.restore_best):
+        return []
+    return [keras.callbacks.EarlyStopping(
+        monitor=monitor, mode=vocabulary.better(monitor),
+        patience=config.early_stopping or epochs, restore_best_weights=config.restore_best)]
+
+
+def _timings(train_seconds: float, train_cpu_seconds: float, epochs_run: int, train_images: int) -> dict[str, float]:
+    """The run's training time figures: wall and CPU seconds, epochs and throughput."""
+    return {"train_seconds": train_seconds, "train_cpu_seconds": train_cpu_seconds, "epochs_run": epochs_run,
+            # Includes the per-epoch validation pass that computes macro-F1.
+            "train_images_per_second": train_images * epochs_run / max(train_seconds, 1e-9)}
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench import paths, vocabulary
+from workbench import vocabulary
 from workbench.errors import WorkbenchError, first_line
 from workbench.ship.predict import LoadedModel, probabilities, read_image, to_input
 from workbench.vocabulary import Artifacts
+from workbench.workspace import Workspace
 
 QUANTIZE = ("none", "dynamic", "float16")
 MIN_AGREEMENT = 0.995
@@ -145,7 +146,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def locate_test_files(manifest) -> list[Path]:
+def locate_test_files(manifest, manifests_dir: Path) -> list[Path]:
     """The run's test images on this machine (read through the datasets' own manifests, the same
     rule training used), each raw file checked against the sha256 the run logged; missing or
     changed files are left out."""
@@ -155,19 +156,20 @@ def locate_test_files(manifest) -> list[Path]:
     found = []
     for source, rows in test.groupby("source", sort=False):
         try:
-            frame, sidecar = ingest.read_manifest(str(source), paths.manifests_dir())
+            frame, sidecar = ingest.read_manifest(str(source), manifests_dir)
         except WorkbenchError:
             continue  # that dataset is not ingested on this machine
         decoded = dict(zip(frame["path"], frame["decoded"]))
         rows = rows.assign(decoded=[decoded.get(p, "") for p in rows["path"]])
-        for raw_path, read, sha in zip(rows["path"], dataset.files(rows), rows["sha256"]):
+        for raw_path, read, sha in zip(rows["path"], dataset.files(rows, manifests_dir), rows["sha256"]):
             raw = Path(sidecar["raw_root"]) / raw_path
             if raw.is_file() and Path(read).is_file() and _sha256(raw) == sha:
                 found.append(Path(read))
     return found
 
 
-def run_test_images(client, run_id: str, image_size: int, limit: int = MAX_IMAGES) -> ParityImages | None:
+def run_test_images(client, run_id: str, image_size: int, manifests_dir: Path, limit: int = MAX_IMAGES
+                    ) -> ParityImages | None:
     """The source run's test split, or None when its manifest or files are not on this machine."""
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -182,7 +184,7 @@ def run_test_images(client, run_id: str, image_size: int, limit: int = MAX_IMAGE
     if not {"path", "sha256", "split", "source"} <= set(manifest.columns):
         return None
     total = int((manifest["split"] == "test").sum())
-    files = locate_test_files(manifest)
+    files = locate_test_files(manifest, manifests_dir)
     if not files:
         return None
     files = files[:limit]
@@ -209,18 +211,20 @@ def random_images(image_size: int, count: int = RANDOM_IMAGES, seed: int = 0) ->
 
 # --- the whole export --------------------------------------------------------------------------------
 
-def default_out_dir(uri: str) -> Path:
+def default_out_dir(uri: str, exports: Path) -> Path:
     """exports/<model name> for registry URIs, exports/<run id> for runs:/ URIs."""
     rest = uri.split(":/", 1)[-1].strip("/")
     head = rest.split("/")[0].split("@")[0]
-    return paths.exports_dir() / (head or "model")
+    return exports / (head or "model")
 
 
-def export(client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None, images_dir: Path | None = None,
-           min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES, log_to_run: bool = True) -> ExportResult:
-    """Convert, write model.tflite + labels.txt, measure agreement with Keras, log it on the source
+def export(ws: Workspace, client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None,
+           images_dir: Path | None = None, min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES,
+           log_to_run: bool = True) -> ExportResult:
+    """Convert, write model.tflite + labels.txt (under `ws`'s exports/ unless `out_dir`), measure
+    agreement with Keras on the source run's test images as `ws` finds them, log it on the source
     run; files that agree less than `min_agreement` are removed again and never logged."""
-    out_dir = out_dir or default_out_dir(loaded.uri)
+    out_dir = out_dir or default_out_dir(loaded.uri, ws.exports)
     content = convert(loaded.model, quantize)
     out_dir.mkdir(parents=True, exist_ok=True)
     tflite_path, labels_path = out_dir / "model.tflite", out_dir / "labels.txt"
@@ -230,7 +234,8 @@ def export(client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path
     if images_dir is not None:
         parity = folder_images(images_dir, loaded.image_size, max_images)
     else:
-        parity = (run_test_images(client, loaded.run_id, loaded.image_size, max_images) if loaded.run_id else None
+        parity = (run_test_images(client, loaded.run_id, loaded.image_size, ws.manifests, max_images)
+                  if loaded.run_id else None
                   ) or random_images(loaded.image_size)
     share = agreement(probabilities(loaded.model, parity.images), tflite_probabilities(content, parity.images))
     size_mb = len(content) / 2**20

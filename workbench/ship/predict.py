@@ -13,6 +13,7 @@ are the edges; the rest takes arrays and returns values.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from workbench.data import ingest
 from workbench.errors import WorkbenchError, first_line
+from workbench.track import store
 
 # Share of the face box added on each side before cropping: Haar boxes are tight around the
 # eyes and mouth, while training images show the whole head with background around it.
@@ -98,27 +100,30 @@ def _unloadable(uri: str, err: Exception) -> WorkbenchError:
                           "--tracking-uri", exit_code=2)
 
 
-def model_info(uri: str):
-    """MLflow's description of the model behind a URI (no weights loaded); a URI that names no
-    model is the one-line error `load_model` gives."""
+def model_info(uri: str, tracking_uri: str):
+    """MLflow's description of the model behind a URI in the store at `tracking_uri` (no weights
+    loaded); a URI that names no model is the one-line error `load_model` gives."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow.models.get_model_info(uri)
+        with store.fluent(tracking_uri):  # models:/ and runs:/ URIs resolve only in MLflow's current store
+            return mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as err:
         raise _unloadable(uri, err) from None
 
 
-def load_model(uri: str) -> LoadedModel:
-    """The Keras model behind a URI, with the classes and input size it was logged with."""
+def load_model(uri: str, tracking_uri: str) -> LoadedModel:
+    """The Keras model behind a URI in the store at `tracking_uri`, with the classes and input
+    size it was logged with."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    info = model_info(uri)
+    info = model_info(uri, tracking_uri)
     try:
         # Keras' safe mode refuses models that carry arbitrary code (Lambda layers, pickled functions).
-        model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
+        with store.fluent(tracking_uri):
+            model = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
     except (MlflowException, OSError) as err:
         raise _unloadable(uri, err) from None
     except ValueError as err:
@@ -130,7 +135,9 @@ def load_model(uri: str) -> LoadedModel:
     classes = metadata.get("classes")
     if not classes and info.run_id:
         try:  # models logged before metadata carried the classes keep them beside the run
-            classes = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/model_labels.json")["classes"]
+            labels = mlflow.artifacts.download_artifacts(run_id=info.run_id, artifact_path="model_labels.json",
+                                                         tracking_uri=tracking_uri)
+            classes = json.loads(Path(labels).read_text())["classes"]
         except (MlflowException, OSError, KeyError):
             classes = None
     if not classes:

@@ -316,51 +316,26 @@ def _get_run(client: MlflowClient, run_id: str):
         raise PromotionError(f"run {run_id}: no such run in this tracking store (check --tracking-uri)") from None
 
 
-def scope_runs(client: MlflowClient, *, experiment: str | None = None, sweep: str | None = None,
-               ) -> tuple[list[Candidate], str]:
-    """The training runs (never sweep parents) of an experiment or of one sweep, and a label for messages."""
-    if experiment and sweep:
-        raise PromotionError("pass --experiment or --sweep, not both")
-    if sweep:
-        parent = _get_run(client, sweep)
-        role = parent.data.tags.get(vocabulary.ROLE)
-        if role != "sweep":
-            raise PromotionError(f"run {sweep} is a {role or 'plain MLflow run'}, not a sweep: "
-                                 f"pass it as --run {sweep}, or give the sweep's run id to --sweep")
-        ids, scope = [parent.info.experiment_id], f"sweep {sweep}"
-        query = f"tags.mlflow.parentRunId = '{sweep}'"
-    elif experiment:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise PromotionError(f"experiment {experiment}: not in this tracking store "
-                                 f"(run `workbench sweep {experiment}` first, or check --tracking-uri)")
-        ids, scope, query = [found.experiment_id], f"experiment {experiment}", ""
-    else:
-        raise PromotionError("say which runs to choose from: --experiment NAME, --sweep RUN_ID or --run RUN_ID")
-    runs = client.search_runs(ids, query, order_by=["attributes.start_time DESC"], max_results=5000)
-    return [to_candidate(client, r) for r in runs
-            if r.data.tags.get(vocabulary.ROLE) not in ("sweep", "repeat", "evaluation", "matrix")], scope
-
-
 def select(client: MlflowClient, *, metric: str = DEFAULT_METRIC, experiment: str | None = None,
            sweep: str | None = None, run_id: str | None = None, min_score: float | None = None) -> Candidate:
-    """The run to promote: the one named by --run (checked), else the best of the scope."""
-    if sweep == "latest":
-        if not experiment:
-            raise PromotionError("--sweep latest needs --experiment NAME (whose latest sweep to use)")
-        sweep, experiment = store.latest_sweep(client, experiment), None
+    """The run to promote: the one named by --run (checked against --experiment/--sweep when
+    given), else the best of the runs `--experiment`/`--sweep` name (`store.scope`)."""
     if run_id:
-        candidate = to_candidate(client, _get_run(client, run_id))
-        if sweep and candidate.parent_run_id != sweep:
-            raise PromotionError(f"run {run_id} is not a trial of sweep {sweep}")
-        if experiment and client.get_experiment(candidate.experiment_id).name != experiment:
-            raise PromotionError(f"run {run_id} is not in experiment {experiment}")
-        chosen = candidate
+        chosen = to_candidate(client, _get_run(client, run_id))
+        if sweep or experiment:
+            where = store.scope(client, experiment=experiment, sweep=sweep)
+            if where.sweep_run_id and chosen.parent_run_id != where.sweep_run_id:
+                raise PromotionError(f"run {run_id} is not a trial of sweep {where.sweep_run_id}")
+            if chosen.experiment_id != where.experiment_id:
+                raise PromotionError(f"run {run_id} is not in experiment {where.experiment}")
     else:
-        candidates, scope = scope_runs(client, experiment=experiment, sweep=sweep)
+        if not experiment and not sweep:
+            raise PromotionError("say which runs to choose from: --experiment NAME, --sweep RUN_ID or --run RUN_ID")
+        where = store.scope(client, experiment=experiment, sweep=sweep)
+        candidates = [to_candidate(client, r) for r in store.configuration_runs(client, where)]
         chosen = best(candidates, metric)
         if chosen is None:
-            raise PromotionError(no_eligible_run(candidates, metric, scope))
+            raise PromotionError(no_eligible_run(candidates, metric, where.description))
     reason = refusal(chosen, metric, min_score)
     if reason:
         raise PromotionError(reason)
@@ -389,7 +364,8 @@ def register(client: MlflowClient, name: str, candidate: Candidate, metric: str,
     if existing:
         return str(min(int(v.version) for v in existing)), False
     tags = version_tags(candidate, metric, experiment)
-    with _quiet_registration():
+    # Registering a run's MLflow 3 model exists only as MLflow's process-wide call: on our store.
+    with _quiet_registration(), store.fluent(client.tracking_uri):
         version = mlflow.register_model(f"runs:/{candidate.model_run_id}/model", name, tags=tags)
     client.update_model_version(name, version.version, description=model_card(candidate, metric, experiment, name))
     return str(version.version), True

@@ -1,7 +1,8 @@
 """One tracked run: `train()` wrapped in an MLflow run. `workbench run` calls it once; a sweep
 calls it once per trial with the sweep's run as parent. This module is the MLflow edge of a run:
 it decides nothing about training and computes nothing about the model, it writes down what
-`train()` returned, under the names `record` gives.
+`train()` returned, under the names `vocabulary` gives, through a client bound to the
+workspace's store.
 
 A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
 they happen, then the test metrics, the cost, figures, reports, per-image predictions and the
@@ -24,13 +25,16 @@ from typing import Callable
 
 import mlflow
 import optuna
+from mlflow.tracking import MlflowClient
 
 from workbench import errors, vocabulary
-from workbench.data import dataset
+from workbench.data.balance import balanced
 from workbench.data.dataset import Dataset
 from workbench.model.train import TrainResult, train
 from workbench.spec import Spec, TrialConfig
+from workbench.track import store
 from workbench.vocabulary import Artifacts
+from workbench.workspace import Workspace
 
 # MLflow registers the local-file dataset source twice and then warns that a path is ambiguous.
 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -43,105 +47,161 @@ class RunOutcome:
     metrics: dict[str, float]     # everything logged at the end: test quality, summary, cost
 
 
-def tracked_run(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id: str,
-                parent_run_id: str | None = None, trial_number: int | None = None, role: str | None = None,
-                callbacks: list = (), on_start: Callable[[str], None] | None = None,
-                tags: dict[str, str] | None = None, name: str | None = None) -> RunOutcome:
-    role = role or ("trial" if trial_number is not None else "run")
-    all_tags = {vocabulary.ROLE: role, vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
-                vocabulary.DATASET_DIGEST: data.digest, vocabulary.SEED: str(config.seed),
-                vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags(), **(tags or {})}
-    if trial_number is not None:
-        all_tags[vocabulary.TRIAL] = str(trial_number)
+@dataclass(frozen=True)
+class RunLog:
+    """One MLflow run, written through a client bound to a workspace's store (never MLflow's
+    process-wide "current run"), so runs of two workspaces can be written in one process."""
+
+    client: MlflowClient
+    run_id: str
+
+    @classmethod
+    def start(cls, client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+              parent_run_id: str | None = None) -> RunLog:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        # The user, source and git tags MLflow's own start_run adds, so the UI's columns fill alike.
+        tags = resolve_tags({**tags, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})})
+        return cls(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id)
+
+    def params(self, values: dict) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in values.items()])
+
+    def metrics(self, values: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def tags(self, values: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def artifacts(self, folder: str | Path, path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path=path)
+
+    def dict(self, value: dict, file: str) -> None:
+        self.client.log_dict(self.run_id, value, file)
+
+    def text(self, value: str, file: str) -> None:
+        self.client.log_text(self.run_id, value, file)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def tracked_run(ws: Workspace, client: MlflowClient, spec: Spec, config: TrialConfig, data: Dataset, *,
+                experiment_id: str, parent_run_id: str | None = None, trial_number: int | None = None,
+                callbacks: list = (), on_start: Callable[[str], None] | None = None, name: str | None = None,
+                tags: dict[str, str] | None = None) -> RunOutcome:
+    """One configuration trained and recorded: a single run, or, when the spec asks for repeats,
+    a run holding one nested `repeat` run per seed (seed, seed + 1, ...; same split). A trial's
+    run when `trial_number` is given (nested under the sweep's `parent_run_id`), else a single
+    run. `on_start` learns the run's id as soon as it exists; `name` and `tags` add to the defaults."""
+    role = "trial" if trial_number is not None else "run"
     name = name or (f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}")
-    # Inside a trial with repeats, the trial's run is active: a repeat nests under it.
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=all_tags,
-                           nested=mlflow.active_run() is not None)
+    tags = {**_tags(spec, data, config.seed, role), **(tags or {})}
+    if trial_number is not None:
+        tags[vocabulary.TRIAL] = str(trial_number)
+    if spec.repeats > 1:
+        tags[vocabulary.REPEATS] = str(spec.repeats)
+    run = RunLog.start(client, experiment_id, name, tags, parent_run_id)
+    if on_start:
+        on_start(run.run_id)
+    if spec.repeats == 1:
+        return _train_and_log(ws, run, spec, config, data, callbacks)
+    return _repeat(ws, run, spec, config, data, experiment_id, name, callbacks)
+
+
+def _tags(spec: Spec, data: Dataset, seed: int, role: str) -> dict[str, str]:
+    return {vocabulary.ROLE: role, vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
+            vocabulary.DATASET_DIGEST: data.digest, vocabulary.SEED: str(seed),
+            vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags()}
+
+
+def _run_params(spec: Spec, config: TrialConfig, data: Dataset, exclude: set[str] = frozenset()) -> dict:
+    return {**config.model_dump(exclude=exclude), vocabulary.DATASET: data.name,
+            vocabulary.DATASET_DIGEST_PARAM: data.digest, vocabulary.CLASSES: ",".join(data.classes),
+            vocabulary.OBJECTIVE_PARAM: spec.objective.metric}
+
+
+def _train_and_log(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: Dataset,
+                   callbacks: list) -> RunOutcome:
     try:
-        with ends_definitely():
-            if on_start:
-                on_start(run.info.run_id)
-            mlflow.log_params({**config.model_dump(), vocabulary.DATASET: data.name,
-                               vocabulary.DATASET_DIGEST_PARAM: data.digest, vocabulary.CLASSES: ",".join(data.classes),
-                               vocabulary.OBJECTIVE_PARAM: spec.objective.metric})
-            log_dataset(data)
-            balanced = dataset.balanced(data, config.balance, config.balance_target, config.seed)
-            result = train(config, data, balanced, callbacks=[epoch_logger(), *callbacks],
-                           monitor=spec.objective.metric)
+        with ends_definitely(run):
+            run.params(_run_params(spec, config, data))
+            log_dataset(run, data)
+            training = balanced(data, config.balance, ws, config.balance_target, config.seed)
+            result = train(config, data, training, scratch=ws.scratch("cache"), monitor=spec.objective.metric,
+                           callbacks=[epoch_logger(run), *callbacks])
             objective = result.objective(spec.objective.metric, config.restore_best)
-            metrics = log_result(result, config, data.classes, objective, spec.objective.metric)
-            mlflow.set_tag(vocabulary.STATE, "finished")
-            mlflow.end_run("FINISHED")
-            return RunOutcome(run.info.run_id, objective, metrics)
+            metrics = log_result(run, ws, result, config, data.classes, objective, spec.objective.metric)
+            run.tags({vocabulary.STATE: "finished"})
+            run.end("FINISHED")
+            return RunOutcome(run.run_id, objective, metrics)
     finally:
         release_memory()
 
 
-@contextmanager
-def ends_definitely():
-    """End the active run in a definite state if the body raises: a pruned trial as FINISHED,
-    tagged `pruned` (its curves are kept); anything else, Ctrl-C included, as FAILED (KILLED for
-    Ctrl-C), with the reason as a tag and the traceback as an artefact, so no run stays RUNNING
-    forever in the UI. The error propagates."""
-    try:
-        yield
-    except optuna.TrialPruned:
-        mlflow.set_tag(vocabulary.STATE, "pruned")
-        mlflow.end_run("FINISHED")
-        raise
-    except BaseException as err:
-        try:
-            # Error messages quote store URLs; their passwords never reach a tag or an artefact.
-            mlflow.set_tags({vocabulary.STATE: "failed", vocabulary.ERROR: errors.scrub(f"{type(err).__name__}: {err}")[:500]})
-            mlflow.log_text(errors.scrub(traceback.format_exc()), Artifacts.ERROR)
-        except Exception:  # the store itself may be what failed (read-only, disk full): still end the run
-            pass
-        mlflow.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-
-
-def tracked_repeats(spec: Spec, config: TrialConfig, data: Dataset, *, experiment_id: str,
-                    parent_run_id: str | None = None, trial_number: int | None = None, callbacks: list = (),
-                    on_start: Callable[[str], None] | None = None) -> RunOutcome:
-    """One configuration trained `spec.repeats` times, with seeds seed, seed + 1, ... on the same
-    split: a run (the trial's, or a single run's) holding one nested `repeat` run each. Its
-    metrics are the repeats' means, each with its sample standard deviation as `<metric>_std`;
-    its objective is the mean objective; its model is the best repeat's (tag
+def _repeat(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: Dataset, experiment_id: str,
+            name: str, callbacks: list) -> RunOutcome:
+    """Its metrics are the repeats' means, each with its sample standard deviation as
+    `<metric>_std`; its objective is the mean objective; its model is the best repeat's (tag
     `workbench.model_run_id`). The pruner watches the first repeat only: a configuration it
     stops is not worth N seeds."""
     import numpy as np
 
-    role = "trial" if trial_number is not None else "run"
-    tags = {vocabulary.ROLE: role, vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
-            vocabulary.DATASET_DIGEST: data.digest, vocabulary.SEED: str(config.seed), vocabulary.REPEATS: str(spec.repeats),
-            vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags()}
-    if trial_number is not None:
-        tags[vocabulary.TRIAL] = str(trial_number)
-    name = f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}"
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id, tags=tags)
-    with ends_definitely():
-        if on_start:
-            on_start(run.info.run_id)
-        mlflow.log_params({**config.model_dump(exclude={"seed"}), "repeats": spec.repeats, vocabulary.DATASET: data.name,
-                           vocabulary.DATASET_DIGEST_PARAM: data.digest, vocabulary.CLASSES: ",".join(data.classes),
-                           vocabulary.OBJECTIVE_PARAM: spec.objective.metric})
+    with ends_definitely(run):
+        run.params({**_run_params(spec, config, data, exclude={"seed"}), "repeats": spec.repeats})
         outcomes = []
         for k in range(spec.repeats):
-            outcomes.append(tracked_run(spec, config.model_copy(update={"seed": config.seed + k}), data,
-                                        experiment_id=experiment_id, parent_run_id=run.info.run_id, role="repeat",
-                                        callbacks=callbacks if k == 0 else [], tags={vocabulary.REPEAT: str(k)},
-                                        name=f"{name}-seed{config.seed + k}"))
+            seed = config.seed + k
+            tags = {**_tags(spec, data, seed, "repeat"), vocabulary.REPEAT: str(k)}
+            child = RunLog.start(run.client, experiment_id, f"{name}-seed{seed}", tags, run.run_id)
+            outcomes.append(_train_and_log(ws, child, spec, config.model_copy(update={"seed": seed}), data,
+                                           callbacks if k == 0 else []))
         shared = set.intersection(*(set(o.metrics) for o in outcomes))
         values = {m: np.array([o.metrics[m] for o in outcomes], dtype=float) for m in sorted(shared)}
         metrics = {**{m: float(v.mean()) for m, v in values.items()},
                    **{f"{m}_std": float(v.std(ddof=1)) for m, v in values.items()}}
         objectives = np.array([o.objective for o in outcomes])
-        metrics.update({vocabulary.OBJECTIVE: float(objectives.mean()), f"{vocabulary.OBJECTIVE}_std": float(objectives.std(ddof=1))})
-        mlflow.log_metrics(metrics)
+        metrics.update({vocabulary.OBJECTIVE: float(objectives.mean()),
+                        f"{vocabulary.OBJECTIVE}_std": float(objectives.std(ddof=1))})
+        run.metrics(metrics)
         pick = np.argmin if vocabulary.lower_is_better(spec.objective.metric) else np.argmax
-        mlflow.set_tags({vocabulary.MODEL_RUN: outcomes[int(pick(objectives))].run_id, vocabulary.STATE: "finished"})
-        mlflow.end_run("FINISHED")
-        return RunOutcome(run.info.run_id, float(objectives.mean()), metrics)
+        run.tags({vocabulary.MODEL_RUN: outcomes[int(pick(objectives))].run_id, vocabulary.STATE: "finished"})
+        run.end("FINISHED")
+        return RunOutcome(run.run_id, float(objectives.mean()), metrics)
+
+
+@contextmanager
+def ends_definitely(run: RunLog):
+    """End the run in a definite state if the body raises: a pruned trial as FINISHED, tagged
+    `pruned` (its curves are kept); anything else, Ctrl-C included, as FAILED (KILLED for
+    Ctrl-C), with the reason as a tag and the traceback as an artefact, so no run stays RUNNING
+    forever in the UI. The error propagates."""
+    try:
+        yield
+    except optuna.TrialPruned:
+        run.tags({vocabulary.STATE: "pruned"})
+        run.end("FINISHED")
+        raise
+    except BaseException as err:
+        try:
+            # Error messages quote store URLs; their passwords never reach a tag or an artefact.
+            run.tags({vocabulary.STATE: "failed",
+                      vocabulary.ERROR: errors.scrub(f"{type(err).__name__}: {err}")[:500]})
+            run.text(errors.scrub(traceback.format_exc()), Artifacts.ERROR)
+        except Exception:  # the store itself may be what failed (read-only, disk full): still end the run
+            pass
+        try:
+            run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        except Exception:
+            pass
+        raise
 
 
 def release_memory() -> None:
@@ -191,15 +251,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def epoch_logger():
-    """A Keras callback that streams each epoch's logs to the active MLflow run (step = epoch)."""
+def epoch_logger(run: RunLog):
+    """A Keras callback that streams each epoch's logs to the run (step = epoch)."""
     import keras
 
-    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mlflow.log_metrics(
+    return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: run.metrics(
         {k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1))
 
 
-def log_dataset(data: Dataset) -> None:
+def log_dataset(run: RunLog, data: Dataset) -> None:
     """Lineage: the split manifest as an MLflow dataset input, its class counts and the file itself."""
     # sha256 and phash let a later evaluation leave out what this model saw (exact and near copies).
     columns = [c for c in ("source", "path", "sha256", "phash", "label", "original_label", "group_id", "split",
@@ -207,29 +267,34 @@ def log_dataset(data: Dataset) -> None:
     frame = data.frame[columns]
     dataset_input = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest,
                                             targets="label")
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = [DatasetInput(dataset_input._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
     try:
-        mlflow.log_input(dataset_input, context="training")
-    except mlflow.exceptions.MlflowException:
+        run.client.log_inputs(run.run_id, inputs)
+    except MlflowException:
         # The store looks the dataset up, then inserts it: two workers' first trials logging the
         # same dataset at once race, and the loser hits the unique key. The row now exists, so a
         # second try finds it (CI once lost a trial of a two-worker sweep this way).
         time.sleep(0.5)
-        mlflow.log_input(dataset_input, context="training")
+        run.client.log_inputs(run.run_id, inputs)
     counts = data.counts()
-    mlflow.log_params({size: int(counts[size.removeprefix("images_")].sum()) for size in vocabulary.SPLIT_SIZES})
+    run.params({size: int(counts[size.removeprefix("images_")].sum()) for size in vocabulary.SPLIT_SIZES})
     if data.left_out:
-        mlflow.log_metric("images_left_out", sum(data.left_out.values()))
-        mlflow.set_tag(vocabulary.LEFT_OUT, "; ".join(f"{n} {why}" for why, n in data.left_out.items()))
+        run.metrics({"images_left_out": sum(data.left_out.values())})
+        run.tags({vocabulary.LEFT_OUT: "; ".join(f"{n} {why}" for why, n in data.left_out.items())})
     with tempfile.TemporaryDirectory() as tmp:
         frame.to_csv(Path(tmp) / Path(Artifacts.MANIFEST).name, index=False)
         counts.to_csv(Path(tmp) / Path(Artifacts.CLASS_COUNTS).name)
         data.source_counts().to_csv(Path(tmp) / Path(Artifacts.SOURCE_COUNTS).name)
-        mlflow.log_artifacts(tmp, artifact_path=str(Path(Artifacts.MANIFEST).parent))
+        run.artifacts(tmp, str(Path(Artifacts.MANIFEST).parent))
 
 
-def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...], objective: float,
-               monitor: str = "val_f1_macro") -> dict[str, float]:
-    """Everything a finished training leaves behind, written into the active run: metrics
+def log_result(run: RunLog, ws: Workspace, result: TrainResult, config: TrialConfig, classes: tuple[str, ...],
+               objective: float, monitor: str = "val_f1_macro") -> dict[str, float]:
+    """Everything a finished training leaves behind, written into the run: metrics
     (quality, training summary around `monitor`, the metric training chose its epoch by; cost;
     the objective), the evidence (figures, reports, predictions) and the model. Returns the
     metrics it logged."""
@@ -237,18 +302,18 @@ def log_result(result: TrainResult, config: TrialConfig, classes: tuple[str, ...
 
     metrics = {**result.evaluation.metrics, **training_summary(result.history, monitor), **result.timings,
                **result.cost, "train_images": result.train_images, vocabulary.OBJECTIVE: objective}
-    mlflow.log_metrics(metrics)
-    mlflow.set_tags({vocabulary.DEVICE: result.runtime.device,
+    run.metrics(metrics)
+    run.tags({vocabulary.DEVICE: result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
                      "workbench.xla": str(result.runtime.xla).lower()})
-    log_evidence(result.evaluation, result.test_frame, result.mistakes, result.mistake_images,
+    log_evidence(run, result.evaluation, result.test_frame, result.mistakes, result.mistake_images,
                  history=result.history, phase_boundary=result.phase_boundary)
-    mlflow.log_dict(result.history, Artifacts.HISTORY)
-    log_model(result.model, config, classes)
+    run.dict(result.history, Artifacts.HISTORY)
+    log_model(run, ws, result.model, config, classes)
     return metrics
 
 
-def log_evidence(evaluation, frame, mistakes, mistake_images, history=None, phase_boundary=None,
+def log_evidence(run: RunLog, evaluation, frame, mistakes, mistake_images, history=None, phase_boundary=None,
                  title: str = "workbench run: evaluation") -> None:
     """What a scored model leaves behind, for a trial's test split and an evaluation on another
     dataset alike: the figures as PNG plus one interactive page, the classification report, the
@@ -267,9 +332,9 @@ def log_evidence(evaluation, frame, mistakes, mistake_images, history=None, phas
                                 Path(tmp) / Path(Artifacts.FIGURES).name, title=title)
         Path(tmp, Path(Artifacts.REPORT_TEXT).name).write_text(evaluation.report_text)
         predictions(evaluation, frame).to_csv(Path(tmp) / Path(Artifacts.PREDICTIONS).name, index=False)
-        mlflow.log_artifacts(tmp, artifact_path=Artifacts.EVALUATION)
-    mlflow.log_dict(evaluation.confusion_json(), Artifacts.CONFUSION)
-    mlflow.log_dict(evaluation.report, Artifacts.REPORT)
+        run.artifacts(tmp, Artifacts.EVALUATION)
+    run.dict(evaluation.confusion_json(), Artifacts.CONFUSION)
+    run.dict(evaluation.report, Artifacts.REPORT)
 
 
 def predictions(evaluation, frame):
@@ -286,8 +351,11 @@ def predictions(evaluation, frame):
     return table
 
 
-def log_model(model, config: TrialConfig, classes) -> None:
-    """The Keras model with its signature: float32 RGB pixels in [0, 255] -> class probabilities."""
+def log_model(run: RunLog, ws: Workspace, model, config: TrialConfig, classes) -> None:
+    """The Keras model with its signature: float32 RGB pixels in [0, 255] -> class probabilities.
+    MLflow logs models only into its process-wide current run, so the run is made current for
+    this call alone, on the workspace's store (`store.fluent`), and left ended; the caller ends
+    it again with its own final state."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -298,6 +366,7 @@ def log_model(model, config: TrialConfig, classes) -> None:
     # Explicit requirements: MLflow's inference would re-load the model in a subprocess (slow).
     requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"]
     # No input_example: MLflow 3.17's Keras flavour fails to save one for image tensors.
-    mlflow.keras.log_model(model, name=Artifacts.MODEL, signature=signature, pip_requirements=requirements,
-                           metadata={"classes": list(classes), "image_size": config.image_size})
-    mlflow.log_dict({"classes": list(classes)}, Artifacts.LABELS)
+    with store.fluent(ws.tracking_uri), mlflow.start_run(run_id=run.run_id):
+        mlflow.keras.log_model(model, name=Artifacts.MODEL, signature=signature, pip_requirements=requirements,
+                               metadata={"classes": list(classes), "image_size": config.image_size})
+    run.dict({"classes": list(classes)}, Artifacts.LABELS)

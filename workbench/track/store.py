@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 from urllib.parse import urlparse
 
-from workbench import paths
 from workbench.errors import TrackingError, WorkbenchError, first_line, masked, scrub
 from workbench.vocabulary import EXPERIMENT_KIND, ROLE
 
@@ -23,24 +23,17 @@ if TYPE_CHECKING:
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 # --- the tracking store ------------------------------------------------------------------------------
-def tracking_uri(uri: str | None = None) -> str:
-    return uri or paths.default_tracking_uri()
 
 
 
-def connect(uri: str | None = None) -> MlflowClient:
-    """A client on the store at `uri` (default: $MLFLOW_TRACKING_URI or the local SQLite file),
-    also made the process's current store. A local SQLite database's folder is created on first
-    use; the old file store, which MLflow 3 refuses, is named as such."""
-    import os
-
-    import mlflow
+def connect(uri: str) -> MlflowClient:
+    """A client bound to the store at `uri` (its model registry too); nothing process-wide is
+    changed, so clients on two stores live side by side. A local SQLite database's folder is
+    created on first use; the old file store, which MLflow 3 refuses, is named as such."""
     from mlflow.tracking import MlflowClient
 
     # Importing mlflow configures its loggers at INFO: quiet them again.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    uri = tracking_uri(uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite":
         db = Path(uri.removeprefix("sqlite:///"))
@@ -49,9 +42,8 @@ def connect(uri: str | None = None) -> MlflowClient:
         # MLflow creates and migrates a new database's tables on first use; two processes doing
         # that at once collide ("index already exists"), so the first use is taken in turn.
         with locked(db.with_name(f".{db.name}.lock")):
-            client = MlflowClient(uri)
+            client = MlflowClient(uri, registry_uri=uri)
             _ask(lambda: client.search_experiments(max_results=1), uri)
-        mlflow.set_tracking_uri(uri)
         return client
     elif parsed.scheme in ("", "file"):
         raise TrackingError(f"--tracking-uri {masked(uri)}: MLflow 3 no longer accepts a file store; "
@@ -60,8 +52,33 @@ def connect(uri: str | None = None) -> MlflowClient:
             and not parsed.scheme.startswith(("postgresql+", "mysql+")):
         raise TrackingError(f"--tracking-uri {masked(uri)}: unknown scheme {parsed.scheme!r}; use sqlite:///FILE, "
                             "postgresql://..., or http(s)://HOST:PORT")
+    return MlflowClient(uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def fluent(uri: str):
+    """For the body, MLflow's process-wide store is `uri`: the few MLflow functions that exist only
+    in that form (logging a model into a run, registering a version) run there; afterwards the
+    previous store is back, and so is MLflow's copy of it in the environment, which it rewrites."""
+    import os
+
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri,
+             os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
+        for name, value in (("MLFLOW_TRACKING_URI", saved[2]), ("MLFLOW_REGISTRY_URI", saved[3])):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -108,11 +125,11 @@ def artifact_root(uri: str) -> str | None:
     return (db.parent / "artifacts").resolve().as_uri()
 
 
-def ensure_experiment(client: MlflowClient, name: str, uri: str | None = None) -> str:
+def ensure_experiment(client: MlflowClient, name: str) -> str:
     """The experiment's id, created (as a model-training experiment) on first use."""
     from mlflow.exceptions import MlflowException
 
-    uri = tracking_uri(uri)
+    uri = client.tracking_uri
     found = _ask(lambda: client.get_experiment_by_name(name), uri)
     if found is None:
         root = artifact_root(uri)
@@ -149,19 +166,19 @@ def _ask(question, uri: str):
                             f"({type(err).__name__}: {scrub(first_line(err))[:200]})") from None
 
 
-def find_experiment(client: MlflowClient, name: str, uri: str | None = None, option: str = "--experiment"):
+def find_experiment(client: MlflowClient, name: str, option: str = "--experiment"):
     """An existing experiment, or a one-line error listing the ones there are."""
-    found = _ask(lambda: client.get_experiment_by_name(name), tracking_uri(uri))
+    found = _ask(lambda: client.get_experiment_by_name(name), client.tracking_uri)
     if found is None or found.lifecycle_stage == "deleted":
         known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
-        raise WorkbenchError(f"{option} {name}: no such experiment in {masked(tracking_uri(uri))} "
+        raise WorkbenchError(f"{option} {name}: no such experiment in {masked(client.tracking_uri)} "
                              f"(known: {', '.join(known) or 'none; run a sweep first'})")
     return found
 
 
-def latest_sweep(client: MlflowClient, experiment: str, uri: str | None = None) -> str:
+def latest_sweep(client: MlflowClient, experiment: str) -> str:
     """The run id of the experiment's most recently started sweep."""
-    found = find_experiment(client, experiment, uri)
+    found = find_experiment(client, experiment)
     runs = client.search_runs([found.experiment_id], f"tags.`{ROLE}` = 'sweep'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
@@ -169,16 +186,69 @@ def latest_sweep(client: MlflowClient, experiment: str, uri: str | None = None) 
     return runs[0].info.run_id
 
 
-def sweep_of(client: MlflowClient, run_id: str, uri: str | None = None):
+def sweep_of(client: MlflowClient, run_id: str):
     """The sweep run `run_id`, checked to be one."""
     from mlflow.exceptions import MlflowException
 
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise WorkbenchError(f"--sweep {run_id}: no such run in {masked(tracking_uri(uri))}") from None
+        raise WorkbenchError(f"--sweep {run_id}: no such run in {masked(client.tracking_uri)}") from None
     role = run.data.tags.get(ROLE)
     if role != "sweep":
         raise WorkbenchError(f"--sweep {run_id}: run is {'a ' + role if role else 'not a workbench'} run, not a "
                              "sweep (pass the sweep's parent run id)")
     return run
+
+
+# --- which runs a command is about ----------------------------------------------------------------
+# Sweep parents, repeats (their trial stands for them), evaluations and matrices are not configurations.
+NOT_CONFIGURATIONS = ("sweep", "repeat", "evaluation", "matrix")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The runs a command is about, as the user named them: every run of an experiment, or one
+    sweep's trials (`--sweep ID`, or `--sweep latest` with `--experiment`)."""
+
+    experiment: str
+    experiment_id: str
+    sweep_run_id: str | None
+
+    @property
+    def description(self) -> str:
+        """"tiny, sweep run 1a2b..." or "experiment tiny": for titles and error messages."""
+        return f"{self.experiment}, sweep run {self.sweep_run_id}" if self.sweep_run_id else f"experiment {self.experiment}"
+
+
+def scope(client: MlflowClient, *, experiment: str | None = None, sweep: str | None = None) -> Scope:
+    """The one way every command resolves `--experiment` and `--sweep`: each checked against the
+    store, `latest` read as the experiment's newest sweep, and a sweep of another experiment refused."""
+    if not experiment and not sweep:
+        raise WorkbenchError("choose the runs: --experiment NAME (all its runs) or --sweep RUN_ID (one sweep's trials)")
+    if sweep == "latest" and not experiment:
+        raise WorkbenchError("--sweep latest needs --experiment NAME to say whose latest sweep")
+    experiment_id = find_experiment(client, experiment).experiment_id if experiment else None
+    if sweep == "latest":
+        sweep = latest_sweep(client, experiment)
+    if sweep:
+        parent = sweep_of(client, sweep)
+        name = client.get_experiment(parent.info.experiment_id).name
+        if experiment and name != experiment:
+            raise WorkbenchError(f"--sweep {sweep}: that sweep belongs to experiment {name}, not {experiment}")
+        experiment, experiment_id = name, parent.info.experiment_id
+    return Scope(experiment, experiment_id, sweep)
+
+
+def configuration_runs(client: MlflowClient, where: Scope, clauses: Sequence[str] = ()) -> list:
+    """The runs of a scope that each stand for one trained configuration (trials and single runs),
+    newest first, narrowed by MLflow filter `clauses` (all must hold)."""
+    query = [f"tags.mlflow.parentRunId = '{where.sweep_run_id}'"] if where.sweep_run_id else []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([where.experiment_id], " AND ".join([*query, *clauses]),
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        runs.extend(r for r in page if r.data.tags.get(ROLE) not in NOT_CONFIGURATIONS)
+        token = page.token
+        if not token:
+            return runs

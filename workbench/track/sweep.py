@@ -1,6 +1,9 @@
 """A sweep: an Optuna study over a spec's search space, tracked as one MLflow parent run with a
 nested child run per trial. `run_sweep` is the one way a sweep runs, in this process or in K
-worker processes; the CLI, the tests and the benchmarks all call it.
+worker processes: it prepares the spec's data and checks it for leaks, then opens (or resumes)
+the study and runs what is missing; `Workspace.sweep` (the CLI's, a notebook's) adds the
+leaderboard and the spec's `ship:` step. Everything it reads or writes is the workspace's it is
+given; worker processes receive that workspace in their environment.
 
 We own the Optuna-to-MLflow link (optuna-integration's MLflowCallback is deprecated): the study
 remembers its parent run id in its user attributes, each trial records its run id the moment the
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,23 +48,32 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from workbench import errors, paths, vocabulary
-from workbench.data.dataset import prepare
+from workbench import errors, vocabulary
+from workbench.data.dataset import prepare, prepare_checked
 from workbench.errors import SpecError, TrackingError, WorkbenchError, first_line
 from workbench.spec import Range, Spec, grid_values, is_searched, sample_config
 from workbench.track import store
+from workbench.track.progress import (  # noqa: F401 (Progress and the attributes are re-exported)
+    BUDGET_ATTR,
+    ERROR_ATTR,
+    KILLED_ATTR,
+    SKIPPED_ATTR,
+    Clock,
+    Progress,
+    SweepListener,
+    counted,
+    tally,
+)
+from workbench.track.run import tracked_run
 from workbench.vocabulary import Artifacts
+from workbench.workspace import Workspace
 
 # Study and trial attributes: how a study finds its MLflow side and its trials' fates.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 SPEC_HASH_ATTR = "spec_hash"
 RUN_ATTR = "mlflow_run_id"
 WORKER_ATTR = "worker"          # "host:pid" of the process running the trial
-ERROR_ATTR = "error"            # a trial that failed on its own (NaN loss, out of memory, ...)
-KILLED_ATTR = "killed"          # interrupted (Ctrl-C) or its worker was lost
 RETRY_ATTR = "retry_of"         # an enqueued retry of a killed trial's configuration
-SKIPPED_ATTR = "skipped"        # drawn again: identical to a configuration already run
-BUDGET_ATTR = "budget"          # asked for after other workers had taken the last trial
 ENQUEUED_ATTR = "enqueued"      # a configuration chosen on purpose (spec enqueue, grid, retry)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
@@ -112,11 +125,6 @@ def was_killed(trial: FrozenTrial) -> bool:
     return not ({ERROR_ATTR, SKIPPED_ATTR, BUDGET_ATTR} & set(attrs))
 
 
-def counted(trial: FrozenTrial) -> bool:
-    """Whether a trial belongs in tables and progress: not a redraw or a budget overflow."""
-    return not ({SKIPPED_ATTR, BUDGET_ATTR} & set(trial.user_attrs))
-
-
 @dataclass(frozen=True)
 class Found:
     """What a sweep found in its study when it opened: the resume line's figures."""
@@ -144,12 +152,10 @@ class Found:
 
 
 def found_in(study: optuna.Study, retries: int = 0) -> Found:
-    trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-    killed = sum(was_killed(t) for t in trials)
-    return Found(complete=sum(t.state == TrialState.COMPLETE for t in trials),
-                 pruned=sum(t.state == TrialState.PRUNED for t in trials),
-                 failed=sum(t.state == TrialState.FAIL for t in trials) - killed, killed=killed,
-                 running=sum(t.state == TrialState.RUNNING for t in trials), retries=retries)
+    counts = tally(study)
+    killed = sum(was_killed(t) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if counted(t))
+    return Found(complete=counts["complete"], pruned=counts["pruned"], failed=counts["fail"] - killed,
+                 killed=killed, running=counts["running"], retries=retries)
 
 
 # --- the study ----------------------------------------------------------------------------------
@@ -352,11 +358,10 @@ def count(study: optuna.Study, states=DONE) -> int:
 class Sweep:
     """An open sweep: the study, its parent run, where both live, and what it found there."""
 
+    ws: Workspace
     spec: Spec
     study: optuna.Study
     client: MlflowClient
-    tracking_uri: str
-    storage: str
     experiment_id: str
     parent_run_id: str
     found: Found = field(default_factory=Found)
@@ -369,20 +374,19 @@ class SweepResult:
     experiment_id: str
     ran: int              # trials this call finished (in every worker it started)
     found: Found          # what was in the study before
+    total: int            # the study's budget of trials
 
 
 OnTrial = Callable[[optuna.Study, FrozenTrial], None]
 
 
-def open_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | None = None,
-               study_name: str | None = None) -> Sweep:
-    uri, storage = store.tracking_uri(tracking_uri), storage or paths.default_storage_url()
-    client = store.connect(uri)
-    experiment_id = store.ensure_experiment(client, spec.name, uri)
-    study = open_study(spec, storage, study_name, uri)
-    retries = reap(study, uri)
-    parent = ensure_parent_run(study, client, experiment_id, spec, storage)
-    return Sweep(spec, study, client, uri, storage, experiment_id, parent, found_in(study, retries))
+def open_sweep(ws: Workspace, spec: Spec, *, study_name: str | None = None) -> Sweep:
+    client = store.connect(ws.tracking_uri)
+    experiment_id = store.ensure_experiment(client, spec.name)
+    study = open_study(spec, ws.storage, study_name, ws.tracking_uri)
+    retries = reap(study, ws.tracking_uri)
+    parent = ensure_parent_run(study, client, experiment_id, spec, ws.storage)
+    return Sweep(ws, spec, study, client, experiment_id, parent, found_in(study, retries))
 
 
 def pruning_reporter(trial: optuna.Trial, metric: str):
@@ -405,97 +409,109 @@ def _already_run(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None
     return None
 
 
-def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
-    """Run trials in this process until the study holds `total` finished ones; returns how many
-    this process finished. Any number of workers may call this on one study at once."""
-    from workbench.track.run import tracked_repeats, tracked_run
+class Worker:
+    """Runs trials of one open sweep in this process until the study holds `total` finished ones.
+    Any number of workers (processes, machines) may work on one study at once."""
 
-    spec, study = sweep.spec, sweep.study
-    train_one = tracked_run if spec.repeats == 1 else tracked_repeats
-    data = prepare(spec)
-    budget_reached = False
-    finite = space_size(spec)
-    me = f"{socket.gethostname()}:{os.getpid()}"
+    def __init__(self, sweep: Sweep, total: int, on_trial: OnTrial | None = None):
+        self.sweep, self.total, self.on_trial = sweep, total, on_trial
+        self.data = prepare(sweep.spec, sweep.ws)
+        self.finite = space_size(sweep.spec)
+        self.me = f"{socket.gethostname()}:{os.getpid()}"
+        self.mine: list[int] = []   # this process's trials, in order (other workers' interleave)
+        self.budget_reached, self.redraws = False, 0
+        self.plotted = time.monotonic()
 
-    mine: list[int] = []  # this process's trials, in order (other workers' trials interleave)
-
-    def objective(trial: optuna.Trial):
-        nonlocal budget_reached
-        mine.append(trial.number)
+    def objective(self, trial: optuna.Trial):
+        sweep, spec, study = self.sweep, self.sweep.spec, self.sweep.study
+        self.mine.append(trial.number)
         # Several workers may have asked at once: only the first `total` live trials run.
         ahead = [t for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number]
-        if len(ahead) >= total:
-            budget_reached = True
+        if len(ahead) >= self.total:
+            self.budget_reached = True
             trial.set_user_attr(BUDGET_ATTR, "reached by other workers; never ran")
-            raise BudgetReached(f"trial {trial.number}: the study already has {total} trials")
-        trial.set_user_attr(WORKER_ATTR, me)
+            raise BudgetReached(f"trial {trial.number}: the study already has {self.total} trials")
+        trial.set_user_attr(WORKER_ATTR, self.me)
         config = sample_config(spec, trial)
         twin = None if trial.user_attrs.get(ENQUEUED_ATTR) or spec.sampler == "grid" else _already_run(study, trial)
-        if twin is not None and redraws < MAX_REDRAWS and count(study, DONE) < finite:
+        if twin is not None and self.redraws < MAX_REDRAWS and count(study, DONE) < self.finite:
             trial.set_user_attr(SKIPPED_ATTR, f"same configuration as trial {twin.number}; drawn again")
             raise Redraw(trial.number)
         callbacks = [] if spec.objective.latency else [pruning_reporter(trial, spec.objective.metric)]
-        try:
-            outcome = train_one(spec, config, data, experiment_id=sweep.experiment_id,
-                                  parent_run_id=sweep.parent_run_id, trial_number=trial.number,
-                                  callbacks=callbacks, on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
-        except optuna.TrialPruned:
-            raise
-        except WorkbenchError as err:
-            # Recorded as this trial's own failure, so a resume never takes it for a lost worker's.
-            trial.set_user_attr(ERROR_ATTR, errors.scrub(str(err))[:500])
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr(KILLED_ATTR, "interrupted (Ctrl-C)")
-            raise
-        except Exception as err:
-            reason = errors.scrub(f"{type(err).__name__}: {err}")
-            trial.set_user_attr(ERROR_ATTR, reason[:500])
-            raise TrialFailure(f"trial {trial.number}: {reason}") from err
+        with _recorded_on(trial):
+            outcome = tracked_run(sweep.ws, sweep.client, spec, config, self.data, experiment_id=sweep.experiment_id,
+                                  parent_run_id=sweep.parent_run_id, trial_number=trial.number, callbacks=callbacks,
+                                  on_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id))
         trial.set_user_attr("test_metrics", {k: v for k, v in outcome.metrics.items() if k.startswith("test_")})
         if spec.objective.latency:
             return outcome.objective, outcome.metrics[vocabulary.LATENCY]
         return outcome.objective
 
-    plotted = time.monotonic()
-
-    def after_trial(study_: optuna.Study, trial: FrozenTrial) -> None:
-        nonlocal plotted
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if not counted(trial):
             return
         # The counts and the trials table are refreshed after every trial; Optuna's plots (a
         # 4.7 MB page each time) at most every PLOTS_EVERY seconds, and always when the sweep closes.
-        due = time.monotonic() - plotted >= PLOTS_EVERY
+        due = time.monotonic() - self.plotted >= PLOTS_EVERY
         try:
-            summarise(sweep.client, sweep.parent_run_id, study_, spec, plots=due)
+            summarise(self.sweep.client, self.sweep.parent_run_id, study, self.sweep.spec, plots=due)
         except mlflow.exceptions.MlflowException as err:
             # Two workers refreshing the sweep's run at once can collide in the store; the trial
             # itself is recorded, and the next refresh (or the close) writes the summary.
             log.warning("sweep run summary not refreshed after trial %d: %s", trial.number, first_line(err))
-        plotted = time.monotonic() if due else plotted
-        if on_trial:
-            on_trial(study_, trial)
+        self.plotted = time.monotonic() if due else self.plotted
+        if self.on_trial:
+            self.on_trial(study, trial)
 
-    ran, failed_in_a_row, redraws = 0, 0, 0
-    while count(study, LIVE) < total and not _grid_exhausted(study, spec) and not budget_reached:
-        # No gc_after_trial: every trial's tracked_run already clears Keras state and collects
-        # garbage; a third full collection per trial cost 0.5 s for nothing.
-        study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=False,
-                       catch=(TrialFailure, BudgetReached, Redraw))
-        # This process's own trial, not the study's newest: another worker's may be newer.
-        last = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.number == mine[-1])
-        if SKIPPED_ATTR in last.user_attrs:
-            redraws += 1
-            continue
-        redraws = 0
-        finished = int(last.state in DONE)
-        ran += finished
-        failed_in_a_row = 0 if finished or budget_reached else failed_in_a_row + 1
-        if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            reason = last.user_attrs.get(ERROR_ATTR, "see the trial runs' error.txt")
-            raise WorkbenchError(f"{failed_in_a_row} trials in a row failed, so the sweep stops (failed trials do "
-                                 f"not count towards --trials); last error: {reason}")
-    return ran
+    def run(self) -> int:
+        """Returns how many trials this process finished."""
+        study, spec = self.sweep.study, self.sweep.spec
+        ran, failed_in_a_row = 0, 0
+        while count(study, LIVE) < self.total and not _grid_exhausted(study, spec) and not self.budget_reached:
+            # No gc_after_trial: every trial's tracked_run already clears Keras state and collects
+            # garbage; a third full collection per trial cost 0.5 s for nothing.
+            study.optimize(self.objective, n_trials=1, callbacks=[self.after_trial], gc_after_trial=False,
+                           catch=(TrialFailure, BudgetReached, Redraw))
+            # This process's own trial, not the study's newest: another worker's may be newer.
+            last = next(t for t in reversed(study.get_trials(deepcopy=False)) if t.number == self.mine[-1])
+            if SKIPPED_ATTR in last.user_attrs:
+                self.redraws += 1
+                continue
+            self.redraws = 0
+            finished = int(last.state in DONE)
+            ran += finished
+            failed_in_a_row = 0 if finished or self.budget_reached else failed_in_a_row + 1
+            if failed_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                reason = last.user_attrs.get(ERROR_ATTR, "see the trial runs' error.txt")
+                raise WorkbenchError(f"{failed_in_a_row} trials in a row failed, so the sweep stops (failed trials "
+                                     f"do not count towards --trials); last error: {reason}")
+        return ran
+
+
+@contextmanager
+def _recorded_on(trial: optuna.Trial):
+    """Why a trial did not finish, kept on the trial: its own failure (so a resume never takes it
+    for a lost worker's), an interrupt, or an unexpected error that fails this trial alone."""
+    try:
+        yield
+    except optuna.TrialPruned:
+        raise
+    except WorkbenchError as err:
+        trial.set_user_attr(ERROR_ATTR, errors.scrub(str(err))[:500])
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr(KILLED_ATTR, "interrupted (Ctrl-C)")
+        raise
+    except Exception as err:
+        reason = errors.scrub(f"{type(err).__name__}: {err}")
+        trial.set_user_attr(ERROR_ATTR, reason[:500])
+        raise TrialFailure(f"trial {trial.number}: {reason}") from err
+
+
+def work(sweep: Sweep, total: int, on_trial: OnTrial | None = None) -> int:
+    """Run trials in this process until the study holds `total` finished ones; returns how many
+    this process finished."""
+    return Worker(sweep, total, on_trial).run()
 
 
 def close(sweep: Sweep, status: str = "FINISHED") -> None:
@@ -507,25 +523,31 @@ def close(sweep: Sweep, status: str = "FINISHED") -> None:
             sweep.client.set_terminated(sweep.parent_run_id, status=status)
 
 
-def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | None = None,
-              trials: int | None = None, study_name: str | None = None, workers: int = 1,
-              on_open: Callable[[Sweep], None] | None = None, on_trial: OnTrial | None = None,
-              close_run: bool = True) -> SweepResult:
-    """Open (or resume) the sweep, run what is missing of `trials` (default: the spec's) here or
-    in `workers` processes, and close it. `on_open` sees the opened sweep (what it found);
-    `on_trial` sees each trial that finishes from now on, whichever worker ran it. `close_run`:
-    whether this call ends the sweep's run when it is done (not in a worker process)."""
+def run_sweep(ws: Workspace, spec: Spec, *, trials: int | None = None, study_name: str | None = None,
+              workers: int = 1, worker: bool = False, listener: SweepListener | None = None) -> SweepResult:
+    """The sweep of `spec` in `ws`: its data prepared and checked for leaks (a leak stops it before
+    anything trains), the study opened (or resumed), what is missing of `trials` (default: the
+    spec's) run here or in `workers` processes, and the sweep's run closed. `listener` hears of
+    each step. `worker`: this process is one of another's `workers` (no checks, never closes)."""
     from workbench.model.pipeline import memory_budget
 
+    listener = listener or SweepListener()
     memory_budget()  # a malformed $WORKBENCH_CACHE_BUDGET fails here, not in every trial
-    sweep = open_sweep(spec, storage=storage, tracking_uri=tracking_uri, study_name=study_name)
+    if not worker:
+        # Data problems fail here, once, not in every trial or in K workers, which then find it ready.
+        listener.data(*prepare_checked(spec, ws))
+    sweep = open_sweep(ws, spec, study_name=study_name)
     total = trials or spec.trials
-    if on_open:
-        on_open(sweep)
+    if not worker:
+        listener.opened(sweep, total)
+    clock = Clock(total, spec.objective.direction == "maximize")
+
+    def on_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        listener.trial(clock.progress(study, trial))
+
     status, before = "FAILED", count(sweep.study, DONE)
     try:
         if workers > 1:
-            prepare(spec)  # data problems fail here, once, not in K workers; workers then find it ready
             _run_workers(sweep, total, workers, on_trial)
         else:
             work(sweep, total, on_trial)
@@ -536,10 +558,10 @@ def run_sweep(spec: Spec, *, storage: str | None = None, tracking_uri: str | Non
     finally:
         # A worker never ends the sweep's run: the coordinator that started it does, once every
         # worker is done (a worker between two trials would otherwise mark it finished).
-        if close_run:
+        if not worker:
             close(sweep, status)
     return SweepResult(sweep.study, sweep.parent_run_id, sweep.experiment_id,
-                       count(sweep.study, DONE) - before, sweep.found)
+                       count(sweep.study, DONE) - before, sweep.found, total)
 
 
 def _grid_exhausted(study: optuna.Study, spec: Spec) -> bool:
@@ -579,7 +601,7 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
     """Start `workers` copies of `workbench sweep --worker` on this study and wait for them,
     reporting every trial that finishes meanwhile. A worker's failure is an error that names its
     log; Ctrl-C is passed on to the workers, which end their runs cleanly."""
-    logs = paths.mlruns_dir() / "workers"
+    logs = sweep.ws.worker_logs
     logs.mkdir(parents=True, exist_ok=True)
     name = sweep.study.study_name
     # The workers load exactly this spec (overrides applied), so its content hash matches.
@@ -587,8 +609,8 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
     spec_file.write_text(sweep.spec.to_yaml(), encoding="utf-8")
     argv = [sys.executable, "-m", "workbench.cli", "sweep", str(spec_file), "--trials", str(total), "--study", name,
             "--worker"]
-    # Store URLs travel in the environment, not on the command line, where `ps` would show their passwords.
-    urls = {"WORKBENCH_STORAGE": sweep.storage, "MLFLOW_TRACKING_URI": sweep.tracking_uri}
+    # The workspace, store URLs included, travels in the environment, not on the command line,
+    # where `ps` would show their passwords.
     gpus = gpu_count()
     seen = {t.number for t in sweep.study.get_trials(deepcopy=False) if t.state.is_finished()}
     started = []
@@ -598,7 +620,8 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
             # A session of their own: a Ctrl-C at the terminal reaches the coordinator alone, which
             # passes it on once (twice, a worker could be interrupted while ending its run).
             started.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                             env={**worker_env(index, gpus, workers), **urls}), log_path))
+                                             env=sweep.ws.child_environment(worker_env(index, gpus, workers))),
+                            log_path))
 
     def report() -> None:
         for trial in sweep.study.get_trials(deepcopy=False):
@@ -625,7 +648,7 @@ def _run_workers(sweep: Sweep, total: int, workers: int, on_trial: OnTrial | Non
     if failed:
         # A worker that died mid-trial left that trial RUNNING: fail it and end its run now, so
         # the study and the UI say what happened and a resume retries its configuration first.
-        reap(sweep.study, sweep.tracking_uri)
+        reap(sweep.study, sweep.ws.tracking_uri)
         code, log_path = failed[0]
         raise WorkbenchError(f"{len(failed)} worker(s) failed (exit {code}); see {log_path}")
 
@@ -639,7 +662,7 @@ def summarise(client: MlflowClient, parent_run_id: str, study: optuna.Study, spe
     from workbench.measure import figures
 
     trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    counts = tally(study)
     # Zeros too: a count that drops to none (the last running trial ends) must not keep its old value.
     metrics = {f"trials_{k}": v for k, v in counts.items()}
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
