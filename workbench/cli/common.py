@@ -1,7 +1,7 @@
 """What every command shares: the Typer app and its sub-apps, the consoles, one definition of
-each option that several commands take, and the two start-up chores (quiet TensorFlow, a client
-on the tracking store). Command modules import this one and nothing else of the CLI, so the
-imports point one way: `workbench.cli` -> command modules -> here -> the stages."""
+each option that several commands take, and the two start-up chores (quiet TensorFlow, the
+command's `Workspace` from its flags). Command modules import this one and nothing else of the
+CLI, so the imports point one way: `workbench.cli` -> command modules -> here -> the API."""
 
 from __future__ import annotations
 
@@ -66,10 +66,7 @@ def quiet_environment() -> None:
     before its logging is configured, where TF_CPP_MIN_LOG_LEVEL cannot reach them; so the first
     import happens here with that descriptor pointed at /dev/null. Python errors still surface:
     an exception raised by the import propagates after the descriptor is restored."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow 3 reports usage from background threads that reach for the network; workbench is
-    # built to run offline, and sends nothing anywhere unless its user decides otherwise.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow's progress bars and telemetry are off by default from `workbench/__init__.py`.
     if "tensorflow" in sys.modules or os.environ.get("WORKBENCH_TF_VERBOSE"):
         return
     saved = os.dup(2)
@@ -82,39 +79,20 @@ def quiet_environment() -> None:
         os.close(saved)
 
 
-def load_spec(spec: str, overrides: list[str] | None = None, *, smoke: bool = False, data: Path | None = None,
-              repeats: int | None = None):
-    """A spec as a command sees it: `--set` applied; `--data DIR` as the raw-data root for this
-    command (and the workers it starts); with `--smoke`, the toy-scale version of the study on
-    generated trees in its datasets' real layouts, kept apart under data/smoke/<spec>/ and in
-    its own `<name>-smoke` experiment."""
-    from workbench import paths
-    from workbench import spec as specs
+def workspace(*, tracking_uri: str | None = None, storage: str | None = None, data: Path | None = None):
+    """The command's workspace, built once at the process edge: its flags, then the environment,
+    then the defaults under the working directory. Everything the command does gets it by hand."""
+    from workbench.api import Workspace
 
-    loaded = specs.load(spec, [*(overrides or []), *([f"repeats={repeats}"] if repeats else [])])
-    if data is not None:
-        os.environ["WORKBENCH_RAW"] = str(data.expanduser().resolve())
-    if smoke:
-        loaded = specs.smoke(loaded)
-        root = (paths.data_dir() / "smoke" / loaded.name).resolve()
-        os.environ["WORKBENCH_DATA"] = str(root)
-        # The generated trees go under data/smoke/ whatever --data says: a user's raw folder is
-        # read, never written, and generated faces must never pass for their photos later.
-        os.environ["WORKBENCH_RAW"] = str(root / "raw")
-        from workbench.data.dataset import write_smoke_trees
-
-        write_smoke_trees(loaded)
-    return loaded
+    return Workspace(Path("."), raw=data.expanduser().resolve() if data is not None else None,
+                     tracking_uri=tracking_uri, storage=storage)
 
 
-def connect(tracking_uri: str | None, loads_models: bool = False):
-    """A client on the tracking store; TensorFlow is imported first, quietly, when the command
-    will load models (registry and table work needs none)."""
-    from workbench.track import store
-
-    if loads_models:
-        quiet_environment()
-    return store.connect(tracking_uri)
+def load_spec(ws, spec: str, overrides: list[str] | None = None, *, smoke: bool = False, repeats: int | None = None):
+    """A spec as a command sees it, and the workspace it runs in: `--set` applied; with
+    `--smoke`, the toy-scale version of the study on generated trees in its datasets' real
+    layouts, kept apart under data/smoke/<spec>/ and in its own `<name>-smoke` experiment."""
+    return ws.for_spec(ws.spec(spec, overrides or [], smoke=smoke, repeats=repeats), smoke)
 
 
 def short(value) -> str:

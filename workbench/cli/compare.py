@@ -26,22 +26,13 @@ from workbench.cli.common import (
     TagOption,
     TrackingOption,
     app,
-    connect,
     console,
     err_console,
-    load_spec,
     model_uri,
     quiet_environment,
+    workspace,
 )
 from workbench.errors import WorkbenchError
-
-
-def _select(experiment, sweep, tags, filter_string, tracking_uri):
-    from workbench.analysis import compare
-
-    client = connect(tracking_uri)
-    return client, compare.select_runs(client, tracking_uri=tracking_uri, experiment=experiment, sweep=sweep,
-                                       tags=tags or (), filter_string=filter_string)
 
 
 @app.command("compare")
@@ -69,18 +60,15 @@ def compare_command(
 
     if format_ not in compare.FORMATS:
         raise WorkbenchError(f"--format {format_}: choose from {', '.join(compare.FORMATS)}")
-    client, selection = _select(experiment, sweep, tag, filter_, tracking_uri)
     groups = [g for g in (group_by or "").split(",") if g.strip()]
     if groups and stats:
         err_console.print("note: --stats is skipped with --group-by (the tests compare runs, not groups)")
-    result = compare.compare(selection.runs, sort=sort, order=order, top=top, only_diff=only_diff, group_by=groups,
-                             stats=stats, predictions_for=lambda ids: compare.load_predictions(client, ids),
-                             repeats_for=lambda runs: compare.load_repeats(client, runs))
-    table = result.table
-    noun = "group" if result.grouped else "run"
-    title = f"{selection.description}: {len(table)} {noun}{'' if len(table) == 1 else 's'}, by {result.sort}"
+    result = workspace(tracking_uri=tracking_uri).compare(
+        experiment=experiment, sweep=sweep, tags=tag or (), filter=filter_, sort=sort, order=order, top=top,
+        only_diff=only_diff, group_by=groups, stats=stats)
+    table, title = result.table, result.title
     if all_formats:
-        written = compare.write_all(table, all_formats, stem=f"{selection.experiment}-compare", title=title)
+        written = compare.write_all(table, all_formats, stem=f"{result.experiment}-compare", title=title)
         err_console.print(f"wrote {len(written)} files: {', '.join(str(p) for p in written)}", highlight=False,
                           soft_wrap=True)
     if out:
@@ -109,17 +97,13 @@ def report_command(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Write one self-contained interactive HTML report on the selected runs (opens offline)."""
-    from workbench.analysis import compare, report
-
-    client, selection = _select(experiment, sweep, tag, filter_, tracking_uri)
-    result = compare.compare(selection.runs, sort=sort, order=order, only_diff=True, stats=stats,
-                             predictions_for=lambda ids: compare.load_predictions(client, ids),
-                             repeats_for=lambda runs: compare.load_repeats(client, runs))
     chosen = [r.strip() for item in runs or [] for r in item.split(",") if r.strip()]
-    path = report.make_report(client, selection, result.table, runs=chosen, out=out, log=log)
-    logged = (f"; attached to sweep run {selection.sweep_run_id} as report/report.html"
-              if log and selection.sweep_run_id else "")
-    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB){logged}", highlight=False)
+    done = workspace(tracking_uri=tracking_uri).report(experiment=experiment, sweep=sweep, tags=tag or (),
+                                                      filter=filter_, sort=sort, order=order, runs=chosen,
+                                                      stats=stats, out=out, log=log)
+    logged = (f"; attached to sweep run {done.sweep_run_id} as report/report.html"
+              if log and done.sweep_run_id else "")
+    console.print(f"wrote {done.path} ({done.path.stat().st_size / 2**20:.1f} MB){logged}", highlight=False)
 
 
 def print_table(table, title: str, transpose_up_to: int = 12) -> None:
@@ -173,10 +157,9 @@ def evaluate_command(
     quiet_environment()
     from workbench.analysis import crossdata
 
-    client = connect(tracking_uri, loads_models=True)
-    uri = model_uri(client, model)
-    done = crossdata.evaluate_model(client, uri, data, split=split, mapping=crossdata.parse_mapping(classes),
-                                    include_seen=include_seen)
+    ws = workspace(tracking_uri=tracking_uri)
+    uri = model_uri(ws.client(), model)
+    done = ws.evaluate(uri, data, split=split, classes=crossdata.parse_mapping(classes), include_seen=include_seen)
     m = done.metrics
     console.print(f"{uri} on {done.data} ({split}): {done.images} images; left out {done.excluded_seen} the model "
                   f"saw{' (--include-seen: none left out)' if include_seen else ''}"
@@ -197,8 +180,6 @@ def matrix_command(
     """Train SPEC's configuration once per dataset it merges and test each model on every dataset
     (minus what it saw): a train x test table of accuracy and macro-F1 with bootstrap intervals."""
     quiet_environment()
-    loaded = load_spec(spec, set_, smoke=smoke, data=data)
-    from workbench.analysis import crossdata
 
     def cell(row: dict) -> None:
         f1 = row.get("test_f1_macro")
@@ -207,7 +188,7 @@ def matrix_command(
                       f"(left out {row['excluded_seen']} seen, {row['excluded_unknown']} of unknown classes)",
                       highlight=False)
 
-    result = crossdata.matrix(loaded, tracking_uri=tracking_uri, on_cell=cell)
+    result = workspace(tracking_uri=tracking_uri, data=data).matrix(spec, set_ or [], smoke=smoke, on_cell=cell)
     for value in ("test_accuracy", "test_f1_macro"):
         table = Table(title=f"{value.removeprefix('test_')} (95 % interval): trained on x tested on",
                       title_justify="left")
@@ -220,7 +201,7 @@ def matrix_command(
             table.add_row(s, *[_cell(cells.get(t), value) for t in tested])
         console.print(table)
     console.print(f"matrix run {result.parent_run_id} (matrix/matrix.csv, matrix/matrix.html); "
-                  "`workbench report --experiment " + loaded.name + "` shows its heatmap", highlight=False)
+                  "`workbench report --experiment " + result.experiment + "` shows its heatmap", highlight=False)
 
 
 def _cell(row: dict | None, value: str) -> str:

@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from workbench import paths
 from workbench import spec as specs
 from workbench.cli.common import (
     DataOption,
@@ -22,6 +21,7 @@ from workbench.cli.common import (
     load_spec,
     specs_app,
     weights_app,
+    workspace,
 )
 from workbench.errors import WorkbenchError
 
@@ -31,7 +31,7 @@ from workbench.errors import WorkbenchError
 def specs_list() -> None:
     """List the specs under experiments/."""
     table = Table("name", "searched", "trials", "description", box=None)
-    for path in specs.list_specs():
+    for path in specs.list_specs(workspace().experiments):
         try:
             spec = specs.load(path)
         except WorkbenchError as err:
@@ -45,14 +45,15 @@ def specs_list() -> None:
 @specs_app.command("show")
 def specs_show(spec: str, set_: SetOption = None) -> None:
     """Print a spec resolved, with every default filled in."""
-    print(specs.load(spec, set_).to_yaml(), end="")
+    print(workspace().spec(spec, set_ or []).to_yaml(), end="")
 
 
 @specs_app.command("validate")
 def specs_validate(spec: str, set_: SetOption = None) -> None:
     """Check a spec; exit code 2 and one line naming the field when it is invalid."""
-    loaded = specs.load(spec, set_)
-    console.print(f"{specs.resolve_path(spec)}: ok ({loaded.name}, hash {loaded.content_hash()})")
+    ws = workspace()
+    loaded = ws.spec(spec, set_ or [])
+    console.print(f"{specs.resolve_path(spec, ws.experiments)}: ok ({loaded.name}, hash {loaded.content_hash()})")
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def data_synth(
         options = specs.SyntheticData(task=task, size=size, count=count)
     except ValidationError as err:  # pydantic's message names the option
         raise WorkbenchError(f"data synth: {specs.describe_validation_error(err)}") from None
-    target = out or synthetic_root(options, seed)
+    target = out or synthetic_root(options, seed, workspace())
     synth.generate(target, task=task, seed=seed, size=size, count=count)
     counts = json.loads((target / "dataset.json").read_text())["class_counts"]
     console.print(f"wrote {sum(counts.values())} images to {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -92,7 +93,8 @@ def data_ingest(
     """Index a dataset folder into data/manifests/NAME.csv; unusable files are listed, not fatal."""
     from workbench.data import ingest
 
-    result = ingest.ingest(source, path, name, paths.manifests_dir(), paths.decoded_dir(), near_duplicate_distance)
+    ws = workspace()
+    result = ingest.ingest(source, path, name, ws.manifests, ws.decoded, near_duplicate_distance)
     splits = sorted({s for per in result.counts.values() for s in per})
     table = Table("class", *[s or "unsplit" for s in splits], box=None)
     for label, per in sorted(result.counts.items()):
@@ -113,19 +115,20 @@ def data_check(
     exit code 1 when a leak is found."""
     from workbench.data import leakage
 
-    manifest = paths.manifests_dir() / f"{target}.csv"
+    ws = workspace(data=data)
+    manifest = ws.manifests / f"{target}.csv"
     if manifest.is_file() and not (set_ or smoke or data):
         from workbench.data import ingest
 
-        frame, sidecar = ingest.read_manifest(target, paths.manifests_dir())
+        frame, sidecar = ingest.read_manifest(target, ws.manifests)
         frame = frame.assign(split=frame["original_split"])
         what = f"dataset {target} (its own splits)"
         distance = int(sidecar.get("near_duplicate_distance", 4))
     else:
         from workbench.data.dataset import prepare
 
-        loaded = load_spec(target, set_, smoke=smoke, data=data)
-        prepared = prepare(loaded)
+        loaded, data_ws = load_spec(ws, target, set_, smoke=smoke)
+        prepared = prepare(loaded, data_ws)
         frame, what = prepared.frame, f"spec {loaded.name} ({prepared.describe()}, digest {prepared.digest})"
         distance = getattr(loaded.dataset, "near_duplicate_distance", 4)
     console.print(f"[bold]{what}[/bold]")

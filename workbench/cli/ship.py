@@ -24,11 +24,11 @@ from workbench.cli.common import (
     StorageOption,
     TrackingOption,
     app,
-    connect,
     console,
     err_console,
     model_uri,
     quiet_environment,
+    workspace,
 )
 from workbench.errors import WorkbenchError
 
@@ -66,10 +66,9 @@ def promote_command(
     tracking_uri: TrackingOption = None,
 ) -> None:
     """Register the best finished run's model under NAME and make it the champion (the old one becomes previous)."""
-    from workbench.ship import promote
 
-    done = promote.promote(connect(tracking_uri), name, metric=metric, experiment=experiment, sweep=sweep,
-                           run_id=run, min_score=min_score)
+    done = workspace(tracking_uri=tracking_uri).promote(name, metric=metric, experiment=experiment, sweep=sweep,
+                                                       run=run, min_score=min_score)
     score = f"{metric} {done.score:.4f}" if done.score is not None else metric
     if done.unchanged:
         console.print(f"{name}: version {done.version} (run {done.run_id}, {score}) already is the champion; "
@@ -89,7 +88,7 @@ def rollback_command(
     """Make the previous champion the champion again (the two aliases swap)."""
     from workbench.ship import promote
 
-    done = promote.rollback(connect(tracking_uri), name)
+    done = promote.rollback(workspace(tracking_uri=tracking_uri).client(), name)
     console.print(f"{name}: version {done.version} (run {done.run_id}) is champion again; previous: "
                   f"version {done.previous}", highlight=False)
 
@@ -114,10 +113,10 @@ def predict_command(
 
     pictures = predict.read_images(images)
     detector = predict.face_detector() if detect_faces else None
-    client = connect(tracking_uri)
-    uri = model_uri(client, model, allow_external)  # a refused URI answers before TensorFlow loads
+    ws = workspace(tracking_uri=tracking_uri)
+    uri = model_uri(ws.client(), model, allow_external)  # a refused URI answers before TensorFlow loads
     quiet_environment()
-    loaded = predict.load_model(uri)
+    loaded = predict.load_model(uri, ws.tracking_uri)
     results = predict.predict_images(loaded, pictures, [str(p) for p in images], detector=detector, margin=margin)
     if format_ is OutputFormat.json:
         print(json.dumps({"model": loaded.uri, "classes": list(loaded.classes),
@@ -154,11 +153,12 @@ def export_command(
     """Write model.tflite and labels.txt, check they decide like the Keras model, and log both on its run."""
     from workbench.ship import export, predict
 
-    client = connect(tracking_uri)
+    ws = workspace(tracking_uri=tracking_uri)
+    client = ws.client()
     uri = model_uri(client, model, allow_external)
     quiet_environment()
-    loaded = predict.load_model(uri)
-    result = export.export(client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
+    loaded = predict.load_model(uri, ws.tracking_uri)
+    result = export.export(ws, client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
                            min_agreement=min_agreement, max_images=max_images)
     console.print(f"agreement with Keras: {result.agreement:.2%} of {result.images} images "
                   f"({result.images_source})", highlight=False)
@@ -188,30 +188,31 @@ def loopback(host: str) -> bool:
         return False
 
 
-def _start(argv: list[str], host: str, what: str, port: int) -> None:
-    """Replace this process with the server (so Ctrl-C and signals reach it directly)."""
+def _start(argv: list[str], host: str, what: str, port: int, env: dict[str, str] | None = None) -> None:
+    """Replace this process with the server (so Ctrl-C and signals reach it directly), in `env`
+    (default: this process's environment) with the venv's own tools first on its PATH."""
     if not loopback(host):
         err_console.print(f"warning: {what} will listen on {host}:{port}, reachable from the network and without "
                           "authentication; use the default --host 127.0.0.1 unless that is what you want",
                           highlight=False)
     # The venv's own tools first: `mlflow models serve` starts its web server by name.
-    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    exe = shutil.which(argv[0])
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    exe = shutil.which(argv[0], path=env["PATH"])
     if exe is None:
         from workbench.errors import WorkbenchError
 
         raise WorkbenchError(f"{argv[0]} is not installed: run `make install`")
     err_console.print(f"{what}: http://{host}:{port}", highlight=False)
-    os.execv(exe, [exe, *argv[1:]])
+    os.execve(exe, [exe, *argv[1:]], env)
 
 
 @serve_app.command("ui")
 def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: TrackingOption = None) -> None:
     """The MLflow UI on the tracking store (opens on the model-training view via the printed address)."""
-    from workbench.track import store
-
-    uri = store.tracking_uri(tracking_uri)
-    store.connect(uri)  # a corrupted or wrong store is one line here, not a server that fails later
+    ws = workspace(tracking_uri=tracking_uri)
+    uri = ws.tracking_uri
+    ws.client()  # a corrupted or wrong store is one line here, not a server that fails later
     err_console.print(f"open http://{host}:{port}/#/experiments?workflowType=machine_learning", highlight=False)
     _start(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)], host, "MLflow UI", port)
 
@@ -220,22 +221,21 @@ def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: Tra
 def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port: int = 5001,
                 tracking_uri: TrackingOption = None) -> None:
     """MLflow's scoring server for a registered model (default: the only champion): POST /invocations."""
-    client = connect(tracking_uri)
-    uri = model_uri(client, model)
+    ws = workspace(tracking_uri=tracking_uri)
+    uri = model_uri(ws.client(), model)
     from workbench.ship.predict import model_info
 
-    model_info(uri)  # a wrong name is one line here, not the server's traceback after its banner
-    os.environ["MLFLOW_TRACKING_URI"] = client.tracking_uri
+    model_info(uri, ws.tracking_uri)  # a wrong name is one line here, not the server's traceback after its banner
+    # The server finds the model in the workspace's store: it travels in the child's environment.
     _start(["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)],
-           host, f"model server for {uri}", port)
+           host, f"model server for {uri}", port, env=ws.child_environment())
 
 
 @serve_app.command("dashboard")
 def serve_dashboard(host: HostOption = "127.0.0.1", port: int = 8080, storage: StorageOption = None) -> None:
     """optuna-dashboard on the study storage."""
-    from workbench import paths
     from workbench.track.sweep import make_storage
 
-    url = storage or paths.default_storage_url()
+    url = workspace(storage=storage).storage
     make_storage(url)  # a damaged store is one line here; a new one gets its tables (the dashboard will not make them)
     _start(["optuna-dashboard", url, "--host", host, "--port", str(port)], host, "optuna-dashboard", port)
