@@ -21,6 +21,8 @@ from pathlib import Path
 
 from common import alternate, bench_data, median, median_interval, timed
 
+from workbench.workspace import Workspace
+
 # The same images, model, augmentation and epochs for every side of the pipeline comparison.
 PIPELINE = {"images": int(os.environ.get("BENCH_PIPELINE_IMAGES", 1000)), "source_px": int(os.environ.get("BENCH_PIPELINE_PX", 600)),
             "image_size": 64, "epochs": 5, "batch_size": 32,
@@ -66,7 +68,7 @@ def pipeline_images(count: int, px: int):
     if not (folder / "done").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         faces = dataset.prepare(S.validate({"name": "bench-faces", "seed": 0, "dataset": {
-            "source": "synthetic", "task": "mask3_fake", "count": count, "size": 128}})).frame
+            "source": "synthetic", "task": "mask3_fake", "count": count, "size": 128}}), Workspace()).frame
         rng = np.random.default_rng(0)
         for file, label in zip(faces["file"], faces["label"]):
             image = cv2.imread(file, cv2.IMREAD_COLOR)
@@ -90,6 +92,7 @@ def pipeline(quick: bool) -> dict:
 
     from workbench import spec as S
     from workbench.model import pipeline as P
+    from workbench.spec.registry import PRESETS
     from workbench.track import run
 
     # QUICK: fewer images as well as fewer rounds; the ratios, not the seconds, are what compare.
@@ -109,7 +112,7 @@ def pipeline(quick: bool) -> dict:
     x, y = np.concatenate(x), np.concatenate(y)
     ImageDataGenerator = _image_data_generator()
     # The same policy in ImageDataGenerator's terms (its own argument names, as the studies wrote them).
-    settings = P.AUGMENTATIONS[p["augmentation"]]
+    settings = PRESETS[p["augmentation"]]
     generator_options = {"horizontal_flip": bool(settings.get("flip")), "rotation_range": settings.get("rotation", 0),
                          "zoom_range": settings.get("zoom", 0.0), "width_shift_range": settings.get("shift", 0.0),
                          "height_shift_range": settings.get("shift", 0.0), "shear_range": settings.get("shear", 0.0)}
@@ -202,6 +205,7 @@ def tracking(quick: bool) -> dict:
     figures, model, artefacts, lineage) is its closing cost, reported in seconds."""
     from workbench import spec as S
     from workbench.data import dataset
+    from workbench.data.balance import balanced
     from workbench.measure import figures
     from workbench.model import train as T
     from workbench.track import run, store
@@ -209,7 +213,8 @@ def tracking(quick: bool) -> dict:
     spec = S.load("quickstart", ["backbone=simple_cnn", "balance=none", "augmentation=none",
                                  f"epochs={2 if quick else 3}"])
     config = S.single_config(spec)
-    data = dataset.prepare(spec)
+    ws = Workspace()
+    data = dataset.prepare(spec, ws)
     timers = _Timers()
     timers.wrap(T, "cost", "cost_probes")                 # latency probes and parameter counts
     timers.wrap(figures, "figure_pairs", "figures_build")
@@ -218,9 +223,9 @@ def tracking(quick: bool) -> dict:
     timers.wrap(run, "release_memory")
     logger = run.epoch_logger
 
-    def timed_logger():
+    def timed_logger(log):
         # The per-epoch metric logging inside the training loop: the one thing tracking adds there.
-        callback = logger()
+        callback = logger(log)
         inner = callback.on_epoch_end
 
         def on_epoch_end(epoch, logs=None):
@@ -233,12 +238,14 @@ def tracking(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         client = store.connect(uri)
-        experiment = store.ensure_experiment(client, "bench-tracking", uri)
+        experiment = store.ensure_experiment(client, "bench-tracking")
+        tracked_ws = ws.with_(tracking_uri=uri)
 
         def tracked(cfg):
             def go() -> dict:
                 timers.take()
-                wall, outcome = timed(lambda: run.tracked_run(spec, cfg, data, experiment_id=experiment))
+                wall, outcome = timed(lambda: run.tracked_run(tracked_ws, client, spec, cfg, data,
+                                                              experiment_id=experiment))
                 return {"wall": wall, "train": outcome.metrics["train_seconds"],
                         "train_cpu": outcome.metrics["train_cpu_seconds"], **timers.take()}
             return go
@@ -248,7 +255,8 @@ def tracking(quick: bool) -> dict:
                 timers.take()
 
                 def once():
-                    return T.train(cfg, data, dataset.balanced(data, cfg.balance, cfg.balance_target, cfg.seed))
+                    return T.train(cfg, data, balanced(data, cfg.balance, ws, cfg.balance_target, cfg.seed),
+                                   scratch=ws.scratch("cache"))
                 wall, result = timed(once)
                 out = {"wall": wall, "train": result.timings["train_seconds"],
                        "train_cpu": result.timings["train_cpu_seconds"], **timers.take()}

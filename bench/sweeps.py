@@ -14,6 +14,8 @@ from pathlib import Path
 
 from common import REPO, python, rss_mb, run_child, timed
 
+from workbench.workspace import Workspace
+
 # One small sweep, run twice (median pruner, then none). A random sampler draws the same
 # configurations in both, so any difference in the best trial is pruning's doing, not the
 # sampler reacting to pruned trials (TPE would).
@@ -40,23 +42,25 @@ def sweeps(quick: bool) -> dict:
     from workbench import spec as S
     from workbench import vocabulary
     from workbench.data.dataset import prepare
+    from workbench.track.progress import SweepListener
     from workbench.track.sweep import run_sweep
 
     # QUICK: half the images (the same 30 trials and epochs, so both figures keep their meaning).
     setup = {**PRUNING, "dataset": {**PRUNING["dataset"], "count": 300}} if quick else PRUNING
-    prepare(S.validate(setup))  # generated once, before either side's clock starts
+    prepare(S.validate(setup), Workspace())  # generated once, before either side's clock starts
     sides, after, threads = {}, [], []
 
-    def on_trial(study, trial) -> None:
-        after.append(rss_mb())
-        threads.append(threading.active_count())
+    class Memory(SweepListener):
+        def trial(self, progress) -> None:
+            after.append(rss_mb())
+            threads.append(threading.active_count())
 
     with tempfile.TemporaryDirectory() as tmp:
         for pruner in ("median", "none"):
             spec = S.validate({**setup, "pruner": pruner})
             folder = Path(tmp) / pruner
             folder.mkdir()
-            seconds, result = timed(lambda: run_sweep(spec, **_stores(folder), on_trial=on_trial))
+            seconds, result = timed(lambda: run_sweep(Workspace(**_stores(folder)), spec, listener=Memory()))
             trials = [t for t in result.study.get_trials(deepcopy=False)
                       if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
             sides[pruner] = {
@@ -125,7 +129,7 @@ def quickstart(quick: bool) -> dict:
                                                           "test_accuracy", "test_f1_macro") if k in m},
                            **{k: round(v, 4) for k, v in m.items() if k.startswith("test_f1_")
                               and k not in ("test_f1_macro", "test_f1_weighted")}})
-        loaded = predict.load_model(f"runs:/{champion.run_id}/model")
+        loaded = predict.load_model(f"runs:/{champion.run_id}/model", uri)
         latency = inference(loaded.model, loaded.image_size, quick)
     return {
         "quickstart_seconds": round(seconds, 1), "peak_rss_mb": round(peak, 1),

@@ -116,8 +116,8 @@ def workbench_cli(*args: str, cwd: Path, env: dict | None = None):
 def workbench_in_process(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """The console script's own entry point run in this process: the same parsing, errors and
     exit codes in milliseconds instead of seconds of imports. For commands that fail fast; a few
-    tests still run each path through the real script (`workbench_cli`). The environment and
-    working directory are restored afterwards (a command may set WORKBENCH_DATA for its run)."""
+    tests still run each path through the real script (`workbench_cli`). The environment (which
+    this harness sets for the command, as a shell would) and working directory are restored afterwards."""
     import contextlib
     import io
 

@@ -91,10 +91,10 @@ def sweep(tmp_path_factory, learned):
     store = copy_learned(learned, tmp_path_factory.mktemp("browser"))
     client = tracking.connect(store.uri)
     # As `workbench report` builds it (cli/compare.py: report_command).
-    selection = compare.select_runs(client, tracking_uri=store.uri, experiment="learn", sweep="latest")
+    selection = compare.select_runs(client, experiment="learn", sweep="latest")
     table = compare.compare(selection.runs, only_diff=True,
                             predictions_for=lambda ids: compare.load_predictions(client, ids)).table
-    page = report.make_report(client, selection, table, out=store.root / "reports" / "learn-report.html")
+    page = report.make_report(client, selection, table, out=store.root / "reports" / "learn-report.html").path
     yield {"folder": store.root, "uri": store.uri, "client": client, "table": table, "report": page,
            "sweep_id": store.sweep_id}
 

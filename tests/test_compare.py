@@ -107,7 +107,7 @@ def store(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare-store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = tracking.connect(uri)
-    experiment_id = tracking.ensure_experiment(client, "cmp", uri)
+    experiment_id = tracking.ensure_experiment(client, "cmp")
     sweep = client.create_run(experiment_id, run_name="cmp-sweep", tags={vocabulary.ROLE: "sweep"}).info.run_id
     ids = {}
     for trial, (name, (backbone, balance, lr, f1, accuracy, latency, state)) in enumerate(RUNS.items()):
@@ -129,7 +129,7 @@ def client(store):
 
 
 def select(store, **kwargs) -> compare.Selection:
-    return compare.select_runs(store["client"], tracking_uri=store["uri"], **kwargs)
+    return compare.select_runs(store["client"], **kwargs)
 
 
 def names(table: pd.DataFrame) -> list[str]:
@@ -223,7 +223,7 @@ def test_compare_and_promote_pick_the_same_winner_for_every_metric(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = tracking.connect(uri)
-    experiment_id = tracking.ensure_experiment(client, "agree", uri)
+    experiment_id = tracking.ensure_experiment(client, "agree")
     ids = []
     for i, name in enumerate("abc"):
         run = client.create_run(experiment_id, run_name=name, tags={vocabulary.ROLE: "trial", vocabulary.STATE: "finished"})
@@ -233,7 +233,7 @@ def test_compare_and_promote_pick_the_same_winner_for_every_metric(tmp_path):
         client.log_text(run_id, "flavors: {}\n", "model/MLmodel")  # promote needs a logged model
         client.set_terminated(run_id)
         ids.append(run_id)
-    runs = compare.select_runs(client, tracking_uri=uri, experiment="agree").runs
+    runs = compare.select_runs(client, experiment="agree").runs
     for metric, values in AGREE.items():
         lower = vocabulary.lower_is_better(metric, "val_loss")
         expected = ids[values.index(min(values) if lower else max(values))]
@@ -422,7 +422,7 @@ def test_unknown_format_is_refused():
 def test_report_is_one_offline_page_with_every_section_logged_to_the_sweep(store, client, tmp_path):
     selection = select(store, sweep=store["sweep"])
     board = run_compare(store, selection, only_diff=True).table
-    path = report.make_report(store["client"], selection, board, out=tmp_path / "cmp-report.html")
+    path = report.make_report(store["client"], selection, board, out=tmp_path / "cmp-report.html").path
     page = path.read_text()
     for title in report.SECTIONS:
         assert f"<h2>{title}</h2>" in page
@@ -459,7 +459,7 @@ def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch)
     store = learned_copy
     monkeypatch.chdir(store.root)
     client = tracking.connect(store.uri)
-    selection = compare.select_runs(client, tracking_uri=store.uri, experiment="learn", sweep="latest")
+    selection = compare.select_runs(client, experiment="learn", sweep="latest")
     assert selection.sweep_run_id == store.sweep_id
     table = compare.compare(selection.runs, predictions_for=lambda ids: compare.load_predictions(client, ids)).table
     assert list(table["run_id"]) == list(store.trials)   # best validation objective first
@@ -468,7 +468,8 @@ def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch)
     assert "McNemar" in table["note"].iloc[1] and 0 <= table["p_vs_best"].iloc[1] <= 1
     assert {"test_f1_with_mask", "test_f1_without_mask", "latency_ms_batch1"} <= set(table.columns)
 
-    page = report.make_report(client, selection, table).read_text()
+    done = report.make_report(client, selection, table, out=store.root / "reports" / "learn-report.html")
+    page = done.path.read_text()
     assert "class='missing'" not in page and page.count("plotly.js v") <= 2
     assert (store.root / "reports" / "learn-report.html").is_file()
 

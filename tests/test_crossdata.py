@@ -22,6 +22,7 @@ from workbench.ship import promote
 from workbench.track import store
 from workbench.track.run import tracked_run
 from workbench.track.sweep import run_sweep
+from workbench.workspace import Workspace
 
 
 def two_class_spec(name: str, manifests: list[dict], **extra) -> dict:
@@ -45,10 +46,12 @@ def own_data(workdir, monkeypatch):
 def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir):
     write_spec(workdir, two_class_spec("first", [{"name": "first", "adapter": "folders", "path": "first"}]))
     spec = S.load("first")
-    data = prepare(spec)
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    ws = Workspace(tracking_uri=uri)
+    data = prepare(spec, ws)
     client = store.connect(uri)
-    outcome = tracked_run(spec, S.first_config(spec), data, experiment_id=store.ensure_experiment(client, "first", uri))
+    outcome = tracked_run(ws, client, spec, S.first_config(spec), data,
+                          experiment_id=store.ensure_experiment(client, "first"))
 
     # Plant into the second dataset: 3 exact copies and 2 re-encoded (near) copies of images the
     # model trained or validated on, and 2 copies of its test images (which it never saw).
@@ -66,9 +69,9 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
     ingested = workbench_in_process("data", "ingest", "folders", str(own_data / "second"), "--name", "second", cwd=workdir)
     assert ingested.returncode == 0, ingested.stderr
 
-    honest = crossdata.evaluate_model(client, f"runs:/{outcome.run_id}/model", "second")
+    honest = crossdata.evaluate_model(ws, client, f"runs:/{outcome.run_id}/model", "second")
     assert honest.excluded_seen == 5 and honest.images == 40 + 2
-    everything = crossdata.evaluate_model(client, f"runs:/{outcome.run_id}/model", "second", include_seen=True)
+    everything = crossdata.evaluate_model(ws, client, f"runs:/{outcome.run_id}/model", "second", include_seen=True)
     assert everything.excluded_seen == 0 and everything.images == 47
 
     run = client.get_run(honest.run_id)
@@ -123,7 +126,7 @@ def test_repeats_train_each_configuration_on_several_seeds(tiny_spec, workdir):
     storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     spec = S.load("tiny", ["epochs=1", "repeats=2", "learning_rate=[0.003, 0.01]"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     client = MlflowClient(uri)
     trials = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert len(trials) == 2

@@ -7,17 +7,18 @@ import pandas as pd
 import pytest
 
 from workbench import spec as S
-from workbench.data import dataset
+from workbench.data import balance, dataset
 from workbench.data.dataset import assign_splits, class_counts, prepare
+from workbench.workspace import Workspace
 
 
 @pytest.fixture
 def tiny(tiny_spec):
-    return prepare(S.load("tiny"))
+    return prepare(S.load("tiny"), Workspace())
 
 
 def test_prepare_is_stable_and_covers_every_class_in_every_split(tiny):
-    again = prepare(S.load("tiny"))
+    again = prepare(S.load("tiny"), Workspace())
     assert again.digest == tiny.digest
     counts = class_counts(tiny.frame)
     assert tuple(counts.index) == tiny.classes == ("fake", "real", "with_mask")
@@ -29,7 +30,7 @@ def test_prepare_is_stable_and_covers_every_class_in_every_split(tiny):
 
 
 def test_digest_changes_with_the_split_seed(tiny_spec):
-    assert prepare(S.load("tiny")).digest != prepare(S.load("tiny", ["seed=8"])).digest
+    assert prepare(S.load("tiny"), Workspace()).digest != prepare(S.load("tiny", ["seed=8"]), Workspace()).digest
 
 
 def test_groups_never_span_two_splits():
@@ -42,8 +43,8 @@ def test_groups_never_span_two_splits():
 
 def test_none_and_class_weight_keep_the_training_split(tiny):
     train = tiny.part("train")
-    assert dataset.balanced(tiny, "none").train.equals(train)
-    weighted = dataset.balanced(tiny, "class_weight")
+    assert balance.balanced(tiny, "none", Workspace()).train.equals(train)
+    weighted = balance.balanced(tiny, "class_weight", Workspace())
     counts = train["label"].value_counts()
     weights = weighted.class_weight
     # The rarest class weighs most, and weight x count is the same for every class.
@@ -54,7 +55,7 @@ def test_none_and_class_weight_keep_the_training_split(tiny):
 
 def test_undersample_cuts_every_class_to_the_smallest(tiny):
     train = tiny.part("train")
-    out = dataset.balanced(tiny, "undersample").train
+    out = balance.balanced(tiny, "undersample", Workspace()).train
     assert out["label"].value_counts().nunique() == 1
     assert len(out) == len(tiny.classes) * train["label"].value_counts().min()
     assert set(out["file"]) <= set(train["file"])
@@ -62,7 +63,7 @@ def test_undersample_cuts_every_class_to_the_smallest(tiny):
 
 def test_oversample_tops_up_from_training_images_only_and_is_cached(tiny):
     train = tiny.part("train")
-    first = dataset.balanced(tiny, "oversample").train
+    first = balance.balanced(tiny, "oversample", Workspace()).train
     counts = first["label"].value_counts()
     assert counts.nunique() == 1 and counts.iloc[0] == train["label"].value_counts().max()
     copies = first[first["augmented_from"].notna() & (first["augmented_from"] != "")]
@@ -70,8 +71,8 @@ def test_oversample_tops_up_from_training_images_only_and_is_cached(tiny):
     # Every copy keeps its source's group, and every source is a training image.
     assert set(copies["augmented_from"]) <= set(train["sha256"])
     assert set(copies["group_id"]) <= set(train["group_id"])
-    assert set(copies["augmentation"]) <= set(dataset.RECIPE)
-    second = dataset.balanced(tiny, "oversample").train
+    assert set(copies["augmentation"]) <= set(balance.RECIPE)
+    second = balance.balanced(tiny, "oversample", Workspace()).train
     assert list(second["sha256"]) == list(first["sha256"])  # same seed, same copies
 
 
@@ -79,9 +80,9 @@ def test_a_balance_target_cuts_large_classes_and_grows_small_ones(tiny):
     train = tiny.part("train")
     counts = train["label"].value_counts()
     target = int((counts.min() + counts.max()) // 2)
-    out = dataset.balanced(tiny, "oversample", target=target).train
+    out = balance.balanced(tiny, "oversample", Workspace(), target=target).train
     assert (out["label"].value_counts() == target).all()
-    under = dataset.balanced(tiny, "undersample", target=target).train
+    under = balance.balanced(tiny, "undersample", Workspace(), target=target).train
     assert under["label"].value_counts().max() == target
     assert under["label"].value_counts()["fake"] == counts["fake"]  # smaller classes stay whole
 
@@ -93,7 +94,6 @@ def test_copies_of_one_picture_never_land_in_two_splits(workdir):
     import cv2
     from conftest import write_spec
 
-    from workbench import paths
     from workbench.data import ingest, synth
 
     raw = workdir / "photos"
@@ -106,10 +106,11 @@ def test_copies_of_one_picture_never_land_in_two_splits(workdir):
             (raw / label / f"p{i:02d}_copy.jpg").write_bytes(jpeg.tobytes())
             resaved = cv2.imdecode(cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR)
             cv2.imwrite(str(raw / label / f"p{i:02d}_resaved.png"), resaved)
-    ingest.ingest("folders", raw, "dups", paths.manifests_dir(), paths.decoded_dir())
+    ws = Workspace()
+    ingest.ingest("folders", raw, "dups", ws.manifests, ws.decoded)
     write_spec(workdir, {"name": "dups", "dataset": {"source": "manifests", "manifests": [{"name": "dups"}]},
                          "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 3})
-    frame = prepare(S.load("dups")).frame
+    frame = prepare(S.load("dups"), Workspace()).frame
     assert len(frame) == 180
     family = frame["label"] + "/" + frame["path"].str.extract(r"(p\d\d)", expand=False)
     assert frame.groupby(family)["split"].nunique().max() == 1

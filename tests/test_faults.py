@@ -36,6 +36,7 @@ from workbench.errors import WorkbenchError
 from workbench.ship import predict
 from workbench.track import store
 from workbench.track.sweep import run_sweep
+from workbench.workspace import Workspace
 
 
 @pytest.fixture
@@ -140,8 +141,8 @@ def recorded(tmp_path_factory, shared_data):
         (root / "experiments").mkdir()
         write_spec(root, TINY)
         mlruns = root / "mlruns"
-        run_sweep(S.load("tiny", ["epochs=1"]), storage=f"sqlite:///{mlruns / 'optuna.db'}",
-                  tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}", trials=1)
+        run_sweep(Workspace(tracking_uri=f"sqlite:///{mlruns / 'mlflow.db'}", storage=f"sqlite:///{mlruns / 'optuna.db'}"),
+                  S.load("tiny", ["epochs=1"]), trials=1)
     return root / "mlruns"
 
 
@@ -211,10 +212,10 @@ def test_models_load_in_safe_mode_and_only_from_the_configured_store(workdir, st
     store.connect(uri)
     inputs = keras.Input((8, 8, 3))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2)(inputs)))
-    with mlflow.start_run(experiment_id=store.ensure_experiment(store.connect(uri), "unsafe", uri)) as run:
+    with store.fluent(uri), mlflow.start_run(experiment_id=store.ensure_experiment(store.connect(uri), "unsafe")) as run:
         mlflow.keras.log_model(keras.Model(inputs, outputs), name="model", metadata={"classes": ["a", "b"]})
     with pytest.raises(WorkbenchError, match="refused: the model carries code") as err:
-        predict.load_model(f"runs:/{run.info.run_id}/model")
+        predict.load_model(f"runs:/{run.info.run_id}/model", uri)
     assert err.value.exit_code == 2
     for outside in ("/tmp/some/model", "file:///tmp/model", "s3://bucket/model", "https://example.org/m"):
         with pytest.raises(WorkbenchError, match="not a model of the configured tracking store"):

@@ -386,7 +386,6 @@ def test_predict_refuses_a_bad_file_in_one_line_with_ingest_reason(yard, case):
 
 
 def test_predict_sees_what_training_saw(yard, swept):
-    import mlflow
 
     from workbench.model import pipeline
     from workbench.ship import predict
@@ -412,8 +411,7 @@ def test_predict_sees_what_training_saw(yard, swept):
     assert differences.max() < 2.5, dict(zip([c.key for c in kept], differences.round(2)))
     assert (differences == 0).sum() >= len(kept) // 2, dict(zip([c.key for c in kept], differences.round(2)))
 
-    mlflow.set_tracking_uri(yard.env["MLFLOW_TRACKING_URI"])
-    model = predict.load_model(f"runs:/{swept}/model").model
+    model = predict.load_model(f"runs:/{swept}/model", yard.env["MLFLOW_TRACKING_URI"]).model
     training_view = predict.probabilities(model, seen_in_training.numpy())
     shown = np.array([[r["predictions"][0]["probabilities"][c] for c in classes] for r in results
                       if r["image"] in {ingest.printable(yard.files[c.key]) for c in kept}])

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from workbench.data import leakage
-from workbench.data.dataset import assign_splits, augment
+from workbench.data.balance import augment
+from workbench.data.dataset import assign_splits
 from workbench.data.leakage import LeakReport, check, near_duplicate_groups, size_stats
 
 

@@ -38,7 +38,9 @@ def test_every_trained_model_beats_chance_by_a_wide_margin_on_every_class(learne
         assert run.data.tags[vocabulary.STATE] == "finished"
         assert metrics["test_accuracy"] >= LEARNED_FLOOR, metrics["test_accuracy"]
         # Selection is on validation: it must have learned there too, not only on test.
-        assert metrics["objective"] == metrics["val_f1_macro"] >= LEARNED_FLOOR
+        # With restore_best the objective is the best epoch's score (training on 2 CPU threads is not
+        # bit-for-bit repeatable, and the last epoch is not always the best).
+        assert metrics["objective"] == metrics["best_val_f1_macro"] >= LEARNED_FLOOR
         for name in learned.classes:
             assert metrics[f"test_recall_{name}"] >= LEARNED_CLASS_FLOOR, (name, metrics)
         # The curves say it learned: training loss fell from the first epoch to the last.

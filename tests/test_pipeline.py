@@ -9,6 +9,7 @@ import pytest
 from workbench import spec as S
 from workbench.data.dataset import prepare
 from workbench.model import pipeline
+from workbench.workspace import Workspace
 
 
 def first_batch(frame, classes, **kwargs):
@@ -17,7 +18,7 @@ def first_batch(frame, classes, **kwargs):
 
 
 def test_training_batches_are_augmented_and_evaluation_batches_never(tiny_spec):
-    data = prepare(S.load("tiny"))
+    data = prepare(S.load("tiny"), Workspace())
     val = data.part("val")
     plain, labels = first_batch(val, data.classes)
     assert plain.shape == (8, 32, 32, 3) and plain.max() > 1.0  # raw pixels: the model rescales

@@ -18,6 +18,7 @@ from workbench.data.dataset import prepare
 from workbench.data.synth import FaceAttributes, render_face
 from workbench.track import store
 from workbench.track.run import tracked_run
+from workbench.workspace import Workspace
 
 MASKED, BARE = FaceAttributes(mask=True, old=False, fake=False), FaceAttributes(mask=False, old=False, fake=False)
 
@@ -76,7 +77,7 @@ S1 = {
 def test_merged_spec_maps_classes_and_never_splits_a_shared_picture(ingested, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DATA", str(ingested / "data"))
     write_spec(ingested, S1)
-    data = prepare(S.load("s1mini"))
+    data = prepare(S.load("s1mini"), Workspace())
     assert data.classes == ("fake", "real", "with_mask")
     counts = data.source_counts()
     assert counts.loc["real", "fm12k"] == 20 and counts.loc["real", "yonsei"] == 11
@@ -102,7 +103,7 @@ def test_keep_original_split_respects_the_dataset_folders(ingested, monkeypatch)
     write_spec(ingested, {**S1, "name": "s3mini",
                           "dataset": {"source": "manifests", "manifests": [{"name": "fm12k"}]},
                           "split": {"keep_original_split": True}})
-    data = prepare(S.load("s3mini"))
+    data = prepare(S.load("s3mini"), Workspace())
     assert (data.frame["split"] == data.frame["original_split"]).all()
     assert data.counts().loc["WithMask", "test"] == 5
 
@@ -111,11 +112,12 @@ def test_a_run_on_merged_data_logs_its_lineage(ingested, monkeypatch):
     monkeypatch.setenv("WORKBENCH_DATA", str(ingested / "data"))
     write_spec(ingested, S1)
     spec = S.load("s1mini")
-    data = prepare(spec)
     uri = f"sqlite:///{ingested / 'mlruns' / 'mlflow.db'}"
+    ws = Workspace(tracking_uri=uri)
+    data = prepare(spec, ws)
     client = store.connect(uri)
-    outcome = tracked_run(spec, S.single_config(spec), data,
-                          experiment_id=store.ensure_experiment(client, spec.name, uri))
+    outcome = tracked_run(ws, client, spec, S.single_config(spec), data,
+                          experiment_id=store.ensure_experiment(client, spec.name))
     run = MlflowClient(uri).get_run(outcome.run_id)
     dataset = run.inputs.dataset_inputs[0].dataset
     assert dataset.digest == data.digest and dataset.name == "fm12k+yonsei"

@@ -11,13 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import paths, vocabulary
 from workbench import spec as S
-from workbench.data import dataset
+from workbench import vocabulary
+from workbench.data.balance import balanced as balance
 from workbench.data.dataset import prepare
 from workbench.model.train import train
 from workbench.track import store as tracking
 from workbench.track.run import tracked_run
+from workbench.workspace import Workspace
 
 
 @pytest.fixture
@@ -27,13 +28,14 @@ def store(workdir) -> str:
 
 def test_train_returns_history_and_test_evaluation_without_any_tracking(tiny_spec):
     spec = S.load("tiny", ["balance=oversample", "augmentation=flip"])
-    data = prepare(spec)
+    ws = Workspace()
+    data = prepare(spec, ws)
     config = S.single_config(spec)
     # Data are materialised before training (oversampled copies written once, cached); train() only reads.
-    balanced = dataset.balanced(data, config.balance, config.balance_target, config.seed)
-    before = sorted(paths.data_dir().rglob("*"))
-    result = train(config, data, balanced)
-    assert sorted(paths.data_dir().rglob("*")) == before  # train() wrote nothing
+    balanced = balance(data, config.balance, ws, config.balance_target, config.seed)
+    before = sorted(ws.data.rglob("*"))
+    result = train(config, data, balanced, scratch=ws.scratch("cache"))
+    assert sorted(ws.data.rglob("*")) == before  # train() wrote nothing
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro"):
         assert len(result.history[key]) == 2, key
     metrics = result.evaluation.metrics
@@ -58,10 +60,11 @@ def test_train_returns_history_and_test_evaluation_without_any_tracking(tiny_spe
 def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_spec, store):
     spec = S.load("tiny")
     config = S.single_config(spec)
-    data = prepare(spec)
+    ws = Workspace(tracking_uri=store)
+    data = prepare(spec, ws)
     client = tracking.connect(store)
-    experiment_id = tracking.ensure_experiment(client, spec.name, store)
-    outcome = tracked_run(spec, config, data, experiment_id=experiment_id)
+    experiment_id = tracking.ensure_experiment(client, spec.name)
+    outcome = tracked_run(ws, client, spec, config, data, experiment_id=experiment_id)
 
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
@@ -106,9 +109,10 @@ def test_a_run_logs_params_curves_metrics_artifacts_and_a_loadable_model(tiny_sp
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == data.digest
 
-    info = mlflow.models.get_model_info(f"runs:/{outcome.run_id}/model")
-    assert info.signature is not None
-    model = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
+    with tracking.fluent(store):  # runs:/ addresses resolve in MLflow's current store only
+        info = mlflow.models.get_model_info(f"runs:/{outcome.run_id}/model")
+        assert info.signature is not None
+        model = mlflow.pyfunc.load_model(f"runs:/{outcome.run_id}/model")
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     probabilities = np.asarray(model.predict(images))
     assert probabilities.shape == (3, 3)
@@ -132,8 +136,9 @@ def counted_scores(truth: list[str], guessed: list[str], classes) -> dict[str, f
 
 def test_same_seed_same_run(tiny_spec):
     spec = S.load("tiny", ["epochs=1"])
-    data = prepare(spec)
-    first = train(S.single_config(spec), data)
-    second = train(S.single_config(spec), data)
+    ws = Workspace()
+    data = prepare(spec, ws)
+    first = train(S.single_config(spec), data, scratch=ws.scratch("cache"))
+    second = train(S.single_config(spec), data, scratch=ws.scratch("cache"))
     assert first.history["loss"] == pytest.approx(second.history["loss"], rel=1e-4)
     assert first.evaluation.metrics == pytest.approx(second.evaluation.metrics)

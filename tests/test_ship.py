@@ -28,6 +28,7 @@ from workbench.errors import WorkbenchError
 from workbench.ship import export, predict
 from workbench.ship import promote as P
 from workbench.track import store as tracking
+from workbench.workspace import Workspace
 
 BIN = Path(sys.executable).parent
 
@@ -55,7 +56,7 @@ def yard(tmp_path_factory, learned) -> Yard:
 
 def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
     """One run per way a run can be unfit to ship, alone in their own experiment."""
-    experiment_id = tracking.ensure_experiment(client, "broken", uri)
+    experiment_id = tracking.ensure_experiment(client, "broken")
 
     def run(tags: dict, status: str | None, metrics: dict | None = None) -> str:
         created = client.create_run(experiment_id, tags={vocabulary.ROLE: "run", **tags})
@@ -77,7 +78,7 @@ def broken_runs(client: MlflowClient, uri: str) -> dict[str, str]:
 def champion(yard) -> predict.LoadedModel:
     """The sweep's best run as `faces@champion`, loaded the way `predict` and `export` load it."""
     P.promote(yard.client, "faces", sweep=yard.sweep_id)
-    return predict.load_model("models:/faces@champion")
+    return predict.load_model("models:/faces@champion", yard.uri)
 
 
 def ship_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -275,17 +276,18 @@ def test_model_uris_from_what_the_user_types():
     assert predict.model_uri(None, ["only"]) == "models:/only@champion"
     with pytest.raises(WorkbenchError, match="say which model"):
         predict.model_uri(None, ["a", "b"])
-    assert export.default_out_dir("models:/faces@champion") == Path("exports/faces")
-    assert export.default_out_dir("models:/faces/3") == Path("exports/faces")
-    assert export.default_out_dir("runs:/abc123/model") == Path("exports/abc123")
+    assert export.default_out_dir("models:/faces@champion", Path("exports")) == Path("exports/faces")
+    assert export.default_out_dir("models:/faces/3", Path("exports")) == Path("exports/faces")
+    assert export.default_out_dir("runs:/abc123/model", Path("exports")) == Path("exports/abc123")
 
 
 # --- export --------------------------------------------------------------------------------------------
 
 def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(yard, champion, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(yard.root)  # the run's test images are found under WORKBENCH_DATA, as a user's are
-        result = export.export(yard.client, champion, quantize="none", out_dir=tmp_path / "tflite")
+        mp.chdir(yard.root)
+        result = export.export(Workspace(yard.root, tracking_uri=yard.uri, env={}), yard.client, champion, quantize="none",
+                               out_dir=tmp_path / "tflite")
     assert result.passed and result.agreement >= 0.995, result
     assert result.images == 160 and "the run's test split" in result.images_source
     assert result.tflite_path.stat().st_size > 0 and 0 < result.size_mb < 5
@@ -299,8 +301,9 @@ def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(y
 
 
 def test_an_export_under_the_bar_fails_and_logs_no_artifacts(yard, tmp_path):
-    other = predict.load_model(f"runs:/{yard.trials[1]}/model")
-    result = export.export(yard.client, other, out_dir=tmp_path / "out", images_dir=None, min_agreement=1.5)
+    other = predict.load_model(f"runs:/{yard.trials[1]}/model", yard.uri)
+    result = export.export(Workspace(yard.root, tracking_uri=yard.uri, env={}), yard.client, other, out_dir=tmp_path / "out",
+                           images_dir=None, min_agreement=1.5)
     assert not result.passed and result.agreement <= 1.0
     assert yard.client.list_artifacts(yard.trials[1], "tflite") == []
     # Nothing is left where an app would pick it up.

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from workbench import spec as S
 from workbench.data import synth
 from workbench.data.dataset import prepare
+from workbench.workspace import Workspace
 
 STUDIES = {  # spec: (classes, whether it ships a TFLite file)
     "s1_merge_vgg16_mobilenet": ("fake, real, with_mask", False),
@@ -72,11 +73,11 @@ def test_data_points_a_spec_at_another_folder_and_a_changed_folder_is_ingested_a
     monkeypatch.setenv("WORKBENCH_RAW", str(elsewhere))
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "data"))
     spec = S.load("s4_maskv1_baseline_mobilenet")
-    first = prepare(spec)
+    first = prepare(spec, Workspace())
     assert len(first.frame) == 24 and first.frame["file"].str.startswith(str(elsewhere)).all()
     extra = next((elsewhere / "Mask_Datasets" / "Train" / "Mask").iterdir())
     shutil.copy(extra, extra.with_name("another.jpg"))   # an exact duplicate lands in the folder
-    again = prepare(spec)
+    again = prepare(spec, Workspace())
     assert len(again.frame) == 25  # re-ingested, and the copy is grouped with its original
     groups = again.frame.groupby("group_id")["split"].nunique()
     assert groups.max() == 1
@@ -92,7 +93,7 @@ def test_published_splits_lose_their_cross_split_copies_and_say_how_many(repo_ex
         shutil.copy(image, root / "Train" / "WithMask" / f"copy_{image.name}")
     monkeypatch.setenv("WORKBENCH_RAW", str(raw))
     monkeypatch.setenv("WORKBENCH_DATA", str(workdir / "data"))
-    data = prepare(S.load("s3_facemask12k_custom_cnn"))
+    data = prepare(S.load("s3_facemask12k_custom_cnn"), Workspace())
     assert data.left_out == {"copies of test images in the published training or validation split": 3}
     assert "left out 3 copies of test images" in data.describe()
     counts = data.frame.groupby("split").size()

@@ -13,6 +13,7 @@ from workbench import spec as S
 from workbench import vocabulary
 from workbench.errors import SpecError
 from workbench.track.sweep import run_sweep
+from workbench.workspace import Workspace
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def children(client, result):
 def test_two_trial_sweep_is_one_parent_with_two_children_and_resumes_to_the_total(tiny_spec, stores):
     storage, uri = stores
     spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     client = MlflowClient(uri)
 
     parent = client.get_run(result.parent_run_id)
@@ -47,17 +48,17 @@ def test_two_trial_sweep_is_one_parent_with_two_children_and_resumes_to_the_tota
         assert float(run.data.params["learning_rate"]) == pytest.approx(trial.params["learning_rate"])
     assert parent.data.metrics["trials_complete"] == 2
 
-    again = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    again = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     assert again.ran == 0 and again.parent_run_id == result.parent_run_id
-    more = run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    more = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
     assert more.ran == 1 and len(children(client, more)) == 3
 
 
 def test_a_changed_spec_does_not_silently_join_an_old_study(tiny_spec, stores):
     storage, uri = stores
-    run_sweep(S.load("tiny", ["epochs=1"]), storage=storage, tracking_uri=uri, trials=1)
+    run_sweep(Workspace(tracking_uri=uri, storage=storage), S.load("tiny", ["epochs=1"]), trials=1)
     with pytest.raises(SpecError, match="different version of spec tiny"):
-        run_sweep(S.load("tiny", ["epochs=1", "dropout=0.5"]), storage=storage, tracking_uri=uri, trials=1)
+        run_sweep(Workspace(tracking_uri=uri, storage=storage), S.load("tiny", ["epochs=1", "dropout=0.5"]), trials=1)
 
 
 def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):

@@ -23,6 +23,7 @@ from workbench import vocabulary
 from workbench.errors import WorkbenchError
 from workbench.track import sweep as sweeps
 from workbench.track.sweep import run_sweep
+from workbench.workspace import Workspace
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_completes(tiny_sp
     diverge_above(monkeypatch, 1.0)
     spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e+8, log: true}",
                            "enqueue=[{learning_rate: 1.0e+8}, {learning_rate: 0.001}, {learning_rate: 0.002}]"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     states = [t.state for t in result.study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     failed = result.study.trials[0]
@@ -72,7 +73,7 @@ def test_pruning_stops_a_weak_trial_and_its_run_keeps_its_curves(tiny_spec, stor
     spec = S.load("tiny", ["epochs=3", "learning_rate={low: 1.0e-9, high: 1.0e-2, log: true}",
                            "pruning={startup_trials: 2, warmup_epochs: 0}",
                            "enqueue=[{learning_rate: 0.005}, {learning_rate: 0.005}, {learning_rate: 1.0e-9}]"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
     weak = result.study.trials[2]
     assert weak.state == TrialState.PRUNED, [t.intermediate_values for t in result.study.trials]
     client = MlflowClient(uri)
@@ -98,7 +99,7 @@ def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, mo
 
     monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", interrupt_second_trial)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+        run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
     monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", original)
     study = optuna.load_study(study_name="tiny", storage=storage)
     client = MlflowClient(uri)
@@ -107,7 +108,7 @@ def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, mo
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     assert client.get_run(parent_id).info.status == "KILLED"
 
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=3)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
     assert result.parent_run_id == parent_id and result.ran == 2
     assert sweeps.count(result.study) == 3
     finished = [r for r in children(uri, result) if r.info.status == "FINISHED"]
@@ -183,12 +184,12 @@ def test_a_stale_heartbeat_from_another_machine_ends_the_trial(tiny_spec, stores
     monkeypatch.setenv("WORKBENCH_HEARTBEAT", "1")
     monkeypatch.setenv("WORKBENCH_HEARTBEAT_GRACE", "2")
     spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    sweep = sweeps.open_sweep(spec, storage=storage, tracking_uri=uri)
+    sweep = sweeps.open_sweep(Workspace(tracking_uri=uri, storage=storage), spec)
     trial = sweep.study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)})
     trial.set_user_attr(sweeps.WORKER_ATTR, "elsewhere:12345")
     sweep.study._storage.record_heartbeat(trial._trial_id)
     time.sleep(3)
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     assert result.found.killed == 1 and result.found.retries == 1
     assert result.study.trials[trial.number].state == TrialState.FAIL
     retried = [t for t in result.study.trials if t.user_attrs.get("retry_of") == trial.number]
@@ -199,8 +200,8 @@ def test_a_second_worker_started_later_continues_the_search(tiny_spec, stores):
     """The same seed in a new process must not replay the sequence the first process drew."""
     storage, uri = stores
     spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    first = run_sweep(spec, storage=storage, tracking_uri=uri, trials=1)
-    later = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    first = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=1)
+    later = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     assert later.ran == 1
     rates = [t.params["learning_rate"] for t in later.study.trials if t.state == TrialState.COMPLETE]
     assert len(rates) == 2 and len(set(rates)) == 2  # the old process would have replayed trial 0's rate
@@ -232,7 +233,7 @@ def test_grid_tries_every_combination_once_starting_from_the_enqueued_one(tiny_s
     storage, uri = stores
     spec = S.load("tiny", ["epochs=1", "sampler=grid", "balance=[none, class_weight]", "augmentation=[none, flip]",
                            "enqueue=[{balance: class_weight, augmentation: flip}]"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=10)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=10)
     combos = [(t.params["balance"], t.params["augmentation"]) for t in result.study.trials]
     assert combos[0] == ("class_weight", "flip")
     assert sorted(combos) == sorted({("none", "none"), ("none", "flip"), ("class_weight", "none"),
@@ -243,7 +244,7 @@ def test_the_latency_objective_records_a_pareto_front(tiny_spec, stores):
     storage, uri = stores
     spec = S.load("tiny", ["epochs=1", "objective={metric: val_f1_macro, latency: true}",
                            "dense_units=[4, 64]", "enqueue=[{dense_units: 4}, {dense_units: 64}]"])
-    result = run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     assert all(len(t.values) == 2 for t in result.study.trials)
     client = MlflowClient(uri)
     parent = client.get_run(result.parent_run_id)
@@ -265,6 +266,6 @@ def test_a_sweep_whose_every_trial_fails_stops_with_the_reason(tiny_spec, stores
     diverge_above(monkeypatch, 1.0)
     spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e+7, high: 1.0e+8, log: true}"])
     with pytest.raises(WorkbenchError, match="3 trials in a row failed.*FloatingPointError"):
-        run_sweep(spec, storage=storage, tracking_uri=uri, trials=2)
+        run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
