@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from workbench.errors import TrackingError, WorkbenchError, first_line, masked, scrub
 from workbench.vocabulary import EXPERIMENT_KIND, ROLE
+from workbench.workspace import locked
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -79,22 +80,6 @@ def fluent(uri: str):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive lock on `path` (created if missing): processes of one machine that would
-    create the same thing (a database's tables, a dataset) take turns, the later ones finding
-    it made."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_sqlite(db: Path) -> None:

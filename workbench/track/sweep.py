@@ -66,7 +66,7 @@ from workbench.track.progress import (  # noqa: F401 (Progress and the attribute
 )
 from workbench.track.run import tracked_run
 from workbench.vocabulary import Artifacts
-from workbench.workspace import Workspace
+from workbench.workspace import Workspace, locked
 
 # Study and trial attributes: how a study finds its MLflow side and its trials' fates.
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -211,7 +211,7 @@ def make_storage(url: str, on_stale: Callable | None = None):
             db = Path(url.removeprefix("sqlite:///"))
             db.parent.mkdir(parents=True, exist_ok=True)
             store._check_sqlite(db)
-            with store.locked(db.with_name(f".{db.name}.lock")):  # table creation, one process at a time
+            with locked(db.with_name(f".{db.name}.lock")):  # table creation, one process at a time
                 return storage()
         return storage()
     if url.startswith("journal:///"):
