@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from workbench import spec as S
-from workbench.data import balance, dataset
+from workbench.data import balance
 from workbench.data.dataset import assign_splits, class_counts, prepare
 from workbench.workspace import Workspace
 

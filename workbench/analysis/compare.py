@@ -5,7 +5,7 @@ leaderboard a sweep ends with, which is a narrower view of the same table.
 
 Everything here starts from the tracking store, not from in-process state, so the same table can
 be rebuilt at any time for any sweep, on any machine that can reach the store. MLflow is touched
-only by `select_runs`, `load_predictions` and `load_repeats`; the rest are pure functions over
+only by `select_runs`, `load_predictions` (`track.evidence`) and `load_repeats`; the rest are pure functions over
 a frame of runs (`runs_frame`, in the columns `mlflow.search_runs` gives), so every column can
 be checked in a test on runs built by hand.
 Runs are ranked by the validation objective unless told otherwise (choosing by test figures
@@ -16,13 +16,11 @@ The table keeps raw numbers (csv and json carry them as they are); the human for
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +30,7 @@ from workbench import vocabulary
 from workbench.errors import TrackingError, WorkbenchError, first_line
 from workbench.measure import stats
 from workbench.track import store
-from workbench.vocabulary import Artifacts
+from workbench.track.evidence import ScoredImages, load_predictions, scored_images  # noqa: F401 (re-exported)
 
 # The registry's axes: what a study is about, always the first columns after the run.
 REGISTRY_AXES = ("backbone", "balance", "augmentation")
@@ -112,20 +110,6 @@ def _tag_clause(tag: str) -> str:
         raise WorkbenchError(f"--tag {tag}: expected KEY=VALUE, e.g. --tag workbench.state=finished")
     quote = '"' if "'" in value else "'"
     return f"tags.`{key.strip()}` = {quote}{value.strip()}{quote}"
-
-
-def load_predictions(client, run_ids: Iterable[str]) -> dict[str, pd.DataFrame | None]:
-    """Each run's `evaluation/test_predictions.csv`, or None where the run has none (pruned,
-    failed, or logged before predictions were)."""
-    found: dict[str, pd.DataFrame | None] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for run_id in run_ids:
-            try:
-                path = client.download_artifacts(run_id, Artifacts.PREDICTIONS, str(Path(tmp) / run_id))
-                found[run_id] = pd.read_csv(path, dtype={"sha256": str, "path": str, "true": str, "predicted": str})
-            except (MlflowException, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-                found[run_id] = None
-    return found
 
 
 # --- the table (pure) ------------------------------------------------------------------------------
@@ -256,27 +240,6 @@ def is_measure(column: str) -> bool:
 
 
 # --- is the winner really better? (pure, given the predictions) ------------------------------------
-
-@dataclass(frozen=True)
-class ScoredImages:
-    frame: pd.DataFrame   # one row per (sha256, true label), sorted, so runs line up image by image
-    digest: str           # short hash of the set of (sha256, true label) pairs
-    labels: list[str]
-
-
-def scored_images(predictions: pd.DataFrame) -> ScoredImages:
-    """A run's test predictions keyed for pairing. Two runs used the same test set iff their
-    sets of (image sha256, true label) pairs are equal, i.e. iff their digests are equal; a
-    repeated pair (the same picture twice) counts once."""
-    frame = (predictions.astype({"sha256": str, "true": str, "predicted": str})
-             .drop_duplicates(["sha256", "true"]).sort_values(["sha256", "true"], kind="stable")
-             .reset_index(drop=True))
-    joined = "\n".join(frame["sha256"] + "\t" + frame["true"])
-    labels = [c.removeprefix("p_") for c in predictions.columns if c.startswith("p_")]
-    if not labels or not set(frame["true"]) | set(frame["predicted"]) <= set(labels):
-        labels = sorted(set(frame["true"]) | set(frame["predicted"]))
-    return ScoredImages(frame, hashlib.sha256(joined.encode()).hexdigest()[:12], labels)
-
 
 def add_paired_stats(table: pd.DataFrame, predictions: dict[str, pd.DataFrame | None], top: int = STATS_TOP,
                      resamples: int = 1000, seed: int = 0,

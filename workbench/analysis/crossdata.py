@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 
 from workbench import vocabulary
-from workbench.data import dataset, ingest, leakage
+from workbench.data import dataset, ingest
 from workbench.errors import DataError, WorkbenchError
 from workbench.measure import stats
 from workbench.measure.evaluate import Evaluation, evaluate, most_confident_mistakes
 from workbench.model import pipeline
 from workbench.spec import Spec, first_config, validate
 from workbench.track import store
+from workbench.track.evidence import seen, trained_on
 from workbench.vocabulary import Artifacts
 from workbench.workspace import Workspace
 
@@ -93,22 +94,6 @@ def map_labels(frame: pd.DataFrame, classes: tuple[str, ...], mapping: dict[str,
     return known.reset_index(drop=True), len(kept) - len(known)
 
 
-def seen(frame: pd.DataFrame, trained_on: pd.DataFrame, max_distance: int = 4) -> np.ndarray:
-    """Which rows of `frame` share a duplicate group (same bytes, or perceptual hashes within
-    `max_distance` bits) with an image the model trained or validated on."""
-    if trained_on is None or trained_on.empty or frame.empty:
-        return np.zeros(len(frame), dtype=bool)
-
-    def column(table: pd.DataFrame, name: str) -> list[str]:
-        return table[name].fillna("").astype(str).tolist() if name in table else [""] * len(table)
-
-    keys = [f"seen:{i}" for i in range(len(trained_on))] + [f"new:{i}" for i in range(len(frame))]
-    groups = leakage.near_duplicate_groups(keys, column(trained_on, "sha256") + column(frame, "sha256"),
-                                           column(trained_on, "phash") + column(frame, "phash"), max_distance)
-    touched = {groups[k] for k in keys[:len(trained_on)]}
-    return np.array([groups[f"new:{i}"] in touched for i in range(len(frame))])
-
-
 @dataclass(frozen=True)
 class Scored:
     evaluation: Evaluation
@@ -152,21 +137,6 @@ class EvaluationOutcome:
     excluded_seen: int
     excluded_unknown: int
     metrics: dict[str, float]
-
-
-def trained_on(client, run_id: str | None) -> pd.DataFrame | None:
-    """The training and validation images of a model's run (its logged split manifest)."""
-    from mlflow.exceptions import MlflowException
-
-    if not run_id:
-        return None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            frame = pd.read_csv(client.download_artifacts(run_id, Artifacts.MANIFEST, tmp), dtype=str,
-                                keep_default_na=False)
-    except (MlflowException, OSError, pd.errors.ParserError):
-        return None
-    return frame[frame["split"].isin(("train", "val"))]
 
 
 def log_evaluation(client, scored: Scored, *, experiment_id: str, name: str, tags: dict[str, str], params: dict,
