@@ -63,8 +63,7 @@ def test_heads_follow_the_spec():
     s1 = backbones.build_model(config(pooling="flatten", dense_layers=2, dense_units=16, dropout=0.5), 3)
     names = [layer.name for layer in s1.layers]
     assert isinstance(s1.get_layer("pool"), keras.layers.Flatten)
-    assert names[-6:] == ["head_dense_1", "head_dropout_1", "head_dense_2", "head_dropout_2", "probabilities"][-6:] or \
-        names[-5:] == ["head_dense_1", "head_dropout_1", "head_dense_2", "head_dropout_2", "probabilities"]
+    assert names[-6:] == ["head_dense_1", "head_dropout_1", "head_dense_2", "head_dropout_2", "logits", "probabilities"]
     bn = backbones.build_model(config(pooling="gap", batch_norm=True, dropout=0.2), 2)
     assert isinstance(bn.get_layer("pool"), keras.layers.GlobalAveragePooling2D)
     assert isinstance(bn.get_layer("head_bn_1"), keras.layers.BatchNormalization)

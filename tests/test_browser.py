@@ -252,6 +252,7 @@ def expected_figures(table) -> dict[str, list[str]]:
         "Parameters vs objective": ["parcoords"],                          # one line per run in one trace
         "Learning curves": ["scatter"] * (runs * len(report.CURVE_KEYS)),  # one line per run and per-epoch metric
         "Confusion matrices": ["heatmap"] * runs,                          # one panel per run
+        "Calibration": ["scatter"] * (1 + 2 * runs),                       # the diagonal, then before / after per run
         "Accuracy vs latency": ["scatter", "scatter"],                     # dominated runs, then the Pareto front
     }
 

@@ -227,11 +227,15 @@ def test_mistakes_grid_titles_and_empty_case():
     probabilities = one_hot_ish(Y_PRED)
     probabilities[7] = [0.02, 0.97, 0.01]                           # the surest mistake
     mpl, fig = figures.mistakes_grid(images, Y_TRUE, probabilities, CLASSES)
-    assert len(mpl.axes) == 3 and len(fig.data) == 3                # three wrong predictions
-    assert mpl.axes[0].get_title() == "true c / pred b (0.97)"
+    captions = [t.get_text() for t in mpl.axes[0].texts]
+    assert len(captions) == 3 and len(fig.data) == 3                # three wrong predictions
+    assert captions[0] == "true c / pred b (0.97)"                  # the surest first
+    assert mpl.axes[0].get_title() == "Most confident mistakes (3)"
+    mosaic = mpl.axes[0].images[0].get_array()
+    assert mosaic.shape[1] == 2 * (8 + 4) and mosaic.shape[0] == 2 * (8 + 6 + 4)   # 2 x 2 tiles of 8 px
     assert "true c / pred b (0.97)" in {a.text for a in fig.layout.annotations}
     mpl, fig = figures.mistakes_grid(images.astype("uint8"), Y_TRUE, probabilities, CLASSES, k=1)
-    assert len(mpl.axes) == 1
+    assert len(mpl.axes[0].texts) == 1
 
     mpl, fig = figures.mistakes_grid(images, Y_TRUE, one_hot_ish(Y_TRUE), CLASSES)
     assert len(mpl.axes) == 1 and "no mistakes" in mpl.axes[0].texts[0].get_text()

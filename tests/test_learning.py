@@ -94,7 +94,8 @@ def test_predict_names_freshly_rendered_faces_of_each_class(learned, tmp_path):
 LOWER_IS_BETTER = {
     "loss", "val_loss", "test_log_loss", "test_ece", "overfit_gap", "overfit_gap_loss", "latency_ms_batch1",
     "latency_ms_per_image_batch32", "model_size_mb", "total_params", "trainable_params", "frozen_params",
-    "train_seconds", "train_cpu_seconds",
+    "train_seconds", "train_cpu_seconds", "test_ece_calibrated", "test_brier", "test_brier_calibrated",
+    "test_log_loss_calibrated", "label_issues", "label_issue_rate",
 }
 HIGHER_IS_BETTER = {
     "accuracy", "val_accuracy", "val_f1_macro", "best_val_f1_macro", "final_train_accuracy", "final_val_accuracy",
@@ -104,7 +105,7 @@ HIGHER_IS_BETTER = {
     "test_precision_without_mask", "test_recall_with_mask", "test_recall_without_mask",
 }
 # Counts and positions that rank nothing; `better` may say either, no command sorts by them.
-NEITHER = {"best_epoch", "epochs_run", "train_images", "lr"}
+NEITHER = {"best_epoch", "epochs_run", "train_images", "lr", "temperature"}
 
 
 def test_every_metric_a_trial_logs_ranks_the_way_it_improves(trial):

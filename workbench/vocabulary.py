@@ -30,7 +30,7 @@ REPEATS = "workbench.repeats"        # on a trial with repeats: how many
 LEFT_OUT = "workbench.left_out"      # images of the data not used, and why
 STUDY = "optuna.study_name"
 
-ROLES = ("sweep", "trial", "run", "repeat", "evaluation", "matrix")
+ROLES = ("sweep", "trial", "run", "repeat", "evaluation", "matrix", "audit")
 TRAINING_ROLES = ("trial", "run")    # runs whose model and test figures stand for a configuration
 STATES = ("finished", "pruned", "failed")
 
@@ -54,7 +54,8 @@ DEFAULT_SELECTION = OBJECTIVE        # what promote and compare rank by unless t
 PER_EPOCH = ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro", "lr")
 LATENCY = "latency_ms_batch1"
 QUALITY = (OBJECTIVE, "test_accuracy", "test_f1_macro")      # then test_f1_<class>, then QUALITY_AFTER
-QUALITY_AFTER = ("test_f1_weighted", "test_roc_auc_ovr", "test_log_loss", "test_ece", "best_epoch", "overfit_gap")
+QUALITY_AFTER = ("test_f1_weighted", "test_roc_auc_ovr", "test_log_loss", "test_ece", "test_ece_calibrated",
+                 "best_epoch", "overfit_gap")
 COST = ("total_params", "trainable_params", "model_size_mb", "train_seconds", LATENCY,
         "latency_ms_per_image_batch32")
 INTEGER_METRICS = ("total_params", "trainable_params", "frozen_params", "best_epoch", "epochs_run",
@@ -63,7 +64,7 @@ INTEGER_METRICS = ("total_params", "trainable_params", "frozen_params", "best_ep
 CARD_COST = ("overfit_gap", "total_params", "model_size_mb", LATENCY)
 
 # Words (between underscores) that make smaller better; every other metric is a score.
-_LOWER_WORDS = frozenset({"loss", "ece", "latency", "size", "params", "seconds", "gap"})
+_LOWER_WORDS = frozenset({"loss", "ece", "brier", "latency", "size", "params", "seconds", "gap", "issue", "issues"})
 _LOWER_NAMES = frozenset({"p_vs_best", "p_holm"})
 # Per-class scores end in a class name, which may hold any word ("hair_loss", "small_size"): they
 # are scores whatever the class is called.
@@ -120,6 +121,13 @@ class Artifacts:
     REPORT_TEXT = "evaluation/classification_report.txt"
     HISTORY = "evaluation/history.json"
     MISTAKES = "evaluation/most_confident_mistakes.csv"
+    RELIABILITY = "evaluation/reliability_diagram.png"
+    LABEL_ISSUES = "evaluation/label_issues.csv"
+    LABEL_ISSUES_GRID = "evaluation/label_issues.png"
+    MODEL_CARD = "model_card.md"
+    MODEL_CARD_JSON = "model_card.json"
+    AUDIT = "audit/label_issues.csv"
+    AUDIT_PAGE = "audit/label_issues.html"
     SWEEP_TRIALS = "sweep/trials.csv"
     SWEEP_PARETO = "sweep/pareto_front.csv"
     SWEEP_PLOTS = "sweep/study.html"

@@ -1,7 +1,7 @@
 """`workbench report`: one self-contained, interactive HTML page about a set of runs (usually a
 sweep): the comparison table, the objective by each registry axis, parameters against the
-objective, overlaid learning curves, confusion matrices side by side, and accuracy against
-latency with its Pareto front.
+objective, overlaid learning curves, confusion matrices side by side, reliability diagrams
+before and after each run's temperature, and accuracy against latency with its Pareto front.
 
 The figures are `workbench.measure.figures`' builders (the same curves and confusion matrices a run's
 own page shows) and the page is its one page writer, so it opens offline with plotly.js inlined
@@ -35,7 +35,7 @@ class Report:
 
 
 SECTIONS = ("Leaderboard", "Objective by axis", "Parameters vs objective", "Learning curves",
-            "Confusion matrices", "Accuracy vs latency")
+            "Confusion matrices", "Calibration", "Accuracy vs latency")
 MATRIX_SECTION = "Across datasets: trained on x tested on"
 CURVE_KEYS = tuple(key for key in vocabulary.PER_EPOCH if key != "lr")
 
@@ -63,17 +63,19 @@ def parameter_columns(table: pd.DataFrame) -> list[str]:
 
 
 def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict, confusions: dict,
-                 title: str, subtitle: str, matrix: pd.DataFrame | None = None) -> str:
+                 title: str, subtitle: str, matrix: pd.DataFrame | None = None, reliability: dict | None = None) -> str:
     """The page from values: `board` is the leaderboard as shown (sorted, maybe with statistics),
     `everything` the full comparison table of the selected runs (for the figures)."""
-    return figures.page(title, report_sections(board, everything, histories, confusions, matrix), subtitle)
+    return figures.page(title, report_sections(board, everything, histories, confusions, matrix, reliability),
+                        subtitle)
 
 
 def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: dict, confusions: dict,
-                    matrix: pd.DataFrame | None = None) -> list[Section]:
+                    matrix: pd.DataFrame | None = None, reliability: dict | None = None) -> list[Section]:
     """The report's sections in order, each a plotly figure (or the table, or why it is missing)."""
     names = {run_id: label(everything, run_id) for run_id in everything["run_id"]}
-    names.update({run_id: run_id[:8] for run_id in (*histories, *confusions) if run_id not in names})
+    names.update({run_id: run_id[:8] for run_id in (*histories, *confusions, *(reliability or {}))
+                  if run_id not in names})
     objective = objective_column(everything)
     scored = everything[everything[objective].notna()] if objective else everything.iloc[0:0]
     latency = everything[everything.get("test_accuracy", pd.Series(dtype=float)).notna()
@@ -91,7 +93,9 @@ def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: di
                 missing="no per-epoch metrics for the chosen runs"),
         Section(SECTIONS[4], figures.confusion_heatmaps({names[r]: c for r, c in confusions.items()}),
                 missing=f"no {Artifacts.CONFUSION} for the top runs"),
-        Section(SECTIONS[5], figures.accuracy_vs_latency(latency, front) if len(latency) else None,
+        Section(SECTIONS[5], figures.reliability_overlay({names[r]: v for r, v in (reliability or {}).items()}),
+                missing="no calibrated test predictions for the top runs"),
+        Section(SECTIONS[6], figures.accuracy_vs_latency(latency, front) if len(latency) else None,
                 missing=f"no run has both test_accuracy and {vocabulary.LATENCY}"),
     ]
     if matrix is not None and not matrix.empty:  # the experiment's latest `workbench matrix`
@@ -130,6 +134,29 @@ def collect_confusions(client, run_ids: Sequence[str], sources: dict[str, str] |
                 found[run_id] = json.loads(Path(path).read_text())
             except (MlflowException, OSError, ValueError):
                 found[run_id] = None
+    return found
+
+
+def collect_reliability(client, run_ids: Sequence[str], sources: dict[str, str] | None = None) -> dict:
+    """{run_id: (labels, raw, calibrated test probabilities)} for runs that logged a temperature:
+    the logged probabilities are the calibrated ones, softmax(z / T); softmax(T log p) gives back
+    the raw softmax(z)."""
+    import numpy as np
+
+    from workbench.measure.calibration import scaled
+    from workbench.track.evidence import load_predictions
+
+    found = {}
+    for run_id in run_ids:
+        source = (sources or {}).get(run_id, run_id)
+        temperature = client.get_run(source).data.metrics.get("temperature")
+        frame = load_predictions(client, [source])[source]
+        if temperature is None or frame is None or frame.empty:
+            continue
+        classes = [c.removeprefix("p_") for c in frame.columns if c.startswith("p_")]
+        calibrated = frame[[f"p_{c}" for c in classes]].to_numpy(float)
+        y = frame["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+        found[run_id] = (y, scaled(temperature * np.log(np.clip(calibrated, 1e-12, 1.0))), calibrated)
     return found
 
 
@@ -172,7 +199,8 @@ def make_report(client, selection: compare.Selection, board: pd.DataFrame, *, ou
                if isinstance(model_run, str) and model_run}
     sections = report_sections(board, everything, collect_histories(client, chosen, sources=sources),
                                collect_confusions(client, ranked[:confusions_top], sources),
-                               matrix=collect_matrix(client, selection.experiment_id))
+                               matrix=collect_matrix(client, selection.experiment_id),
+                               reliability=collect_reliability(client, ranked[:confusions_top], sources))
     page = figures.page(f"workbench report: {selection.experiment}", sections, selection.description)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

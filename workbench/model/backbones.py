@@ -184,8 +184,11 @@ def _looks_like_download_failure(err: Exception) -> bool:
     return any(word in text for word in ("url", "fetch", "download", "connection", "resolve", "http"))
 
 
+LOGITS = "logits"
+
+
 def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
-    """Raw pixels -> backbone preprocessing -> backbone -> pooling -> dense head -> softmax."""
+    """Raw pixels -> backbone preprocessing -> backbone -> pooling -> dense head -> logits -> softmax."""
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = inputs
     for layer in preprocessing_layers(BACKBONES[cfg.backbone].preprocessing):
@@ -207,9 +210,26 @@ def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
             x = keras.layers.Dropout(cfg.dropout, name=f"head_dropout_{i + 1}")(x)
     if cfg.dense_layers == 0 and cfg.dropout:
         x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    # Softmax in float32 even under mixed precision, so probabilities stay well calibrated.
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    # Logits and softmax in float32 even under mixed precision, so probabilities stay well
+    # calibrated; the logits are their own layer so calibration can scale them (`with_temperature`).
+    logits = keras.layers.Dense(num_classes, dtype="float32", name=LOGITS)(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=f"{cfg.backbone}_classifier")
+
+
+def logits_of(model: keras.Model) -> keras.Model:
+    """The classifier up to its logits (same layers, same weights): what calibration fits on."""
+    return keras.Model(model.inputs, model.get_layer(LOGITS).output, name=f"{model.name}_logits")
+
+
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
+    """The classifier whose softmax divides the logits by `temperature` first: what runs log,
+    the registry serves and TFLite exports. Built from Keras' own layers (a Rescaling by 1/T), so
+    loading it needs no workbench code."""
+    scaled = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name="temperature")(
+        model.get_layer(LOGITS).output)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="calibrated_probabilities")(scaled)
+    return keras.Model(model.inputs, outputs, name=model.name)
 
 
 def base_of(model: keras.Model) -> keras.Model:

@@ -4,8 +4,9 @@ It reads top to bottom as a run's story: seed -> runtime (device, mixed precisio
 pipelines over the (already balanced) training split and the validation and test splits ->
 model -> fit (phase one, with the base frozen when transfer learning) -> optionally fine-tune the
 top of the base at a lower learning rate (phase two, epochs numbered on from phase one) ->
-evaluate on the held-out test split -> measure the model's cost -> pick the mistakes worth
-showing -> return values. It writes nothing: data are materialised before (`dataset.balanced`)
+fit the calibrating temperature on the validation split -> evaluate on the held-out test
+split -> rank likely label errors among the validation and test images -> measure the model's
+cost -> pick the mistakes worth showing -> return values. It writes nothing: data are materialised before (`dataset.balanced`)
 and tracking lives outside (`run.py` passes Keras callbacks in and writes what comes back), so a
 test can train a tiny model here without any MLflow store.
 """
@@ -26,6 +27,7 @@ import tensorflow as tf
 from workbench import vocabulary
 from workbench.data.balance import Balanced
 from workbench.data.dataset import Dataset
+from workbench.measure import calibration, label_issues
 from workbench.measure.evaluate import (
     Evaluation,
     cost,
@@ -40,13 +42,14 @@ from workbench.spec.registry import SCHEDULES
 # Every trial builds a fresh model, so tf.function retracing is expected, not a bug to warn about.
 tf.get_logger().setLevel("ERROR")
 MISTAKES_SHOWN = 16
+ISSUES_SHOWN = 16
 
 
 @dataclass
 class TrainResult:
-    model: keras.Model
+    model: keras.Model                    # the calibrated classifier: what is logged and served
     history: dict[str, list[float]]       # per epoch: loss, accuracy, val_loss, val_accuracy, val_f1_macro, lr
-    evaluation: Evaluation                # on the test split
+    evaluation: Evaluation                # on the test split, before calibration
     test_frame: pd.DataFrame              # the test split's rows, in the evaluation's order
     train_images: int                     # after balancing
     class_weight: dict[int, float] | None
@@ -56,6 +59,11 @@ class TrainResult:
     mistake_images: np.ndarray            # those images as the model saw them
     phase_boundary: int | None = None     # first epoch of fine-tuning, when there was a phase two
     timings: dict[str, float] = field(default_factory=dict)
+    temperature: float = 1.0              # fitted on the validation split; the model applies it
+    calibrated: np.ndarray | None = None  # test probabilities after the temperature, in test_frame's order
+    calibration: dict[str, float] = field(default_factory=dict)   # temperature; ECE, Brier, log loss after
+    label_issues: pd.DataFrame | None = None   # validation and test images ranked by label quality
+    issue_images: np.ndarray | None = None     # the first ISSUES_SHOWN flagged ones, as the model saw them
 
     def objective(self, metric: str, restore_best: bool) -> float:
         """The value a sweep optimises: the last epoch's, or the best one when its weights were kept."""
@@ -144,21 +152,49 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None, 
         # sharing the machine, so two runs' costs compare even on a busy one.
         train_cpu_seconds = time.process_time() - cpu_started
         epochs_run = len(recorder.history["loss"])
-        probabilities = model.predict(test_ds, verbose=0)
+        logits = backbones.logits_of(model)
+        val_logits, test_logits = logits.predict(val_ds, verbose=0), logits.predict(test_ds, verbose=0)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    y_test = pipeline.labels_of(test, data.classes)
-    evaluation = evaluate(y_test, probabilities, data.classes)
+    return _result(model, config, data, recorder, balanced, device, val_logits, test_logits, boundary,
+                   _timings(train_seconds, train_cpu_seconds, epochs_run, len(balanced.train)))
+
+
+def _result(model: keras.Model, config: TrialConfig, data: Dataset, recorder: EpochRecorder, balanced: Balanced,
+            device: backbones.Runtime, val_logits: np.ndarray, test_logits: np.ndarray, boundary: int | None,
+            timings: dict[str, float]) -> TrainResult:
+    """A trained model's scoring: the temperature fitted on validation, the test evaluation
+    before it, the calibrated model, the mistakes and likely label errors worth showing."""
+    val, test = data.part("val"), data.part("test")
+    y_val, y_test = recorder.y_val, pipeline.labels_of(test, data.classes)
+    temperature = calibration.fit_temperature(val_logits, y_val)
+    probabilities, calibrated = calibration.scaled(test_logits), calibration.scaled(test_logits, temperature)
+    served = backbones.with_temperature(model, temperature)
     mistakes = most_confident_mistakes(y_test, probabilities, k=MISTAKES_SHOWN)
+    issues = _label_issues(val, test, np.concatenate([y_val, y_test]),
+                           np.concatenate([calibration.scaled(val_logits, temperature), calibrated]), data.classes)
+    shown = issues[issues["issue"]].head(ISSUES_SHOWN)
     return TrainResult(
-        model=model, history=recorder.history, evaluation=evaluation, test_frame=test,
-        train_images=len(balanced.train), class_weight=balanced.class_weight, runtime=device,
-        cost=cost(model, config.image_size), mistakes=mistakes,
+        model=served, history=recorder.history, evaluation=evaluate(y_test, probabilities, data.classes),
+        test_frame=test, train_images=len(balanced.train), class_weight=balanced.class_weight, runtime=device,
+        cost=cost(served, config.image_size), mistakes=mistakes,
         mistake_images=pipeline.load_images([test["file"].iloc[i] for i in mistakes], config.image_size),
-        phase_boundary=boundary,
-        timings=_timings(train_seconds, train_cpu_seconds, epochs_run, len(balanced.train)),
+        phase_boundary=boundary, timings=timings, temperature=temperature, calibrated=calibrated,
+        calibration=calibration.metrics(y_test, probabilities, calibrated, temperature),
+        label_issues=issues, issue_images=pipeline.load_images(shown["file"].tolist(), config.image_size),
     )
+
+
+def _label_issues(val: pd.DataFrame, test: pd.DataFrame, y: np.ndarray, probabilities: np.ndarray,
+                  classes: tuple[str, ...]) -> pd.DataFrame:
+    """Validation and test images (both out of sample: no weight was fitted on them) ranked by
+    confident learning, most suspect first, with the file each row is."""
+    scored = pd.concat([val, test], ignore_index=True)
+    ranked = label_issues.rank(y, probabilities, classes)
+    rows = scored.iloc[ranked["row"].to_numpy()].reset_index(drop=True)
+    return pd.concat([rows[[c for c in ("file", "path", "source", "sha256", "split") if c in rows]],
+                      ranked.drop(columns="row")], axis=1)
 
 
 def _compile(model: keras.Model, config: TrialConfig, learning_rate: float, jit_compile: bool) -> None:

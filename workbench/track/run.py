@@ -300,30 +300,44 @@ def log_result(run: RunLog, ws: Workspace, result: TrainResult, config: TrialCon
     metrics it logged."""
     from workbench.measure.evaluate import training_summary
 
-    metrics = {**result.evaluation.metrics, **training_summary(result.history, monitor), **result.timings,
+    metrics = {**result.evaluation.metrics, **result.calibration, **issue_metrics(result.label_issues),
+               **training_summary(result.history, monitor), **result.timings,
                **result.cost, "train_images": result.train_images, vocabulary.OBJECTIVE: objective}
     run.metrics(metrics)
     run.tags({vocabulary.DEVICE: result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),
                      "workbench.xla": str(result.runtime.xla).lower()})
     log_evidence(run, result.evaluation, result.test_frame, result.mistakes, result.mistake_images,
-                 history=result.history, phase_boundary=result.phase_boundary)
+                 history=result.history, phase_boundary=result.phase_boundary, calibrated=result.calibrated,
+                 temperature=result.temperature, issues=result.label_issues, issue_images=result.issue_images)
     run.dict(result.history, Artifacts.HISTORY)
     log_model(run, ws, result.model, config, classes)
     return metrics
 
 
+def issue_metrics(issues) -> dict[str, float]:
+    """How many validation and test images confident learning flags, and what share of them."""
+    if issues is None or not len(issues):
+        return {}
+    flagged = int(issues["issue"].sum())
+    return {"label_issues": flagged, "label_issue_rate": flagged / len(issues)}
+
+
 def log_evidence(run: RunLog, evaluation, frame, mistakes, mistake_images, history=None, phase_boundary=None,
-                 title: str = "workbench run: evaluation") -> None:
+                 title: str = "workbench run: evaluation", calibrated=None, temperature: float | None = None,
+                 issues=None, issue_images=None) -> None:
     """What a scored model leaves behind, for a trial's test split and an evaluation on another
     dataset alike: the figures as PNG plus one interactive page, the classification report, the
-    confusion matrix and the per-image predictions."""
+    confusion matrix and the per-image predictions (with the probabilities the served model
+    gives: `calibrated` when there are such); for a trained run also the reliability diagram and
+    the likely label errors (`evaluation/label_issues.csv`, flagged images only, most suspect first)."""
     import matplotlib.pyplot as plt
 
     from workbench.measure import figures
 
     pairs = figures.figure_pairs(evaluation, history, images=mistake_images, picked=mistakes,
-                                 phase_boundary=phase_boundary)
+                                 phase_boundary=phase_boundary, calibrated=calibrated, temperature=temperature,
+                                 issues=issues, issue_images=issue_images)
     with tempfile.TemporaryDirectory() as tmp:
         for name, (png, _) in pairs.items():
             png.savefig(Path(tmp) / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -331,23 +345,29 @@ def log_evidence(run: RunLog, evaluation, frame, mistakes, mistake_images, histo
         figures.write_html_page({name: html for name, (_, html) in pairs.items() if html is not None},
                                 Path(tmp) / Path(Artifacts.FIGURES).name, title=title)
         Path(tmp, Path(Artifacts.REPORT_TEXT).name).write_text(evaluation.report_text)
-        predictions(evaluation, frame).to_csv(Path(tmp) / Path(Artifacts.PREDICTIONS).name, index=False)
+        predictions(evaluation, frame, calibrated).to_csv(Path(tmp) / Path(Artifacts.PREDICTIONS).name, index=False)
+        if issues is not None:
+            flagged = issues[issues["issue"]].drop(columns=["issue", "file"], errors="ignore")
+            flagged.to_csv(Path(tmp) / Path(Artifacts.LABEL_ISSUES).name, index=False)
         run.artifacts(tmp, Artifacts.EVALUATION)
     run.dict(evaluation.confusion_json(), Artifacts.CONFUSION)
     run.dict(evaluation.report, Artifacts.REPORT)
 
 
-def predictions(evaluation, frame):
+def predictions(evaluation, frame, probabilities=None):
     """Per-image predictions, keyed by content hash: what paired tests between runs (McNemar,
-    bootstrap) need, and what proves two runs were scored on the same images."""
+    bootstrap) need, and what proves two runs were scored on the same images. The probability
+    columns are `probabilities` when given (a trained run's calibrated ones, which the served
+    model gives; the predicted class is the same either way)."""
     import pandas as pd
 
+    shown = evaluation.probabilities if probabilities is None else probabilities
     table = pd.DataFrame({"sha256": frame["sha256"].to_numpy(), "path": frame["path"].to_numpy(),
                           "source": frame["source"].to_numpy(),
                           "true": [evaluation.classes[i] for i in evaluation.y_true],
                           "predicted": [evaluation.classes[i] for i in evaluation.probabilities.argmax(axis=1)]})
     for i, name in enumerate(evaluation.classes):
-        table[f"p_{name}"] = evaluation.probabilities[:, i].round(6)
+        table[f"p_{name}"] = shown[:, i].round(6)
     return table
 
 
