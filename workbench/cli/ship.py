@@ -63,13 +63,24 @@ def promote_command(
                                              "optimised]; lower is better for losses, ece, latency, size, "
                                              "params and seconds.")] = "objective",
     min_score: Annotated[Optional[float], typer.Option(help="Refuse a run whose metric is worse than this.")] = None,
+    require_better: Annotated[bool, typer.Option(
+        "--require-better", help="Refuse unless the candidate is significantly better than the champion.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote even when the gate refuses; the override is recorded on the version.")] = False,
     tracking_uri: TrackingOption = None,
 ) -> None:
-    """Register the best finished run's model under NAME and make it the champion (the old one becomes previous)."""
+    """Register the best finished run's model under NAME and make it the champion (the old one becomes previous).
+
+    A gate compares the candidate with the current champion on their shared, leak-free test images
+    (McNemar and a paired bootstrap of the macro-F1 difference) and refuses one that is significantly worse."""
 
     done = workspace(tracking_uri=tracking_uri).promote(name, metric=metric, experiment=experiment, sweep=sweep,
-                                                       run=run, min_score=min_score)
+                                                       run=run, min_score=min_score, require_better=require_better,
+                                                       force=force)
     score = f"{metric} {done.score:.4f}" if done.score is not None else metric
+    if done.verdict is not None:
+        forced = " (--force: the gate's refusal overridden, recorded on the version)" if done.verdict.forced else ""
+        console.print(f"gate: {done.verdict.decision}, {done.verdict.summary()}{forced}", highlight=False)
     if done.unchanged:
         console.print(f"{name}: version {done.version} (run {done.run_id}, {score}) already is the champion; "
                       "nothing changed", highlight=False)

@@ -2,12 +2,16 @@
 
 `promote` picks the best finished run of a sweep or an experiment by one metric (by default the
 validation objective the sweep optimised, never a test figure, so the test figures it reports
-stay honest), or takes the run the user names, and registers its model in the MLflow Model Registry, writes a model card as the
-version's description and the run's figures as its tags, and points the alias `champion` at it,
-keeping the version it replaces as `previous`; `rollback` swaps the two back. Aliases, not the
-deprecated stages, carry the roles. A run is refused, with one line saying why, when it did not
-finish, has no model or scores under the bar; promoting the same run twice reuses its version.
-The choice of a run is a pure function of the runs' values; only the edges talk to MLflow.
+stay honest), or takes the run the user names. Before anything is registered, the gate
+(`ship.gate`) compares it with the current champion on their shared leak-free test images and
+refuses a candidate that is significantly worse (or, with `--require-better`, not significantly
+better) unless `--force`. Then it registers the model in the MLflow Model Registry with the run's
+figures and the gate's evidence as tags and the model card (`ship.card`) as its description,
+and points the alias `champion` at it, keeping the version it replaces as `previous`;
+`rollback` swaps the two back. Aliases, not the deprecated stages, carry the roles. A run is
+refused, with one line saying why, when it did not finish, has no model or scores under the
+bar; promoting the same run twice reuses its version. The choice of a run is a pure function of
+the runs' values; only the edges talk to MLflow.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ import io
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-import jinja2
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from workbench import vocabulary
 from workbench.errors import WorkbenchError
+from workbench.ship import card, gate
 from workbench.track import store
 
 CHAMPION, PREVIOUS = "champion", "previous"
@@ -76,6 +82,7 @@ class Promotion:
     previous: str | None        # the version now aliased `previous`, if any
     created: bool               # a new version was registered (not reused)
     unchanged: bool = False     # it already was the champion
+    verdict: gate.Verdict | None = None   # the gate's comparison with the champion it replaced
 
 
 # --- choosing a run: values in, values out ----------------------------------------------------------
@@ -143,22 +150,7 @@ def no_eligible_run(candidates: list[Candidate], metric: str, scope: str) -> str
     return f"{scope} has no finished run with a model and {metric} ({len(candidates)} runs: {counts})"
 
 
-# --- the model card and tags ----------------------------------------------------------------------
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if float(value).is_integer() and abs(value) >= 1:
-        return f"{int(value):,}"
-    return f"{value:.{digits}f}"
-
-
-def _number(text: str | None) -> str:
-    try:
-        return f"{float(text):.3g}"
-    except (TypeError, ValueError):
-        return text or "?"
-
+# --- registry tags -----------------------------------------------------------------------------------
 
 def version_tags(candidate: Candidate, metric: str, experiment: str) -> dict[str, str]:
     """Registry tags: the run's test figures and what identifies its code, spec and data."""
@@ -182,103 +174,6 @@ def version_tags(candidate: Candidate, metric: str, experiment: str) -> dict[str
         if key.startswith("test_") or key in vocabulary.CARD_COST or key == metric:
             tags[key] = f"{value:.6g}"
     return {k: v for k, v in tags.items() if v != ""}
-
-
-_CARD = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True).from_string("""\
-# {{ name }}: {{ classes | join(", ") or "image" }} classifier
-
-Promoted from run `{{ c.run_id }}` ({{ c.run_name }}) of experiment `{{ experiment }}`
-{%- if c.parent_run_id %}, sweep run `{{ c.parent_run_id }}`{% endif %}; selected by `{{ metric }}`
-{%- if metric == "objective" and c.objective %} ({{ c.objective }} on the validation split){% endif %}
- = {{ fmt(m.get(metric)) }}{{ " (lower is better)" if lower else "" }}.
-{% if metric.startswith("test_") %}
-Chosen by a test figure: the test metrics below are optimistic, since the test split picked the model.
-{% else %}
-The test split played no part in choosing it: the test metrics below are an honest estimate.
-{% endif %}
-
-## Data
-
-- dataset `{{ p.get("dataset", "?") }}`, digest `{{ p.get("dataset_digest", "?") }}`
-- classes ({{ classes | length }}): {{ classes | join(", ") }}
-- split sizes: train {{ p.get("images_train", "?") }}, val {{ p.get("images_val", "?") }}, test {{ p.get("images_test", "?") }}
-- balance `{{ p.get("balance", "?") }}`, augmentation `{{ p.get("augmentation", "?") }}`
-
-## Model
-
-- backbone `{{ p.get("backbone", "?") }}` (weights `{{ p.get("weights", "?") }}`), input {{ size }}x{{ size }} RGB pixels \
-in [0, 255], output softmax probabilities in the class order above
-- optimizer `{{ p.get("optimizer", "?") }}`, learning rate {{ number(p.get("learning_rate")) }}, \
-{{ p.get("epochs", "?") }} epoch(s), best epoch {{ fmt(m.get("best_epoch")) }}
-- {{ fmt(m.get("total_params")) }} parameters, {{ fmt(m.get("model_size_mb"), 2) }} MB, \
-{{ fmt(m.get("latency_ms_batch1"), 2) }} ms per image at batch 1 on {{ c.tags.get("workbench.device", "?") }}
-
-## Test metrics
-
-| metric | value |
-| --- | --- |
-{% for key in quality if key in m %}
-| {{ key | replace("test_", "", 1) }} | {{ fmt(m[key]) }} |
-{% endfor %}
-
-| class | F1 | precision | recall |
-| --- | --- | --- | --- |
-{% for k in classes %}
-| {{ k }} | {{ fmt(m.get("test_f1_" ~ k)) }} | {{ fmt(m.get("test_precision_" ~ k)) }} | {{ fmt(m.get("test_recall_" ~ k)) }} |
-{% endfor %}
-
-## Limits
-
-{% for line in limits %}
-- {{ line }}
-{% endfor %}
-
-## Provenance
-
-- run `{{ c.run_id }}`, spec `{{ c.tags.get("workbench.spec", experiment) }}` hash `{{ c.tags.get("workbench.spec_hash", "?") }}`, \
-seed {{ p.get("seed", "?") }}
-- git commit `{{ c.tags.get("workbench.git_commit", "unknown") }}`, TensorFlow {{ c.tags.get("workbench.tensorflow_version", "?") }}, \
-Keras {{ c.tags.get("workbench.keras_version", "?") }}
-""")
-CARD_QUALITY = ("test_accuracy", "test_f1_macro", "test_f1_weighted", "test_precision_macro", "test_recall_macro",
-                "test_roc_auc_ovr", "test_log_loss", "test_ece")
-
-
-def model_card(candidate: Candidate, metric: str, experiment: str, name: str) -> str:
-    """A markdown model card: what the model is, which metric chose it, what it was trained and
-    tested on, how well it did (per class too) and what it was not shown, so a reader can judge
-    where it is fit to use."""
-    p, m = candidate.params, candidate.metrics
-    dataset = p.get("dataset", "?")
-    limits = []
-    if candidate.tags.get(vocabulary.SYNTHETIC) == "true":
-        limits.append("Trained and tested on synthetic faces (stylised renders by `workbench.data.synth`), never on "
-                      "photographs: its figures say nothing about real faces; do not use it on people.")
-    n_test = int(float(p["images_test"])) if p.get("images_test") else None
-    if n_test is not None and "test_accuracy" in m:
-        acc = m["test_accuracy"]
-        half = 1.96 * math.sqrt(max(acc * (1 - acc), 1e-12) / max(n_test, 1))
-        limits.append(f"The test split holds {n_test} images: accuracy {acc:.3f} is known to about "
-                      f"+/-{half:.3f} (95 %); smaller per-class figures are less certain still.")
-    if repeats := candidate.tags.get(vocabulary.REPEATS):
-        limits.append(f"The figures here are the means over the {repeats} seeds this configuration was trained "
-                      f"with; the registered model is its best seed's (run `{candidate.model_run_id}`), whose "
-                      "own test figures are on that run.")
-    if "overfit_gap" in m:
-        gap = m["overfit_gap"]
-        verdict = "a sign of overfitting" if gap > 0.05 else "no sign of overfitting"
-        limits.append(f"Overfit gap (final train - validation accuracy): {gap:+.3f}, {verdict}.")
-    if "test_ece" in m:
-        limits.append(f"Calibration error (ECE) {m['test_ece']:.3f}: treat probabilities as scores, "
-                      "not as calibrated likelihoods, unless this is small.")
-    limits.append(f"Not tested on: images from outside `{dataset}` (other cameras, lighting, resolutions, "
-                  "poses or occlusions), several faces per image or faces cropped by a detector "
-                  "(`workbench predict --detect-faces`), per-group fairness (age, skin tone, gender), "
-                  "or deliberately adversarial or spoofed images.")
-    return _CARD.render(c=candidate, p=p, m=m, name=name, experiment=experiment, metric=metric,
-                        classes=[k for k in p.get("classes", "").split(",") if k], size=p.get("image_size", "?"),
-                        lower=vocabulary.lower_is_better(metric, candidate.objective), limits=limits,
-                        quality=CARD_QUALITY, fmt=_fmt, number=_number)
 
 
 # --- the tracking-store edge ------------------------------------------------------------------------
@@ -356,28 +251,75 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None  # no such model or no such alias: both mean "nobody holds it"
 
 
-def register(client: MlflowClient, name: str, candidate: Candidate, metric: str, experiment: str) -> tuple[str, bool]:
-    """The version holding this run's model: an existing one when the run was registered before."""
+def register(client: MlflowClient, name: str, candidate: Candidate, metric: str, experiment: str,
+             verdict: gate.Verdict | None = None) -> tuple[str, bool]:
+    """The version holding this run's model (an existing one when the run was registered before),
+    its tags (the run's figures and the gate's evidence) and its model card: the version's
+    description, and `model_card.md` / `model_card.json` on the run."""
     import mlflow
 
     existing = client.search_model_versions(f"name = '{name}' and run_id = '{candidate.model_run_id}'")
+    tags = {**version_tags(candidate, metric, experiment), **(verdict.tags() if verdict else {})}
     if existing:
-        return str(min(int(v.version) for v in existing)), False
-    tags = version_tags(candidate, metric, experiment)
-    # Registering a run's MLflow 3 model exists only as MLflow's process-wide call: on our store.
-    with _quiet_registration(), store.fluent(client.tracking_uri):
-        version = mlflow.register_model(f"runs:/{candidate.model_run_id}/model", name, tags=tags)
-    client.update_model_version(name, version.version, description=model_card(candidate, metric, experiment, name))
-    return str(version.version), True
+        version, created = str(min(int(v.version) for v in existing)), False
+        for key, value in (verdict.tags() if verdict else {}).items():
+            client.set_model_version_tag(name, version, key, value)
+    else:
+        # Registering a run's MLflow 3 model exists only as MLflow's process-wide call: on our store.
+        with _quiet_registration(), store.fluent(client.tracking_uri):
+            version, created = str(mlflow.register_model(f"runs:/{candidate.model_run_id}/model", name,
+                                                         tags=tags).version), True
+    facts = card.gather(client, candidate, name=name, version=version, experiment=experiment, metric=metric,
+                        gate=verdict.tags() if verdict else None)
+    markdown = card.card(facts)
+    client.update_model_version(name, version, description=card.description(markdown, candidate.run_id))
+    with tempfile.TemporaryDirectory() as tmp:
+        card.write(facts, Path(tmp))
+        client.log_artifacts(candidate.run_id, tmp)
+    return version, created
+
+
+def judge(client: MlflowClient, name: str, chosen: Candidate, champion: str | None, *, require_better: bool,
+          force: bool) -> gate.Verdict | None:
+    """The gate's verdict on `chosen` against the current champion (None: no champion, or it is
+    the champion already); raises the one-line refusal unless `force`."""
+    if champion is None:
+        return None
+    held = client.get_model_version(name, champion)
+    if held.run_id == chosen.model_run_id:
+        return None
+    try:
+        champion_classes = held.tags.get("workbench.classes") or \
+            client.get_run(held.run_id).data.params.get(vocabulary.CLASSES, "")
+    except MlflowException:
+        champion_classes = ""
+    verdict = gate.judge(client, chosen.model_run_id, chosen.params.get(vocabulary.CLASSES, ""), champion,
+                         held.run_id, champion_classes)
+    why = None
+    if verdict.decision == "incomparable":
+        why = f"cannot compare with champion version {champion}: {verdict.reason}"
+    elif verdict.refuses:
+        why = f"run {chosen.run_id} is significantly worse than champion version {champion} ({verdict.decision}): " \
+              f"{verdict.summary()}"
+    elif require_better and verdict.decision != "better":
+        why = f"--require-better: run {chosen.run_id} is not significantly better than champion version {champion} " \
+              f"({verdict.decision}): {verdict.summary()}"
+    if why and not force:
+        raise PromotionError(f"not promoted, {why}; the champion stays (--force overrides, and is recorded)")
+    return replace(verdict, forced=bool(why))
 
 
 def promote(client: MlflowClient, name: str, *, metric: str = DEFAULT_METRIC, experiment: str | None = None,
-            sweep: str | None = None, run_id: str | None = None, min_score: float | None = None) -> Promotion:
+            sweep: str | None = None, run_id: str | None = None, min_score: float | None = None,
+            require_better: bool = False, force: bool = False) -> Promotion:
+    """Choose a run, pass it through the gate against the current champion, register it and make
+    it the champion. Every refusal happens before the registry is touched."""
     check_name(name)
     chosen = select(client, metric=metric, experiment=experiment, sweep=sweep, run_id=run_id, min_score=min_score)
     experiment_name = client.get_experiment(chosen.experiment_id).name
-    version, created = register(client, name, chosen, metric, experiment_name)
     champion = alias_version(client, name, CHAMPION)
+    verdict = judge(client, name, chosen, champion, require_better=require_better, force=force)
+    version, created = register(client, name, chosen, metric, experiment_name, verdict)
     score = chosen.metrics.get(metric)
     if champion == version:
         return Promotion(name, version, chosen.run_id, metric, score, alias_version(client, name, PREVIOUS),
@@ -386,7 +328,7 @@ def promote(client: MlflowClient, name: str, *, metric: str = DEFAULT_METRIC, ex
     if champion is not None:
         client.set_registered_model_alias(name, PREVIOUS, champion)
     client.set_registered_model_alias(name, CHAMPION, version)
-    return Promotion(name, version, chosen.run_id, metric, score, champion, created)
+    return Promotion(name, version, chosen.run_id, metric, score, champion, created, verdict=verdict)
 
 
 def rollback(client: MlflowClient, name: str) -> Promotion:
