@@ -17,6 +17,7 @@ from workbench import workspace
 if TYPE_CHECKING:
     import pandas as pd
 
+    from workbench.analysis.audit import AuditOutcome
     from workbench.analysis.crossdata import EvaluationOutcome, Matrix
     from workbench.analysis.report import Report
     from workbench.data.dataset import Dataset
@@ -198,12 +199,24 @@ class Workspace(workspace.Workspace):
         loaded, ws = self.for_spec(self.spec(spec, overrides, smoke=smoke), smoke)
         return crossdata.matrix(ws, loaded, on_cell=on_cell)
 
+    def audit(self, spec: str | Path | dict | Spec, overrides: Sequence[str] = (), *, folds: int = 5,
+              smoke: bool = False, on_epoch: Callable[[], Any] | None = None) -> AuditOutcome:
+        """Likely label errors across the spec's whole dataset: K-fold out-of-sample
+        probabilities (folds never split a duplicate group), ranked by confident learning."""
+        from workbench.analysis import audit
+
+        loaded, ws = self.for_spec(self.spec(spec, overrides, smoke=smoke), smoke)
+        return audit.audit(ws, loaded, folds=folds, on_epoch=on_epoch)
+
     # --- shipping --------------------------------------------------------------------------------
     def promote(self, name: str, *, experiment: str | None = None, sweep: str | None = None,
-                run: str | None = None, metric: str = "objective", min_score: float | None = None) -> Promotion:
+                run: str | None = None, metric: str = "objective", min_score: float | None = None,
+                require_better: bool = False, force: bool = False) -> Promotion:
         """Register the best run's model (by the validation objective), or `run`'s, as
-        models:/NAME@champion; the old champion becomes @previous."""
+        models:/NAME@champion once the gate finds it no worse than the champion on shared test
+        images (significantly better with `require_better`; `force` overrides, recorded); the old
+        champion becomes @previous."""
         from workbench.ship import promote
 
         return promote.promote(self.client(), name, metric=metric, experiment=experiment, sweep=sweep, run_id=run,
-                               min_score=min_score)
+                               min_score=min_score, require_better=require_better, force=force)

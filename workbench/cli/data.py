@@ -1,5 +1,5 @@
 """Commands of the first stages: the experiment registry (`specs list|show|validate`), the data
-(`data synth|ingest|check`) and pretrained weights (`weights fetch`). Each parses its options,
+(`data synth|ingest|check|audit`) and pretrained weights (`weights fetch`). Each parses its options,
 calls one function of the stage's module and prints what came back."""
 
 from __future__ import annotations
@@ -144,6 +144,43 @@ def data_check(
         raise WorkbenchError(f"{target}: {report.exact_across + report.near_across} duplicate group(s) span two "
                              "splits: test images have copies in training")
     console.print("no leak: no image has a duplicate in another split")
+
+
+@data_app.command("audit")
+def data_audit(
+    spec: Annotated[str, typer.Argument(help="The SPEC whose whole dataset to audit (its configuration is trained).")],
+    folds: Annotated[int, typer.Option(help="K: trainings, each scoring the images the others trained on.")] = 5,
+    set_: SetOption = None,
+    data: DataOption = None,
+    smoke: SmokeOption = False,
+) -> None:
+    """Rank every image of a spec's data by how likely its label is wrong: K-fold out-of-sample
+    predictions (folds never split a duplicate group), confident learning, a CSV and an HTML grid
+    under reports/, and an MLflow run."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    ws = workspace(data=data)
+    loaded, _ = load_spec(ws, spec, set_, smoke=smoke)
+    config = specs.first_config(loaded)
+    epochs = config.epochs + config.fine_tune_epochs
+    with Progress(TextColumn("audit {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"{loaded.name}: {folds} folds x {epochs} epochs", total=folds * epochs)
+        done = ws.audit(spec, set_ or [], folds=folds, smoke=smoke, on_epoch=lambda: bar.advance(task))
+    rate = done.issues / max(done.images, 1)
+    console.print(f"{loaded.name}: {done.images} images scored out of sample by {done.folds}-fold training "
+                  f"(accuracy {done.accuracy:.3f}); {done.issues} likely label errors ({100 * rate:.1f} %)",
+                  highlight=False)
+    for row in done.ranking.head(5).itertuples():
+        console.print(f"  {row.path}: given {row.given}, likely {row.suggested} ({row.score:.2f})", highlight=False)
+    console.print(f"ranking: {done.csv}; thumbnails: {done.page}; run {done.run_id} in experiment {loaded.name}",
+                  highlight=False)
 
 
 # --- weights -------------------------------------------------------------------------------------
