@@ -83,7 +83,7 @@ def log_run(client, experiment_id, name, *, role, parent=None, trial=None, backb
         values = {"test_f1_macro": f1, "test_accuracy": accuracy, "objective": f1, "latency_ms_batch1": latency,
                   "test_f1_fake": f1 - 0.05, "test_f1_real": f1, "test_f1_with_mask": f1 + 0.05,
                   "overfit_gap": 0.05, "total_params": 1000.0 if backbone == "vgg16" else 500.0,
-                  "model_size_mb": 4.0, "train_seconds": 12.5, "test_log_loss": 1 - f1}
+                  "model_size_mb": 4.0, "train_seconds": 12.5, "test_log_loss": 1 - f1, "temperature": 1.5}
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
     # Learning curves: three epochs of each series, as the epoch logger writes them.
     for epoch in (1, 2, 3):
@@ -438,7 +438,7 @@ def test_report_is_one_offline_page_with_every_section_logged_to_the_sweep(store
 def test_report_figures_say_why_when_there_is_nothing_to_draw():
     table = pd.DataFrame({"run_id": ["r1"], "run_name": ["only"], "state": ["pruned"]})
     page = report.build_report(table, table, {}, {}, title="t", subtitle="s")
-    assert page.count("class='missing'") == 5 and "plotly.js v" not in page
+    assert page.count("class='missing'") == 6 and "plotly.js v" not in page
 
 
 # --- the command line, and real runs ---------------------------------------------------------------

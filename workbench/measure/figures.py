@@ -256,7 +256,8 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: str):
+def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: str,
+                    tile: tuple[float, float] = (2.6, 2.8)):
     """Images in a near-square grid, each under its title; one panel saying `empty` when there
     are none. Drawn as one mosaic image with the titles as text: a run draws two such grids, and
     one axes per image took 0.9 s of every trial (16 images), the mosaic a tenth of that."""
@@ -273,7 +274,7 @@ def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: s
     for i, image in enumerate(shown):
         r, c = divmod(i, cols)
         mosaic[r * cell_h + pad_top:r * cell_h + pad_top + h, c * cell_w:c * cell_w + w] = image
-    fig.set_size_inches(2.6 * cols, 2.8 * rows)
+    fig.set_size_inches(tile[0] * cols, tile[1] * rows)
     ax.imshow(mosaic, interpolation="nearest")
     for i, title in enumerate(titles):
         r, c = divmod(i, cols)
@@ -315,12 +316,12 @@ def mistakes_plotly(images, y_true, probabilities, classes, k: int = 16, picked=
 
 
 def label_issues_grid(images: np.ndarray, issues) -> tuple:
-    """The likely label errors shown, each titled with both labels: "given X / likely Y (0.03)",
-    the score being the model's probability for the given label."""
-    titles = [f"given {r.given} / likely {r.suggested} ({r.score:.2f})" for r in issues.itertuples()][:len(images)]
+    """The likely label errors shown, each titled with both labels, "given X / likely Y (0.03)",
+    the score being the model's probability for the given label. A PNG only (None for the
+    interactive page): a picture of suspects needs no zooming, and a run draws it every time."""
+    titles = [f"given {r.given}\nlikely {r.suggested} ({r.score:.2f})" for r in issues.itertuples()][:len(images)]
     shown = _as_uint8_rgb(images) if len(images) else images
-    heading, empty = "Likely label errors", "no likely label errors found"
-    return grid_matplotlib(shown, titles, heading, empty), grid_plotly(shown, titles, heading, empty)
+    return grid_matplotlib(shown, titles, "Likely label errors", "no likely label errors found", tile=(1.7, 2.0)), None
 
 
 # --- calibration ---------------------------------------------------------------------------
