@@ -153,6 +153,7 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None, 
         train_cpu_seconds = time.process_time() - cpu_started
         epochs_run = len(recorder.history["loss"])
         logits = backbones.logits_of(model)
+        logits.run_eagerly = config.eager   # a smoke run's new model must not trace a DenseNet graph either
         val_logits, test_logits = logits.predict(val_ds, verbose=0), logits.predict(test_ds, verbose=0)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -171,6 +172,7 @@ def _result(model: keras.Model, config: TrialConfig, data: Dataset, recorder: Ep
     temperature = calibration.fit_temperature(val_logits, y_val)
     probabilities, calibrated = calibration.scaled(test_logits), calibration.scaled(test_logits, temperature)
     served = backbones.with_temperature(model, temperature)
+    served.run_eagerly = config.eager
     mistakes = most_confident_mistakes(y_test, probabilities, k=MISTAKES_SHOWN)
     issues = _label_issues(val, test, np.concatenate([y_val, y_test]),
                            np.concatenate([calibration.scaled(val_logits, temperature), calibrated]), data.classes)
