@@ -119,3 +119,16 @@ def test_every_metric_a_trial_logs_ranks_the_way_it_improves(trial):
     assert (vocabulary.better("test_ece_mean"), vocabulary.better("test_f1_macro_mean")) == ("min", "max")
     # Per-class scores are scores whatever the class is called.
     assert vocabulary.better("test_f1_hair_loss") == vocabulary.better("test_recall_small_size") == "max"
+
+
+def test_version_prints_what_every_run_records(trial):
+    from conftest import workbench_in_process
+
+    said = workbench_in_process("--version", cwd=Path.cwd())
+    assert said.returncode == 0
+    printed = dict(zip(*[iter(said.stdout.split())] * 2))
+    assert list(printed) == ["workbench", "tensorflow", "keras", "mlflow", "optuna"]
+    tags = trial.data.tags
+    assert printed == {"workbench": tags["workbench.version"], "tensorflow": tags["workbench.tensorflow_version"],
+                       "keras": tags["workbench.keras_version"], "mlflow": tags["workbench.mlflow_version"],
+                       "optuna": tags["workbench.optuna_version"]}

@@ -18,6 +18,36 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 specs_app = typer.Typer(no_args_is_help=True, help="List, show and validate experiment specs.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, ingest and check datasets.")
 weights_app = typer.Typer(no_args_is_help=True, help="Pre-fetch pretrained weights for offline machines.")
+VERSIONED = ("workbench", "tensorflow", "keras", "mlflow", "optuna")
+
+
+def versions() -> dict[str, str]:
+    """The installed versions that decide what a run does, read from package metadata (instant:
+    nothing is imported), the same figures every run records as tags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {name: of(name) for name in VERSIONED}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(" ".join(f"{name} {v}" for name, v in versions().items()))
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the versions of workbench, TensorFlow, Keras, MLflow and Optuna, and exit.")] = False) -> None:
+    """Reproducible transfer-learning sweeps on face images, tracked in MLflow."""
+
+
 app.add_typer(specs_app, name="specs")
 app.add_typer(data_app, name="data")
 app.add_typer(weights_app, name="weights")

@@ -233,11 +233,16 @@ def _forget_custom_gradients() -> None:
 # --- what a run writes --------------------------------------------------------------------------------
 
 def provenance_tags() -> dict[str, str]:
+    """What code made a run: the versions `workbench --version` prints, and the git commit."""
+    from importlib.metadata import version
+
     import keras
+    import optuna
     import tensorflow as tf
 
     tags = {"workbench.tensorflow_version": tf.__version__, "workbench.keras_version": keras.__version__,
-            "workbench.mlflow_version": mlflow.__version__}
+            "workbench.mlflow_version": mlflow.__version__, "workbench.optuna_version": optuna.__version__,
+            "workbench.version": version("workbench")}
     if commit := git_commit():
         tags[vocabulary.GIT_COMMIT] = commit
     return tags
