@@ -14,15 +14,41 @@ TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 NAME   ?= faces
 SERVE_PORT ?= 5001
 
-.PHONY: install sweep run test ui specs compare report promote serve dashboard bench clean-runs
+.PHONY: install upgrade lock sweep run test ui specs compare report promote serve dashboard bench clean-runs
 
-$(STAMP): pyproject.toml
+# Installs are exact: the versions in requirements/lock.txt (resolved from pyproject.toml's ranges,
+# with hashes), then workbench itself. UNLOCKED=1 resolves the ranges afresh instead, on purpose.
+LOCK       := requirements/lock.txt
+BENCH_LOCK := requirements/bench.txt
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+ifeq ($(UNLOCKED),1)
 	$(BIN)/pip install --quiet -e '.[test,dashboard]'
+else
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+endif
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install workbench with its test extras
+install: $(STAMP)  ## create .venv and install the locked versions with the test extras (UNLOCKED=1: newest in range)
+
+upgrade: $(STAMP)  ## re-resolve the locks to the newest versions pyproject.toml allows, install them, run the tests, say what changed
+	cp $(LOCK) $(VENV)/lock.before
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra test --extra dashboard -o $(LOCK) pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra test --extra dashboard --extra bench -o $(BENCH_LOCK) pyproject.toml
+	$(BIN)/python requirements/changes.py $(VENV)/lock.before $(LOCK)
+	$(MAKE) test || { echo "the upgraded lock fails the tests: git checkout requirements/ restores the tested one"; exit 1; }
+	@echo "tests pass on the upgraded lock: commit requirements/ on its own (an upgrade is a commit)"
+
+lock:  ## re-resolve the locks after a change to pyproject.toml, keeping every pin that still fits
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra test --extra dashboard -o $(LOCK) pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --extra test --extra dashboard --extra bench -o $(BENCH_LOCK) pyproject.toml
 
 sweep: $(STAMP)  ## run the SPEC sweep (default: the embedded quickstart) and print its leaderboard
 	$(BIN)/workbench sweep $(SPEC) $(if $(TRIALS),--trials $(TRIALS))
@@ -53,8 +79,8 @@ dashboard: $(STAMP)  ## optuna-dashboard on the study storage, http://$(HOST):80
 
 # The benchmarks' own extra (ImageDataGenerator's image loading), installed on first `make bench`.
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+$(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
+	$(BIN)/pip install --quiet --require-hashes -r $(BENCH_LOCK)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)  ## side-by-side speed and memory benchmarks -> bench/results/ (QUICK=1: fewer repetitions)
