@@ -219,7 +219,7 @@ def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
 
 def logits_of(model: keras.Model) -> keras.Model:
     """The classifier up to its logits (same layers, same weights): what calibration fits on."""
-    return keras.Model(model.inputs, model.get_layer(LOGITS).output, name=f"{model.name}_logits")
+    return keras.Model(model.input, model.get_layer(LOGITS).output, name=f"{model.name}_logits")
 
 
 def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
@@ -229,7 +229,7 @@ def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
     scaled = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name="temperature")(
         model.get_layer(LOGITS).output)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="calibrated_probabilities")(scaled)
-    return keras.Model(model.inputs, outputs, name=model.name)
+    return keras.Model(model.input, outputs, name=model.name)
 
 
 def base_of(model: keras.Model) -> keras.Model:
