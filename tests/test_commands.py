@@ -408,13 +408,31 @@ def test_evaluate_scores_the_champion_on_the_specs_test_split_and_logs_what_it_c
 
 # --- serve model: the REST server (booted since the fixture) --------------------------------------
 
+def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def served_probabilities(answer: dict, classes) -> np.ndarray:
+    """The answer's probability columns in `classes` order, after checking each named class is its argmax."""
+    rows = answer["predictions"]
+    for row in rows:
+        assert row["class"] == max(row["probabilities"], key=row["probabilities"].get)
+    return np.array([[row["probabilities"][c] for c in classes] for row in rows])
+
+
 def test_serve_model_answers_rest_requests_with_a_model_that_tells_masks_apart(store):
     server = store.model_server  # started by the fixture, stopped when the module ends
     server.wait("/ping")
     assert_loopback_only(server.port)
     batch = fresh_batch(store)
-    served = post_json(server.url("/invocations"), {"inputs": batch.tolist()})["predictions"]
-    served = np.asarray(served, dtype="float64")
+    answer = post_json(server.url("/invocations"), {"inputs": batch.tolist()})
+    assert answer["classes"] == list(store.classes)
+    served = served_probabilities(answer, store.classes)
     assert np.allclose(served.sum(axis=1), 1.0, atol=1e-4)
     # The very model the trial logged, answering as it does in Keras.
     import mlflow
@@ -422,11 +440,63 @@ def test_serve_model_answers_rest_requests_with_a_model_that_tells_masks_apart(s
     mlflow.set_tracking_uri(store.uri)
     np.testing.assert_allclose(served, mlflow.keras.load_model(f"runs:/{store.trial_id}/model").predict(batch, verbose=0),
                                atol=1e-4)
-    # Columns named by the classes the registry says the version was logged with.
     assert_learned(store, served, store.classes)
     log = server.log()
     assert f"model server for models:/faces@champion: http://127.0.0.1:{server.port}" in log, log[-2000:]
     assert "reachable from the network" not in log, log[-2000:]
+
+
+def test_serve_model_takes_photos_at_their_own_size_as_files_and_base64(store, tmp_path):
+    """An app's request: a camera-size JPEG (225 x 154) as the body, or several as base64 in JSON.
+    Each answer names its class, and is what `workbench predict` says of the same file."""
+    import base64
+
+    import cv2
+
+    from workbench.ship.predict import read_image, to_input
+
+    server = store.model_server
+    server.wait("/ping")
+    photos = []
+    for i, (label, path) in enumerate(store.faces[:8]):
+        big = cv2.resize(cv2.imread(str(path)), (225, 154), interpolation=cv2.INTER_CUBIC)
+        photos.append((label, tmp_path / f"photo{i}.jpg"))
+        cv2.imwrite(str(photos[-1][1]), big)
+    expected = served_probabilities(post_json(server.url("/invocations"), {"inputs": np.stack(
+        [to_input(read_image(p), store.image_size) for _, p in photos]).tolist()}), store.classes)
+
+    status, one = post(server.url("/invocations"), photos[0][1].read_bytes(), "image/jpeg")
+    assert status == 200 and len(one["predictions"]) == 1
+    np.testing.assert_allclose(served_probabilities(one, store.classes)[0], expected[0], atol=1e-4)
+
+    encoded = [base64.b64encode(p.read_bytes()).decode() for _, p in photos]
+    many = post_json(server.url("/invocations"), {"images": encoded})
+    np.testing.assert_allclose(served_probabilities(many, store.classes), expected, atol=1e-4)
+    said = [row["class"] for row in many["predictions"]]
+    assert np.mean([s == label for s, (label, _) in zip(said, photos)]) >= LEARNED_CLASS_FLOOR, said
+    # MLflow's own request shape for a named input works too.
+    named = post_json(server.url("/invocations"), {"inputs": {"image": encoded[:2]}})
+    assert [row["class"] for row in named["predictions"]] == said[:2]
+
+    # Pixel tensors at a size other than the model's are resized, not refused.
+    status, odd = post(server.url("/invocations"), json.dumps({"inputs": np.zeros((1, 50, 40, 3)).tolist()}).encode(),
+                       "application/json")
+    assert status == 200 and len(odd["predictions"]) == 1
+
+    # Wrong input: one short line, never the request echoed back.
+    for body, kind, code, says in [
+        (b"not json", "application/json", 400, "not valid JSON"),
+        (json.dumps({"images": ["@@@"]}).encode(), "application/json", 400, "image 0 is not valid base64"),
+        (json.dumps({"images": [base64.b64encode(b"plain text").decode()]}).encode(), "application/json", 400,
+         "image 0 is not a usable image"),
+        (json.dumps({"inputs": [[1, 2], [3]]}).encode(), "application/json", 400, "pixel tensors must be numbers"),
+        (b"<xml/>", "text/xml", 415, "Content-Type text/xml is not accepted"),
+    ]:
+        status, error = post(server.url("/invocations"), body, kind)
+        assert status == code and says in error["message"], (status, error)
+        assert "\n" not in error["message"] and len(error["message"]) < 300, error["message"]
+    status, meta = get(server.url("/metadata"))[0], json.loads(get(server.url("/metadata"))[2])
+    assert meta["classes"] == list(store.classes) and meta["image_size"] == store.image_size
 
 
 def test_serve_model_refuses_a_model_that_does_not_exist_in_one_line(store):

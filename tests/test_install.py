@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from importlib.metadata import version
-from pathlib import Path
 
+import tomllib
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "requirements"))

@@ -115,6 +115,72 @@ def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, mo
     assert len(finished) == 3 and client.get_run(parent_id).info.status == "FINISHED"
 
 
+def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the command ended ({process.returncode}) before {what}"
+        try:
+            if condition():
+                return
+        except Exception:  # the study or its run does not exist yet
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"never reached: {what}")
+
+
+# SIGTERM mid-epoch takes SIGINT's path (only the name and the code differ); between two trials,
+# the signal may strike inside a finalizer, where Python drops it: the next trial must not start.
+@pytest.mark.parametrize("sig, code, moment", [(signal.SIGINT, 130, "mid-epoch"), (signal.SIGTERM, 143, "after a trial")])
+def test_a_signal_ends_the_sweep_and_its_trial_as_killed_and_says_how_to_resume(tiny_spec, stores, workdir, sig,
+                                                                                  code, moment):
+    """Ctrl-C (SIGINT) or `kill PID` (SIGTERM) to the console script, mid-epoch or as a trial has
+    just finished: one line, exit 130 / 143, the trial in progress KILLED and tagged interrupted,
+    the sweep's run KILLED, nothing left RUNNING, and the leaderboard says interrupted."""
+    storage, uri = stores
+    exe = os.path.join(os.path.dirname(sys.executable), "workbench")
+    sweep = subprocess.Popen([exe, "sweep", "tiny", "--trials", "3", "--set", "epochs=4"], cwd=workdir,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def trial_runs():
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("tiny").experiment_id
+        return client, client.search_runs([experiment], "tags.`workbench.role` = 'trial'")
+
+    def ready() -> bool:
+        client, runs = trial_runs()
+        if moment == "after a trial":
+            return any(r.info.status == "FINISHED" for r in runs)
+        running = [r for r in runs if r.info.status == "RUNNING"]
+        return bool(running) and len(client.get_metric_history(running[0].info.run_id, "loss")) >= 1
+
+    try:
+        wait_for(ready, moment, sweep)
+        sweep.send_signal(sig)
+        out, err = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == code, (out[-2000:], err[-2000:])
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith(f"interrupted by {sig.name}: finished runs and trials are kept") and \
+        "rerun the same command to resume" in lines[-1], err[-2000:]
+    assert "Traceback" not in out + err
+    client, runs = trial_runs()
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    assert not client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    [parent] = client.search_runs([experiment], "tags.`workbench.role` = 'sweep'")
+    assert parent.info.status == "KILLED"
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    if moment == "mid-epoch":
+        assert len(killed) == 1
+    for run in killed:
+        assert run.data.tags[vocabulary.STATE] == "interrupted"
+        assert run.data.tags["workbench.error"] == f"interrupted ({sig.name})"
+    if killed:
+        board = workbench_cli("leaderboard", "tiny", cwd=workdir)
+        assert board.returncode == 0 and "interrupted" in board.stdout, board.stdout
+
+
 def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configuration(tiny_spec, stores, workdir):
     """kill -9 during the second trial, then the same command again: one line says what was found,
     the killed configuration runs first, the budget is met with no configuration trained twice,

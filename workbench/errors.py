@@ -41,6 +41,47 @@ class TrackingError(WorkbenchError):
     exit_code = 2
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or `kill` (SIGTERM) reached a command. A KeyboardInterrupt, so every
+    `except KeyboardInterrupt` that ends a run or a sweep as KILLED handles both alike; it knows
+    its signal, so the command exits 130 or 143 as a shell expects."""
+
+    def __init__(self, signal_name: str = "SIGINT"):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+    @property
+    def exit_code(self) -> int:
+        return 143 if self.signal_name == "SIGTERM" else 130
+
+
+# The signals received, oldest first. A signal handler raises where the interpreter happens to
+# be, and an exception raised inside a finalizer or weakref callback is printed and dropped by
+# Python; so the request is also kept here, for the next safe point (`raise_if_interrupted`:
+# each epoch's end, each trial's start) to raise again. Only the CLI's handlers ever add to it.
+_requested: list[str] = []
+
+
+def interrupt(signal_name: str) -> None:
+    """What a SIGINT / SIGTERM handler does: remember the request, and raise it now."""
+    _requested.append(signal_name)
+    raise Interrupted(signal_name)
+
+
+def interrupted_by() -> str | None:
+    return _requested[0] if _requested else None
+
+
+def raise_if_interrupted() -> None:
+    """Raise a signal that arrived earlier and was swallowed where it was raised."""
+    if _requested:
+        raise Interrupted(_requested[0])
+
+
+def signal_name(err: BaseException) -> str:
+    return err.signal_name if isinstance(err, Interrupted) else "SIGINT"
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (its type's name when it has none): what a one-line
     error quotes of a library's exception, whose later lines are tracebacks and SQL."""

@@ -32,7 +32,7 @@ STUDY = "optuna.study_name"
 
 ROLES = ("sweep", "trial", "run", "repeat", "evaluation", "matrix", "audit")
 TRAINING_ROLES = ("trial", "run")    # runs whose model and test figures stand for a configuration
-STATES = ("finished", "pruned", "failed")
+STATES = ("finished", "pruned", "failed", "interrupted")
 
 # Experiments are marked as model training, so the MLflow UI opens them on runs and charts
 # rather than on its GenAI (traces) view.

@@ -8,6 +8,7 @@ its exit code (2 for a bad spec), never a traceback; `--debug` shows the traceba
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 # Typer carries its own copy of click: its usage errors are these classes, not click's.
@@ -19,7 +20,37 @@ from workbench.cli.common import app, err_console
 from workbench.cli.ship import serve_app
 
 app.add_typer(serve_app, name="serve")
-from workbench.errors import WorkbenchError, scrub
+from workbench import errors
+from workbench.errors import Interrupted, WorkbenchError, scrub
+
+INTERRUPTED = ("interrupted by {signal}: finished runs and trials are kept, the one in progress was ended as KILLED "
+               "(tagged interrupted); rerun the same command to resume")
+
+
+def _interrupt(signum, frame) -> None:
+    errors.interrupt(signal.Signals(signum).name)
+
+
+def _interrupted(name: str) -> None:
+    """The one line an interrupted command ends with, and the shell's exit code for the signal."""
+    # A second signal while this line is written must not turn into a traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    err_console.print(INTERRUPTED.format(signal=name), highlight=False, soft_wrap=True)
+    sys.exit(Interrupted(name).exit_code)
+
+
+def _catch_signals() -> None:
+    """SIGINT and SIGTERM become `Interrupted` in the main thread, so `kill PID` ends the current
+    run and the sweep as KILLED exactly as Ctrl-C does, instead of leaving them RUNNING. A signal
+    the process was told to ignore (a background job under nohup) stays ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
+    # Raised inside a finalizer, the interrupt is dropped by Python with a printed traceback; it
+    # is raised again at the next safe point (`errors.raise_if_interrupted`), so say nothing.
+    default = sys.unraisablehook
+    sys.unraisablehook = lambda event: None if isinstance(event.exc_value, KeyboardInterrupt) else default(event)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,11 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     debug = "--debug" in args or bool(os.environ.get("WORKBENCH_DEBUG"))
+    if argv is None:   # the console script, not a test calling main() in its own process
+        _catch_signals()
     if "--debug" in args:
         args.remove("--debug")
     try:
         # Not standalone: click's usage errors come back here, to be said in one line like ours.
         code = app(args=args, prog_name="workbench", standalone_mode=False)
+        # Typer turns a KeyboardInterrupt into a silent exit code 130: say what happened.
+        if errors.interrupted_by() or code == 130:
+            _interrupted(errors.interrupted_by() or "SIGINT")
         if isinstance(code, int) and code:
             sys.exit(code)
     except click_errors.ClickException as err:
@@ -50,9 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err_console.print(f"error: {scrub(str(err))}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: the current run was ended as KILLED; rerun the same command to resume")
-        sys.exit(130)
+    except KeyboardInterrupt as err:   # one that arrived outside the command itself
+        _interrupted(errors.interrupted_by() or errors.signal_name(err))
     except Exception as err:  # a bug of ours, or a failure nobody foresaw: still one line
         if debug:
             raise

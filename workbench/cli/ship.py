@@ -1,6 +1,7 @@
 """Commands of the ship stage: `promote` and `rollback` (the registry's `champion` alias),
 `predict` (a model on image files), `export` (TensorFlow Lite, checked against Keras), and
-`serve ui|model|dashboard`: the servers workbench starts, each bound to 127.0.0.1 unless
+`serve ui|model|dashboard`: the servers workbench starts (the model server is ours,
+`ship.serving`; the others are MLflow's and optuna-dashboard's), each bound to 127.0.0.1 unless
 `--host` says otherwise, with a warning when that exposes it (none of them asks who is calling). MLflow
 and TensorFlow are imported only when a command runs; user errors are one line and a non-zero
 exit, like every command's."""
@@ -231,15 +232,25 @@ def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: Tra
 @serve_app.command("model")
 def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port: int = 5001,
                 tracking_uri: TrackingOption = None) -> None:
-    """MLflow's scoring server for a registered model (default: the only champion): POST /invocations."""
+    """The model server for apps (default model: the only champion): POST /invocations with an image
+    file, base64 images in JSON, or pixel tensors of any size; answers class names and probabilities."""
+    import uvicorn
+
+    from workbench.cli.common import versions
+    from workbench.ship import predict, serving
+
     ws = workspace(tracking_uri=tracking_uri)
     uri = model_uri(ws.client(), model)
-    from workbench.ship.predict import model_info
-
-    model_info(uri, ws.tracking_uri)  # a wrong name is one line here, not the server's traceback after its banner
-    # The server finds the model in the workspace's store: it travels in the child's environment.
-    _start(["mlflow", "models", "serve", "-m", uri, "--env-manager", "local", "-h", host, "-p", str(port)],
-           host, f"model server for {uri}", port, env=ws.child_environment())
+    predict.model_info(uri, ws.tracking_uri)  # a wrong name is one line here, before TensorFlow loads
+    quiet_environment()
+    loaded = predict.load_model(uri, ws.tracking_uri)
+    if not loopback(host):
+        err_console.print(f"warning: the model server will listen on {host}:{port}, reachable from the network and "
+                          "without authentication; use the default --host 127.0.0.1 unless that is what you want",
+                          highlight=False)
+    err_console.print(f"model server for {uri}: http://{host}:{port} (classes {', '.join(loaded.classes)}; "
+                      f"images of any size are resized to {loaded.image_size} px)", highlight=False)
+    uvicorn.run(serving.create_app(loaded, versions()), host=host, port=port, log_level="warning")
 
 
 @serve_app.command("dashboard")

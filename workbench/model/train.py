@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from workbench import vocabulary
+from workbench import errors, vocabulary
 from workbench.data.balance import Balanced
 from workbench.data.dataset import Dataset
 from workbench.measure import calibration, label_issues
@@ -89,6 +89,7 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        errors.raise_if_interrupted()   # a Ctrl-C that was swallowed where it struck stops the run here
         if not math.isfinite(float(logs.get("loss", 0.0))):
             # Fail loudly: a diverged trial must be recorded as failed, not as a bad score.
             raise FloatingPointError(f"training loss became {logs['loss']} at epoch {epoch + 1} "

@@ -135,6 +135,8 @@ def no_eligible_run(candidates: list[Candidate], metric: str, scope: str) -> str
     for c in candidates:
         if c.status in ("RUNNING", "SCHEDULED"):
             key = "running"
+        elif c.state == "interrupted":
+            key = "interrupted"
         elif c.status in ("FAILED", "KILLED") or c.state == "failed":
             key = "failed"
         elif c.state == "pruned":

@@ -7,8 +7,8 @@ workspace's store.
 A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
 they happen, then the test metrics, the cost, figures, reports, per-image predictions and the
 model. Whatever happens it ends in a definite state, tagged `workbench.state`: `finished`,
-`pruned` (curves kept, no test evaluation) or `failed` (the reason as a tag and an error
-artefact), and Keras' memory is released, so the next trial in the same process starts clean.
+`pruned` (curves kept, no test evaluation), `interrupted` (Ctrl-C or SIGTERM: KILLED) or
+`failed` (the reason as a tag and an error artefact), and Keras' memory is released, so the next trial in the same process starts clean.
 """
 
 from __future__ import annotations
@@ -180,28 +180,42 @@ def _repeat(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: D
 @contextmanager
 def ends_definitely(run: RunLog):
     """End the run in a definite state if the body raises: a pruned trial as FINISHED, tagged
-    `pruned` (its curves are kept); anything else, Ctrl-C included, as FAILED (KILLED for
-    Ctrl-C), with the reason as a tag and the traceback as an artefact, so no run stays RUNNING
-    forever in the UI. The error propagates."""
+    `pruned` (its curves are kept); Ctrl-C or SIGTERM as KILLED, tagged `interrupted`; anything
+    else as FAILED, tagged `failed`, with the reason as a tag and the traceback as an artefact, so
+    no run stays RUNNING forever in the UI. The error propagates."""
     try:
         yield
     except optuna.TrialPruned:
         run.tags({vocabulary.STATE: "pruned"})
         run.end("FINISHED")
         raise
+    except KeyboardInterrupt as err:
+        # Ctrl-C or SIGTERM: the run did nothing wrong; it is KILLED and says so, and the sweep
+        # retries its configuration first on resume.
+        with _ignoring(Exception):
+            run.tags({vocabulary.STATE: "interrupted", vocabulary.ERROR: f"interrupted ({errors.signal_name(err)})"})
+        with _ignoring(Exception):
+            run.end("KILLED")
+        raise
     except BaseException as err:
-        try:
+        with _ignoring(Exception):  # the store itself may be what failed (read-only, disk full): still end the run
             # Error messages quote store URLs; their passwords never reach a tag or an artefact.
             run.tags({vocabulary.STATE: "failed",
                       vocabulary.ERROR: errors.scrub(f"{type(err).__name__}: {err}")[:500]})
             run.text(errors.scrub(traceback.format_exc()), Artifacts.ERROR)
-        except Exception:  # the store itself may be what failed (read-only, disk full): still end the run
-            pass
-        try:
-            run.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        except Exception:
-            pass
+        with _ignoring(Exception):
+            run.end("FAILED")
         raise
+
+
+@contextmanager
+def _ignoring(*kinds):
+    """Ending a run must not stop halfway: a failure to write one tag does not keep it RUNNING.
+    (A second Ctrl-C is not ignored: it is a KeyboardInterrupt, not an Exception.)"""
+    try:
+        yield
+    except kinds:
+        pass
 
 
 def release_memory() -> None:

@@ -423,6 +423,7 @@ class Worker:
         self.plotted = time.monotonic()
 
     def objective(self, trial: optuna.Trial):
+        errors.raise_if_interrupted()   # an interrupt swallowed during the last trial ends the sweep here
         sweep, spec, study = self.sweep, self.sweep.spec, self.sweep.study
         self.mine.append(trial.number)
         # Several workers may have asked at once: only the first `total` live trials run.
@@ -499,8 +500,8 @@ def _recorded_on(trial: optuna.Trial):
     except WorkbenchError as err:
         trial.set_user_attr(ERROR_ATTR, errors.scrub(str(err))[:500])
         raise
-    except KeyboardInterrupt:
-        trial.set_user_attr(KILLED_ATTR, "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as err:
+        trial.set_user_attr(KILLED_ATTR, f"interrupted ({errors.signal_name(err)})")
         raise
     except Exception as err:
         reason = errors.scrub(f"{type(err).__name__}: {err}")
