@@ -5,7 +5,10 @@ with the spread shown and used."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -77,7 +80,9 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
     run = client.get_run(honest.run_id)
     assert run.data.tags["workbench.role"] == "evaluation" and run.data.tags[vocabulary.MODEL_RUN] == outcome.run_id
     assert run.data.metrics["excluded_seen"] == 5 and run.data.metrics["images_evaluated"] == 42
-    assert run.data.metrics["test_f1_macro_low"] <= run.data.metrics["test_f1_macro"] <= run.data.metrics["test_f1_macro_high"]
+    m = run.data.metrics
+    assert m["eval_second_f1_macro_low"] <= m["eval_second_f1_macro"] <= m["eval_second_f1_macro_high"]
+    assert m["eval_second_accuracy"] == pytest.approx(honest.metrics["test_accuracy"])
     artifacts = {f.path for f in client.list_artifacts(honest.run_id, "evaluation")}
     for name in ("confusion_matrix.png", "figures.html", "test_predictions.csv", "confusion_matrix.json",
                  "most_confident_mistakes.png", "classification_report.txt"):
@@ -97,6 +102,24 @@ def test_evaluate_leaves_out_exactly_the_images_the_model_saw(own_data, workdir)
                                   "--classes", "covered: with_mask, bare: without_mask", "--tracking-uri", uri, cwd=workdir)
     assert mapped.returncode == 0, mapped.stderr
     assert "macro-F1" in mapped.stdout and "left out" in mapped.stdout
+
+    # One class of the model's mapped out: counted and said; averages over the class present,
+    # the printed figures are the logged report's, and the absent class gets no 0.0 of its own.
+    single = workbench_in_process("evaluate", "--model", f"runs:/{outcome.run_id}/model", "--data", "third",
+                                  "--classes", "covered: null, bare: without_mask", "--tracking-uri", uri, cwd=workdir)
+    assert single.returncode == 0, single.stderr
+    said = " ".join(single.stdout.split())
+    bare = len(list((own_data / "third" / "bare").iterdir()))
+    assert "6 mapped to null by --classes" in said and "absent from the data: with_mask" in said, said
+    run = client.get_run(re.search(r"evaluation run ([0-9a-f]{32})", said).group(1))
+    m = run.data.metrics
+    assert m["images_evaluated"] + m["excluded_seen"] == bare and m["excluded_mapped_out"] == 6
+    assert "eval_third_f1_with_mask" not in m and run.data.tags["workbench.classes_absent"] == "with_mask"
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/classification_report.json",
+                                                       str(workdir))).read_text())
+    assert report["macro avg"]["f1-score"] == pytest.approx(m["eval_third_f1_macro"])
+    printed = re.search(r"macro-F1 (\d\.\d{3}) \[", said).group(1)
+    assert printed == f"{m['eval_third_f1_macro']:.3f}" and "with_mask" not in report
 
 
 def test_matrix_has_a_row_and_a_column_per_source(own_data, workdir):

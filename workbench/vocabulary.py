@@ -96,6 +96,13 @@ def at_least_as_good(score: float, bar: float, metric: str, objective: str | Non
     return score <= bar if lower_is_better(metric, objective) else score >= bar
 
 
+def eval_prefix(data: str) -> str:
+    """`eval_<data>`: what an evaluation run's metrics start with instead of `test` (its
+    `eval_<data>_accuracy` is a score on dataset <data>), so no view of the UI mixes a score on
+    other data with a trial's own test score."""
+    return "eval_" + re.sub(r"[^A-Za-z0-9_.-]", "_", data)
+
+
 def objective_of(params: Iterable[str | None]) -> str | None:
     """The single metric that a set of runs' `objective` params name, or None when they differ."""
     names = {p for p in params if p}

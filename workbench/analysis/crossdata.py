@@ -136,7 +136,15 @@ class EvaluationOutcome:
     images: int
     excluded_seen: int
     excluded_unknown: int
-    metrics: dict[str, float]
+    metrics: dict[str, float]       # as computed (test_accuracy, ...); logged as eval_<data>_accuracy, ...
+    excluded_mapped_out: int = 0    # images whose label --classes mapped to null
+    absent_classes: tuple[str, ...] = ()   # the model's classes the scored images do not hold
+    prefix: str = "eval"            # the logged metrics' prefix: eval_<data>
+
+
+def renamed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {(prefix + key.removeprefix("test")) if key.startswith("test_") else key: value
+            for key, value in metrics.items()}
 
 
 def log_evaluation(client, scored: Scored, *, experiment_id: str, name: str, tags: dict[str, str], params: dict,
@@ -145,12 +153,14 @@ def log_evaluation(client, scored: Scored, *, experiment_id: str, name: str, tag
 
     metrics = {**scored.evaluation.metrics, **intervals(scored), **extra_metrics,
                "images_evaluated": float(len(scored.frame))}
+    absent = scored.evaluation.absent_classes
+    tags = {**tags, **({"workbench.classes_absent": ",".join(absent)} if absent else {})}
     run = RunLog.start(client, experiment_id, name, {vocabulary.ROLE: "evaluation", vocabulary.STATE: "finished",
                                                      **provenance_tags(), **tags}, parent_run_id)
     status = "FAILED"
     try:
         run.params(params)
-        run.metrics(metrics)
+        run.metrics(renamed(metrics, vocabulary.eval_prefix(params.get("data", "data"))))
         log_evidence(run, scored.evaluation, scored.frame, scored.mistakes, scored.mistake_images,
                      title=f"workbench evaluation: {name}")
         status = "FINISHED"
@@ -168,6 +178,7 @@ def evaluate_model(ws: Workspace, client, model_uri: str, data: str, *, split: s
 
     loaded = predict.load_model(model_uri, client.tracking_uri)
     name, frame = target_frame(ws, data, split)
+    mapped_out = int(frame["label"].map(lambda label: label in (mapping or {}) and mapping[label] is None).sum())
     frame, unknown = map_labels(frame, loaded.classes, mapping or {}, strict=True, what=f"--data {data}")
     if include_seen:
         mask = np.zeros(len(frame), dtype=bool)
@@ -188,8 +199,10 @@ def evaluate_model(ws: Workspace, client, model_uri: str, data: str, *, split: s
               "classes_mapping": ", ".join(f"{k}: {v}" for k, v in (mapping or {}).items()) or "-"}
     run_id, metrics = log_evaluation(client, scored, experiment_id=experiment_id, name=f"evaluate-{name}", tags=tags,
                                      params=params, extra_metrics={"excluded_seen": float(mask.sum()),
-                                                                   "excluded_unknown": float(unknown)})
-    return EvaluationOutcome(run_id, name, len(scored.frame), int(mask.sum()), unknown, metrics)
+                                                                   "excluded_unknown": float(unknown),
+                                                                   "excluded_mapped_out": float(mapped_out)})
+    return EvaluationOutcome(run_id, name, len(scored.frame), int(mask.sum()), unknown, metrics, mapped_out,
+                             tuple(scored.evaluation.absent_classes), vocabulary.eval_prefix(name))
 
 
 def _version_of(client, uri: str) -> str:

@@ -163,10 +163,13 @@ def evaluate_command(
     m = done.metrics
     console.print(f"{uri} on {done.data} ({split}): {done.images} images; left out {done.excluded_seen} the model "
                   f"saw{' (--include-seen: none left out)' if include_seen else ''}"
+                  f"{f', {done.excluded_mapped_out} mapped to null by --classes' if done.excluded_mapped_out else ''}"
                   f"{f', {done.excluded_unknown} of unknown classes' if done.excluded_unknown else ''}", highlight=False)
+    absent = f"; absent from the data: {', '.join(done.absent_classes)}" if done.absent_classes else ""
     console.print(f"accuracy {m['test_accuracy']:.3f} [{m['test_accuracy_low']:.3f}, {m['test_accuracy_high']:.3f}], "
                   f"macro-F1 {m['test_f1_macro']:.3f} [{m['test_f1_macro_low']:.3f}, {m['test_f1_macro_high']:.3f}] "
-                  f"(95 % bootstrap); evaluation run {done.run_id}", highlight=False)
+                  f"(95 % bootstrap; averaged over the classes present{absent}); evaluation run {done.run_id}, "
+                  f"metrics {done.prefix}_*", highlight=False)
 
 
 @app.command("matrix")

@@ -46,6 +46,12 @@ class Evaluation:
     probabilities: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def absent_classes(self) -> list[str]:
+        """The model's classes no image of the scored set holds."""
+        present = set(np.asarray(self.y_true).tolist()) if self.y_true is not None else set(range(len(self.classes)))
+        return [c for i, c in enumerate(self.classes) if i not in present]
+
+    @property
     def confusion_normalized(self) -> np.ndarray:
         """Each row divided by its true-class count; a class absent from the data keeps a zero row."""
         totals = self.confusion.sum(axis=1, keepdims=True)
@@ -103,9 +109,11 @@ def roc_auc_ovr(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
 
 def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], prefix: str = "test",
              present_only: bool = False) -> Evaluation:
-    """Every metric of a scored set. With `present_only`, the macro and weighted averages run
-    over the classes the images actually hold (a model scored on another dataset that lacks one
-    of its classes is not charged a zero F1 for it); per-class figures cover every class."""
+    """Every metric of a scored set. With `present_only`, the macro and weighted averages, the
+    per-class figures and the classification report cover only the classes the images actually
+    hold (a model scored on another dataset that lacks one of its classes is neither charged a
+    zero F1 for it nor credited with a 0.0 for a class it never saw); `absent_classes` names the
+    others. The confusion matrix keeps every class."""
     y_true = np.asarray(y_true).astype(int)
     probabilities = np.asarray(probabilities, dtype=float)
     k = len(classes)
@@ -126,12 +134,13 @@ def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, 
         metrics.update({f"{p}_precision_{average}": float(precision), f"{p}_recall_{average}": float(recall),
                         f"{p}_f1_{average}": float(f1)})
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average=None, zero_division=0)
-    for i, name in enumerate(classes):
+        y_true, y_pred, labels=averaged, average=None, zero_division=0)
+    for i, c in enumerate(averaged):
+        name = classes[c]
         metrics.update({f"{p}_precision_{name}": float(precision[i]), f"{p}_recall_{name}": float(recall[i]),
                         f"{p}_f1_{name}": float(f1[i])})
     # A class called "macro" or "weighted" would silently overwrite an aggregate: refuse instead.
-    if len(metrics) != 1 + 6 + 3 * k:
+    if len(metrics) != 1 + 6 + 3 * len(averaged):
         raise ValueError(f"class names {tuple(classes)} collide with metric names (macro, weighted?)")
 
     auc = roc_auc_ovr(y_true, probabilities)
@@ -143,7 +152,8 @@ def evaluate(y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, 
     metrics[f"{p}_log_loss"] = float(log_loss(y_true, clipped, labels=labels))
     metrics[f"{p}_ece"] = expected_calibration_error(y_true, probabilities)
 
-    kwargs = dict(labels=labels, target_names=list(classes), zero_division=0, digits=4)
+    # The report averages over the same classes as the metrics: one computation, one set of figures.
+    kwargs = dict(labels=averaged, target_names=[classes[c] for c in averaged], zero_division=0, digits=4)
     return Evaluation(
         metrics=metrics,
         confusion=confusion_matrix(y_true, y_pred, labels=labels),

@@ -155,12 +155,13 @@ def _evaluations(client, experiment_id: str, model_run: str) -> list[dict]:
                               order_by=["attributes.start_time DESC"], max_results=20)
     found = []
     for run in runs:
-        m = run.data.metrics
-        found.append({"data": run.data.params.get("data", "?"), "split": run.data.params.get("split", "?"),
+        m, data = run.data.metrics, run.data.params.get("data", "?")
+        p = vocabulary.eval_prefix(data)
+        p = p if f"{p}_accuracy" in m else "test"   # evaluation runs logged before the prefix
+        found.append({"data": data, "split": run.data.params.get("split", "?"),
                       "images": m.get("images_evaluated"), "excluded_seen": m.get("excluded_seen"),
-                      "accuracy": m.get("test_accuracy"), "accuracy_low": m.get("test_accuracy_low"),
-                      "accuracy_high": m.get("test_accuracy_high"), "f1_macro": m.get("test_f1_macro"),
-                      "f1_macro_low": m.get("test_f1_macro_low"), "f1_macro_high": m.get("test_f1_macro_high"),
+                      **{key: m.get(f"{p}_{key}") for key in ("accuracy", "accuracy_low", "accuracy_high", "f1_macro",
+                                                              "f1_macro_low", "f1_macro_high")},
                       "run_id": run.info.run_id})
     return found
 
