@@ -40,6 +40,7 @@ from conftest import (
     LEARNED_FLOOR,
     copy_learned,
     fresh_faces,
+    workbench_in_process,
     write_spec,
 )
 from mlflow.tracking import MlflowClient
@@ -275,10 +276,12 @@ def test_export_writes_a_tflite_model_and_labels_that_classify_fresh_faces(store
     agreement = re.search(r"agreement with Keras: ([\d.]+)% of (\d+) images \(the run's test split: (\d+) images", said)
     assert agreement, done.stdout
     assert float(agreement.group(1)) >= 99.5 and int(agreement.group(2)) == int(agreement.group(3)) == test_images
-    assert f"wrote {half / 'model.tflite'} (" in said and f"quantize float16) and {half / 'labels.txt'}" in said, said
-    labels = (half / "labels.txt").read_text().splitlines()
+    # Named after the model version and the quantization.
+    assert f"wrote {half / 'faces-v1-float16.tflite'} (" in said and \
+        f"quantize float16) and {half / 'faces-v1-float16.labels.txt'}" in said, said
+    labels = (half / "faces-v1-float16.labels.txt").read_text().splitlines()
     assert tuple(labels) == store.classes
-    content = (half / "model.tflite").read_bytes()
+    content = (half / "faces-v1-float16.tflite").read_bytes()
     assert_learned(store, tflite_probabilities(content, fresh_batch(store)), labels)
 
     said = flat(fresh.stdout)
@@ -286,17 +289,25 @@ def test_export_writes_a_tflite_model_and_labels_that_classify_fresh_faces(store
     assert agreement, fresh.stdout
     assert float(agreement.group(1)) >= 99.5 and int(agreement.group(2)) == int(agreement.group(3)) == len(store.faces)
     assert agreement.group(4) == str(store.fresh), said
-    assert (full / "labels.txt").read_text().splitlines() == labels
+    assert (full / "faces-v1-none.labels.txt").read_text().splitlines() == labels
     # float16 weights: about half the size of the float32 export of the same model.
-    assert len(content) < 0.7 * (full / "model.tflite").stat().st_size
-    assert_learned(store, tflite_probabilities((full / "model.tflite").read_bytes(), fresh_batch(store)), labels)
+    assert len(content) < 0.7 * (full / "faces-v1-none.tflite").stat().st_size
+    assert_learned(store, tflite_probabilities((full / "faces-v1-none.tflite").read_bytes(), fresh_batch(store)), labels)
     # Both exports logged their agreement on the model's run, and their files under tflite/.
     logged = store.client.get_metric_history(store.trial_id, "tflite_agreement")
     assert len(logged) == 2 and all(m.value >= 0.995 for m in logged), logged
-    assert {f.path for f in store.client.list_artifacts(store.trial_id, "tflite")} == {"tflite/model.tflite",
-                                                                                        "tflite/labels.txt"}
-    local = store.client.download_artifacts(store.trial_id, "tflite/labels.txt", str(store.root / "logged-labels"))
+    assert {f.path for f in store.client.list_artifacts(store.trial_id, "tflite")} == {
+        f"tflite/faces-v1-{q}{suffix}" for q in ("float16", "none") for suffix in (".tflite", ".labels.txt")}
+    local = store.client.download_artifacts(store.trial_id, "tflite/faces-v1-none.labels.txt",
+                                            str(store.root / "logged-labels"))
     assert Path(local).read_text().splitlines() == labels
+    # A second export of the same version and quantization is refused, not written over.
+    before = (half / "faces-v1-float16.tflite").stat().st_mtime_ns
+    again = workbench_in_process("export", "--model", "faces", "--quantize", "float16", "--out", str(half),
+                                 cwd=store.root, env=store.env)
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1, again.stderr
+    assert "faces-v1-float16.tflite exists" in again.stderr and "--overwrite" in again.stderr
+    assert (half / "faces-v1-float16.tflite").stat().st_mtime_ns == before
 
 
 # --- compare in every format, and the report ------------------------------------------------------

@@ -230,6 +230,18 @@ def test_predict_classifies_whole_images_of_any_size(yard, champion, tmp_path):
     assert payload["model"] == "models:/faces@champion" and len(payload["results"]) == 2
     assert payload["results"][0]["predictions"][0]["class"] in yard.classes
 
+    # A folder stands for the image files under it, at any depth, other files skipped.
+    (tmp_path / "more" / "deeper").mkdir(parents=True)
+    nested = rendered_faces(tmp_path / "more" / "deeper", 2, 64, mask=False)
+    (tmp_path / "more" / "notes.txt").write_text("not an image")
+    folder = in_process_cli("predict", str(tmp_path / "more"), files[0].as_posix(), "--model", "faces",
+                            "--format", "json", "--tracking-uri", yard.uri)
+    assert folder.exit_code == 0, folder.output
+    assert [r["image"] for r in json.loads(folder.stdout)["results"]] == [*map(str, nested), str(files[0])]
+    (tmp_path / "nothing").mkdir()
+    none = in_process_cli("predict", str(tmp_path / "nothing"), "--model", "faces", "--tracking-uri", yard.uri)
+    assert none.exit_code == 1 and "a folder with no image files" in str(none.exception)
+
 
 def test_predict_names_an_unreadable_image_in_one_line(tmp_path):
     broken = tmp_path / "broken.jpg"
@@ -299,7 +311,9 @@ def test_tflite_export_decides_like_keras_on_the_runs_test_split_and_is_logged(y
     assert run.data.metrics["tflite_agreement"] == pytest.approx(result.agreement)
     assert run.data.metrics["tflite_size_mb"] == pytest.approx(result.size_mb)
     logged = {f.path for f in yard.client.list_artifacts(champion.run_id, "tflite")}
-    assert logged == {"tflite/model.tflite", "tflite/labels.txt"}
+    assert logged == {"tflite/faces-v1-none.tflite", "tflite/faces-v1-none.labels.txt"}
+    assert export.file_stem(yard.client, f"runs:/{champion.run_id}/model", "dynamic") == \
+        f"run-{champion.run_id[:8]}-dynamic"
 
 
 def test_an_export_under_the_bar_fails_and_logs_no_artifacts(yard, tmp_path):

@@ -108,8 +108,8 @@ def rollback_command(
 @app.command("predict")
 def predict_command(
     # readable=False: an unreadable file is read_image's one line with ingest's reason, not a usage error.
-    images: Annotated[list[Path], typer.Argument(help="Image files (any size; anything OpenCV reads).",
-                                                 readable=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files (any size; anything OpenCV reads), or folders "
+                                                      "of them (searched at any depth).", readable=False)],
     model: ModelOption = None,
     detect_faces: Annotated[bool, typer.Option("--detect-faces", help="Classify each face found (OpenCV Haar "
                                                                         "cascade) instead of the whole image.")] = False,
@@ -123,6 +123,7 @@ def predict_command(
     """Classify images with a registered (or any logged) model: class and probabilities per image or face."""
     from workbench.ship import predict
 
+    images = predict.expand(images)
     pictures = predict.read_images(images)
     detector = predict.face_detector() if detect_faces else None
     ws = workspace(tracking_uri=tracking_uri)
@@ -159,10 +160,12 @@ def export_command(
     min_agreement: Annotated[float, typer.Option(help="Least share of identical predicted classes.",
                                                  min=0.0, max=1.0)] = 0.995,
     max_images: Annotated[int, typer.Option(help="Most images the agreement check uses.", min=1)] = 500,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export of the same model "
+                                                                "version and quantization.")] = False,
     tracking_uri: TrackingOption = None,
     allow_external: AllowExternalOption = False,
 ) -> None:
-    """Write model.tflite and labels.txt, check they decide like the Keras model, and log both on its run."""
+    """Write NAME-vVERSION-QUANTIZE.tflite and .labels.txt, check they decide like the Keras model, and log both on its run."""
     from workbench.ship import export, predict
 
     ws = workspace(tracking_uri=tracking_uri)
@@ -171,7 +174,7 @@ def export_command(
     quiet_environment()
     loaded = predict.load_model(uri, ws.tracking_uri)
     result = export.export(ws, client, loaded, quantize=quantize.value, out_dir=out, images_dir=images,
-                           min_agreement=min_agreement, max_images=max_images)
+                           min_agreement=min_agreement, max_images=max_images, overwrite=overwrite)
     console.print(f"agreement with Keras: {result.agreement:.2%} of {result.images} images "
                   f"({result.images_source})", highlight=False)
     if not result.passed:

@@ -25,7 +25,14 @@ import numpy as np
 
 from workbench import vocabulary
 from workbench.errors import WorkbenchError, first_line
-from workbench.ship.predict import LoadedModel, probabilities, read_image, to_input
+from workbench.ship.predict import (
+    IMAGE_SUFFIXES,
+    LoadedModel,
+    image_files,
+    probabilities,
+    read_image,
+    to_input,
+)
 from workbench.vocabulary import Artifacts
 from workbench.workspace import Workspace
 
@@ -33,7 +40,6 @@ QUANTIZE = ("none", "dynamic", "float16")
 MIN_AGREEMENT = 0.995
 MAX_IMAGES = 500
 RANDOM_IMAGES = 64
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
 class ExportError(WorkbenchError):
@@ -196,7 +202,7 @@ def run_test_images(client, run_id: str, image_size: int, manifests_dir: Path, l
 def folder_images(folder: Path, image_size: int, limit: int = MAX_IMAGES) -> ParityImages:
     if not folder.is_dir():
         raise ExportError(f"--images {folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:limit]
+    files = image_files(folder)[:limit]
     if not files:
         raise ExportError(f"--images {folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
     images = np.stack([to_input(read_image(f), image_size) for f in files])
@@ -218,16 +224,38 @@ def default_out_dir(uri: str, exports: Path) -> Path:
     return exports / (head or "model")
 
 
+def file_stem(client, uri: str, quantize: str) -> str:
+    """What an export is called: the model's name, version and quantization
+    (`faces-v3-dynamic`), or for a run's model its run id's start (`run-1a2b3c4d-none`)."""
+    rest = uri.split(":/", 1)[-1].strip("/")
+    if uri.startswith("models:/"):
+        name, _, which = rest.partition("@") if "@" in rest else rest.partition("/")
+        version = which
+        if "@" in rest:
+            try:
+                version = str(client.get_model_version_by_alias(name, which).version)
+            except Exception:  # noqa: BLE001 - an alias that moved since loading: name it by the alias
+                version = which
+        return f"{name}-v{version}-{quantize}" if version.isdigit() else f"{name}-{version}-{quantize}"
+    return f"run-{rest.split('/')[0][:8]}-{quantize}"
+
+
 def export(ws: Workspace, client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None,
            images_dir: Path | None = None, min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES,
-           log_to_run: bool = True) -> ExportResult:
-    """Convert, write model.tflite + labels.txt (under `ws`'s exports/ unless `out_dir`), measure
-    agreement with Keras on the source run's test images as `ws` finds them, log it on the source
-    run; files that agree less than `min_agreement` are removed again and never logged."""
+           log_to_run: bool = True, overwrite: bool = False) -> ExportResult:
+    """Convert, write `<name>-v<version>-<quantize>.tflite` and `.labels.txt` (under `ws`'s
+    exports/ unless `out_dir`; an existing export of the same version and quantization is
+    refused unless `overwrite`), measure agreement with Keras on the source run's test images as
+    `ws` finds them, log it on the source run; files that agree less than `min_agreement` are
+    removed again and never logged."""
     out_dir = out_dir or default_out_dir(loaded.uri, ws.exports)
+    stem = file_stem(client, loaded.uri, quantize)
+    tflite_path, labels_path = out_dir / f"{stem}.tflite", out_dir / f"{stem}.labels.txt"
+    if tflite_path.exists() and not overwrite:
+        raise ExportError(f"{tflite_path} exists (this model version, quantized {quantize}): pass --overwrite to "
+                          "replace it, or --out another folder")
     content = convert(loaded.model, quantize)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tflite_path, labels_path = out_dir / "model.tflite", out_dir / "labels.txt"
     tflite_path.write_bytes(content)
     labels_path.write_text("\n".join(loaded.classes) + "\n", encoding="utf-8")
 

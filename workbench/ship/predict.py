@@ -27,6 +27,7 @@ from workbench.track import store
 # eyes and mouth, while training images show the whole head with background around it.
 FACE_MARGIN = 0.3
 BATCH = 64
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,27 @@ def face_crop(bgr: np.ndarray, box: tuple[int, int, int, int], margin: float = F
     left = int(round(min(max(cx - side / 2, 0), width - side)))
     top = int(round(min(max(cy - side / 2, 0), height - side)))
     return bgr[top:top + side, left:left + side]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under a folder, at any depth, by name (hidden ones and other files skipped)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def expand(paths: list[str | Path]) -> list[Path]:
+    """The files to classify: each file named, and the image files of each folder named."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = image_files(path)
+            if not inside:
+                raise WorkbenchError(f"{ingest.printable(str(path))}: a folder with no image files "
+                                     f"({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
+            found += inside
+        else:
+            found.append(path)
+    return found
 
 
 def read_images(files: list[str | Path]) -> list[np.ndarray]:
