@@ -550,8 +550,9 @@ def test_serve_ui_loads_the_app_and_its_api_lists_the_sweep(store):
         tags = {t["key"]: t["value"] for t in by_id[trial_id]["data"]["tags"]}
         assert tags["mlflow.parentRunId"] == store.sweep_id and tags["workbench.role"] == "trial"
     log = server.log()
-    assert f"open http://127.0.0.1:{server.port}/#/experiments?workflowType=machine_learning" in log, log[-2000:]
-    assert f"MLflow UI: http://127.0.0.1:{server.port}" in log, log[-2000:]
+    # The address is printed once the UI answers, with the view that shows the model-training runs.
+    assert re.search(rf"MLflow UI: http://127.0.0.1:{server.port} \(answering after \d+ s, \d+ workers?\); open "
+                     rf"http://127.0.0.1:{server.port}/#/experiments\?workflowType=machine_learning", log), log[-2000:]
     assert not (store.root / "elsewhere").exists()  # the store the environment named was never opened
 
 

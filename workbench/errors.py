@@ -72,6 +72,11 @@ def interrupted_by() -> str | None:
     return _requested[0] if _requested else None
 
 
+def forget_interrupts() -> None:
+    """A command that ended itself cleanly on a signal (a server stopping) has nothing to resume."""
+    _requested.clear()
+
+
 def raise_if_interrupted() -> None:
     """Raise a signal that arrived earlier and was swallowed where it was raised."""
     if _requested:

@@ -222,14 +222,71 @@ def _start(argv: list[str], host: str, what: str, port: int, env: dict[str, str]
     os.execve(exe, [exe, *argv[1:]], env)
 
 
+def ui_workers() -> int:
+    """MLflow's UI starts 4 web workers; each imports MLflow, which on 2 cores took 39 s before the
+    first answer. One worker per 2 cores (at least 1, at most 4) serves one user as well.
+    $WORKBENCH_UI_WORKERS overrides."""
+    text = os.environ.get("WORKBENCH_UI_WORKERS", "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise WorkbenchError(f"WORKBENCH_UI_WORKERS={text!r}: give a number of workers, e.g. 2", exit_code=2)
+        return int(text)
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
 @serve_app.command("ui")
 def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: TrackingOption = None) -> None:
-    """The MLflow UI on the tracking store (opens on the model-training view via the printed address)."""
+    """The MLflow UI on the tracking store; its address is printed once it answers."""
+    import subprocess
+    import time
+
+    from workbench import errors
+
     ws = workspace(tracking_uri=tracking_uri)
-    uri = ws.tracking_uri
     ws.client()  # a corrupted or wrong store is one line here, not a server that fails later
-    err_console.print(f"open http://{host}:{port}/#/experiments?workflowType=machine_learning", highlight=False)
-    _start(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)], host, "MLflow UI", port)
+    if not loopback(host):
+        err_console.print(f"warning: the MLflow UI will listen on {host}:{port}, reachable from the network and "
+                          "without authentication; use the default --host 127.0.0.1 unless that is what you want",
+                          highlight=False)
+    workers = ui_workers()
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        raise WorkbenchError("mlflow is not installed: run `make install`")
+    started = time.monotonic()
+    server = subprocess.Popen([exe, "ui", "--backend-store-uri", ws.tracking_uri, "--host", host, "--port", str(port),
+                               "--workers", str(workers)])
+    probe = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/health"
+    try:
+        while not _answers(probe):
+            if server.poll() is not None:
+                raise WorkbenchError(f"the MLflow UI exited ({server.returncode}) before answering on port {port}: "
+                                     "is the port in use? try --port")
+            time.sleep(0.3)
+        err_console.print(f"MLflow UI: http://{host}:{port} (answering after {time.monotonic() - started:.0f} s, "
+                          f"{workers} worker{'s' * (workers != 1)}); open "
+                          f"http://{host}:{port}/#/experiments?workflowType=machine_learning", highlight=False)
+        server.wait()
+    except KeyboardInterrupt:
+        errors.forget_interrupts()   # a server stopped on Ctrl-C is not an interrupted run
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    finally:
+        if server.poll() is None:
+            server.kill()
 
 
 @serve_app.command("model")
