@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from workbench.analysis.crossdata import EvaluationOutcome, Matrix
     from workbench.analysis.report import Report
     from workbench.data.dataset import Dataset
+    from workbench.data.starter import Started
     from workbench.ship.export import ExportResult
     from workbench.ship.promote import Promotion
     from workbench.spec import Spec
@@ -207,6 +208,17 @@ class Workspace(workspace.Workspace):
 
         loaded, ws = self.for_spec(self.spec(spec, overrides, smoke=smoke), smoke)
         return audit.audit(ws, loaded, folds=folds, on_epoch=on_epoch)
+
+    def init(self, name: str, folders: Sequence[str | Path], *, force: bool = False) -> Started:
+        """`experiments/NAME.yaml` for folders of photos: ingested, split, and a commented spec whose
+        search follows them (balance when imbalanced, size from the photos, cached ImageNet weights)."""
+        from workbench.data import starter
+        from workbench.model.backbones import keras_cache
+
+        def cached(size: int) -> bool:
+            return any(keras_cache().glob(f"mobilenet_v2_weights*_1.0_{size}_no_top*"))
+
+        return starter.start(self, name, [Path(f) for f in folders], weights_cached=cached, force=force)
 
     # --- shipping --------------------------------------------------------------------------------
     def promote(self, name: str, *, experiment: str | None = None, sweep: str | None = None,

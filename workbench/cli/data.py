@@ -1,5 +1,6 @@
 """Commands of the first stages: the experiment registry (`specs list|show|validate`), the data
-(`data synth|ingest|check|audit`) and pretrained weights (`weights fetch`). Each parses its options,
+(`data synth|ingest|check|audit`), `init` (a spec for folders of your photos) and pretrained
+weights (`weights fetch`). Each parses its options,
 calls one function of the stage's module and prints what came back."""
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from workbench.cli.common import (
     DataOption,
     SetOption,
     SmokeOption,
+    app,
     console,
     data_app,
     load_spec,
+    quiet_environment,
     specs_app,
     weights_app,
     workspace,
@@ -181,6 +184,27 @@ def data_audit(
         console.print(f"  {row.path}: given {row.given}, likely {row.suggested} ({row.score:.2f})", highlight=False)
     console.print(f"ranking: {done.csv}; thumbnails: {done.page}; run {done.run_id} in experiment {loaded.name}",
                   highlight=False)
+
+
+@app.command("init")
+def init_command(
+    name: Annotated[str, typer.Argument(help="The spec (and experiment) to create: experiments/NAME.yaml.")],
+    folders: Annotated[list[Path], typer.Argument(help="Folders of photos: class folders of images (or train/val/test "
+                                                      "of class folders); several are merged.")],
+    force: Annotated[bool, typer.Option("--force", help="Write over an existing experiments/NAME.yaml.")] = False,
+) -> None:
+    """Your own photos in three commands: ingest the folders and write a commented spec whose
+    search suits them, then print the commands that sweep, compare and promote it."""
+    quiet_environment()
+    done = workspace().init(name, folders, force=force)
+    counts = done.data.frame["label"].value_counts()
+    console.print(f"{done.data.describe()}", highlight=False)
+    console.print(f"wrote {done.path}: classes {', '.join(f'{c} {counts[c]}' for c in done.data.classes)}"
+                  f"{' (imbalanced: balance is searched)' if done.imbalanced else ''}; {done.image_size} px; "
+                  f"simple_cnn vs mobilenet_v2 (weights {done.weights}); 8 trials", highlight=False)
+    console.print("next:", highlight=False)
+    for command in done.next_commands:
+        console.print(f"  {command}", highlight=False)
 
 
 # --- weights -------------------------------------------------------------------------------------
