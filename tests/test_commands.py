@@ -357,6 +357,10 @@ def test_compare_writes_every_format_with_the_objective_mlflow_holds_and_report_
     lines = files["markdown"].read_text().splitlines()
     split = [[c for c in line.strip().strip("|").split(" | ")] for line in lines if line.startswith("|")]
     header, body = html_table(files["html"].read_text())
+    # The page leads with the objective and the statistics, not with twenty parameter columns.
+    params = [c for c in header if c in ("backbone", "balance", "augmentation", "learning_rate", "epochs")]
+    assert header[3] == "objective" and params and header.index("objective") < min(map(header.index, params)), header
+    assert header.index("f1_macro_ci") < min(map(header.index, params)), header
     tex = [line.rstrip("\\").rstrip() for line in files["latex"].read_text().splitlines() if "&" in line]
     text = [line for line in files["table"].read_text().splitlines() if "│" in line or "┃" in line]
     text_header = [c for c in re.split(r"[┃│]", next(line for line in text if "┃" in line))[1:-1]]

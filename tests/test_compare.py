@@ -9,7 +9,9 @@ is trained; one test compares the real runs of a 2-trial sweep, through the comm
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import time
 from html.parser import HTMLParser
 from io import StringIO
@@ -387,8 +389,12 @@ def test_every_format_parses_back(store, client, tmp_path):
 
     parser = TableParser()
     parser.feed(by_suffix[".html"].read_text())
-    assert parser.rows[0] == list(table.columns) and len(parser.rows) == n + 1
-    assert parser.rows[1][list(table.columns).index("run_name")] == "trial-000"
+    # The page leads with the objective and the statistics; the other formats keep the table's order.
+    assert parser.rows[0] == list(compare.objective_first(table).columns) and len(parser.rows) == n + 1
+    assert parser.rows[0][:4] == ["run_id", "run_name", "state", "objective"]
+    assert parser.rows[0].index("p_holm") < parser.rows[0].index("backbone")
+    assert sorted(parser.rows[0]) == sorted(table.columns)
+    assert parser.rows[1][parser.rows[0].index("run_name")] == "trial-000"
 
     lines = by_suffix[".md"].read_text().strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -428,6 +434,13 @@ def test_report_is_one_offline_page_with_every_section_logged_to_the_sweep(store
         assert f"<h2>{title}</h2>" in page
     assert page.count("plotly.js v") <= 2 and "<script src=" not in page
     assert "class='missing'" not in page  # every section drew its figure
+    # The winner is marked and one sentence says what the Holm-corrected tests concluded: of the
+    # runs compared with trial-000 (the others used another test set, or logged no predictions),
+    # trial-002 is worse beyond chance (p_holm < 0.05) and trial-001 is not (p 0.125).
+    expected = ("trial-000 leads (marked ★); of the 2 compared with it, 1 run is significantly worse and 1 is not "
+                "distinguishable from it on these test images (McNemar, Holm-corrected p ≥ 0.05).")
+    assert report.verdict(board) == expected
+    assert html.escape(expected) in page and "★ trial-000" in page
     assert "trial-000" in page and "0.125" in page
     logged = [a.path for a in store["client"].list_artifacts(store["sweep"], "report")]
     assert logged == [vocabulary.Artifacts.SWEEP_REPORT]
@@ -470,7 +483,12 @@ def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch)
 
     done = report.make_report(client, selection, table, out=store.root / "reports" / "learn-report.html")
     page = done.path.read_text()
-    assert "class='missing'" not in page and page.count("plotly.js v") <= 2
+    # The two trials share every registry axis and one architecture: those sections say why they
+    # draw nothing; every other section draws.
+    missing = re.findall(r"<p class='missing'>([^<]*)</p>", page)
+    assert missing[0].startswith("every run has the same backbone, balance, augmentation"), missing
+    assert all(m.startswith(("every run has the same", "the runs' latencies differ by at most")) for m in missing)
+    assert page.count("plotly.js v") <= 2 and "leads (marked ★)" in page
     assert (store.root / "reports" / "learn-report.html").is_file()
 
     out = compare_cli("compare", "--experiment", "learn", "--format", "json", "--tracking-uri", store.uri,

@@ -53,7 +53,8 @@ def test_every_spec_runs_end_to_end_in_smoke_mode(repo_experiments, workdir, nam
         assert {p.name for p in root.iterdir()} == {m.path for m in spec.dataset.manifests}
     if ships:
         assert "shipped: run" in result.stdout and "agreement with Keras 100.00%" in result.stdout
-        assert (workdir / "exports" / "s4-mask-smoke" / "model.tflite").stat().st_size > 0
+        [exported] = (workdir / "exports" / "s4-mask-smoke").glob("*.tflite")
+        assert exported.name.startswith("s4-mask-smoke-v1-") and exported.stat().st_size > 0
 
 
 def test_missing_data_is_one_line_naming_the_folder_and_how_to_get_it(repo_experiments, workdir):

@@ -474,9 +474,23 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What a reader of a page looks for first, after the run: how good it is and whether that holds.
+FIRST = (vocabulary.OBJECTIVE, "test_accuracy", "test_f1_macro")
+
+
+def objective_first(table: pd.DataFrame) -> pd.DataFrame:
+    """The columns in the order a page shows them: the run, the objective and the headline test
+    scores (with their spreads), the statistics, then the axes, parameters and everything else."""
+    head = [c for c in IDENTITY if c in table]
+    scores = [c for name in FIRST for c in (name, f"{name}_mean", f"{name}_std") if c in table]
+    statistics = [c for c in STATS_COLUMNS if c in table]
+    rest = [c for c in table.columns if c not in {*head, *scores, *statistics}]
+    return table[head + scores + statistics + rest]
+
+
 def to_html_table(table: pd.DataFrame) -> str:
-    """The bare <table> (for the report and the html format's page)."""
-    return display_frame(table).to_html(index=False, border=0, classes="compare", escape=True)
+    """The bare <table> (for the report and the html format's page), objective and statistics first."""
+    return display_frame(objective_first(table)).to_html(index=False, border=0, classes="compare", escape=True)
 
 
 def render(table: pd.DataFrame, fmt: str, title: str | None = None) -> str:

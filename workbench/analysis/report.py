@@ -1,7 +1,9 @@
 """`workbench report`: one self-contained, interactive HTML page about a set of runs (usually a
-sweep): the comparison table, the objective by each registry axis, parameters against the
+sweep): the comparison table with the winner marked and a sentence saying what the statistics
+concluded, the objective by each registry axis the runs differ on, parameters against the
 objective, overlaid learning curves, confusion matrices side by side, reliability diagrams
-before and after each run's temperature, and accuracy against latency with its Pareto front.
+before and after each run's temperature, and accuracy against latency with its Pareto front
+(when the latencies differ by more than timing noise).
 
 The figures are `workbench.measure.figures`' builders (the same curves and confusion matrices a run's
 own page shows) and the page is its one page writer, so it opens offline with plotly.js inlined
@@ -11,6 +13,7 @@ histories, the confusion matrices, and where the page is written and logged.
 
 from __future__ import annotations
 
+import html
 import json
 import tempfile
 from dataclasses import dataclass
@@ -70,6 +73,47 @@ def build_report(board: pd.DataFrame, everything: pd.DataFrame, histories: dict,
                         subtitle)
 
 
+# Latencies of identical models measured on one machine differed by up to 16 % (1.55 vs 1.80 ms):
+# runs closer than this are not faster or slower than each other, and no trade-off is drawn.
+TIMING_NOISE = 1.3
+
+
+def varied_axes(scored: pd.DataFrame) -> list[str]:
+    """The registry axes the runs differ on: a box plot of an axis the spec fixed says nothing."""
+    return [a for a in compare.REGISTRY_AXES if a in scored and scored[a].astype(str).nunique() > 1]
+
+
+def latency_spread(latency: pd.DataFrame) -> float:
+    values = latency[vocabulary.LATENCY].to_numpy(float) if len(latency) else []
+    return float(max(values) / min(values)) if len(values) and min(values) > 0 else 1.0
+
+
+def verdict(board: pd.DataFrame) -> str:
+    """One sentence: which run leads, and what the statistics say of the runs behind it."""
+    if board.empty or "run_id" not in board:
+        return "No run to compare."
+    lead = f"{board['run_name'].iloc[0] if 'run_name' in board else board['run_id'].iloc[0]} leads (marked ★)"
+    if "p_holm" not in board or board["p_holm"].iloc[1:].dropna().empty:
+        return f"{lead}; no paired test against it (a single run, or none with test predictions on its test set)."
+    tested = board.iloc[1:][board["p_holm"].iloc[1:].notna()]
+    worse = int((tested["p_holm"] < 0.05).sum())
+    same = len(tested) - worse
+    parts = []
+    if worse:
+        parts.append(f"{worse} run{'s are' if worse > 1 else ' is'} significantly worse")
+    if same:
+        parts.append(f"{same} {'are' if same > 1 else 'is'} not distinguishable from it on these test images "
+                     "(McNemar, Holm-corrected p ≥ 0.05)")
+    return f"{lead}; of the {len(tested)} compared with it, " + " and ".join(parts) + "."
+
+
+def _leaderboard_html(board: pd.DataFrame) -> str:
+    marked = board.copy()
+    if len(marked) and "run_name" in marked:
+        marked["run_name"] = ["★ " + str(marked["run_name"].iloc[0]), *marked["run_name"].iloc[1:]]
+    return f"<p>{html.escape(verdict(board))}</p><div class='scroll'>{compare.to_html_table(marked)}</div>"
+
+
 def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: dict, confusions: dict,
                     matrix: pd.DataFrame | None = None, reliability: dict | None = None) -> list[Section]:
     """The report's sections in order, each a plotly figure (or the table, or why it is missing)."""
@@ -81,12 +125,15 @@ def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: di
     latency = everything[everything.get("test_accuracy", pd.Series(dtype=float)).notna()
                          & everything.get(vocabulary.LATENCY, pd.Series(dtype=float)).notna()] \
         if {"test_accuracy", vocabulary.LATENCY} <= set(everything) else everything.iloc[0:0]
+    spread = latency_spread(latency)
     front = stats.pareto_front(latency["test_accuracy"].to_numpy(float), latency[vocabulary.LATENCY].to_numpy(float)) \
         if len(latency) else []
+    axes = varied_axes(scored)
     sections = [
-        Section(SECTIONS[0], html=f"<div class='scroll'>{compare.to_html_table(board)}</div>"),
-        Section(SECTIONS[1], figures.objective_by_axis(scored, objective, list(compare.REGISTRY_AXES))
-                if objective else None, missing="no objective or no registry axis recorded"),
+        Section(SECTIONS[0], html=_leaderboard_html(board)),
+        Section(SECTIONS[1], figures.objective_by_axis(scored, objective, axes) if objective and axes else None,
+                missing=f"every run has the same {', '.join(compare.REGISTRY_AXES)}: the spec fixed them, "
+                        "so there is nothing to compare by axis" if objective else "no run has an objective yet"),
         Section(SECTIONS[2], figures.parallel_coordinates(scored, objective, parameter_columns(scored))
                 if objective else None, missing="no run has an objective yet"),
         Section(SECTIONS[3], figures.overlaid_curves({names[r]: h for r, h in histories.items() if h}),
@@ -95,8 +142,11 @@ def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: di
                 missing=f"no {Artifacts.CONFUSION} for the top runs"),
         Section(SECTIONS[5], figures.reliability_overlay({names[r]: v for r, v in (reliability or {}).items()}),
                 missing="no calibrated test predictions for the top runs"),
-        Section(SECTIONS[6], figures.accuracy_vs_latency(latency, front) if len(latency) else None,
-                missing=f"no run has both test_accuracy and {vocabulary.LATENCY}"),
+        Section(SECTIONS[6], figures.accuracy_vs_latency(latency, front) if len(latency) and spread >= TIMING_NOISE
+                else None,
+                missing=f"no run has both test_accuracy and {vocabulary.LATENCY}" if not len(latency) else
+                f"the runs' latencies differ by at most {100 * (spread - 1):.0f} %, within timing noise: no "
+                "speed trade-off to draw"),
     ]
     if matrix is not None and not matrix.empty:  # the experiment's latest `workbench matrix`
         sections.append(Section(MATRIX_SECTION, figures.matrix_heatmap(matrix, "test_f1_macro"),

@@ -7,7 +7,8 @@ photographed, by the same rule training used), each file checked against the man
 the images are exactly those the run was tested on. `--images DIR` scores any folder instead; when neither is available the check runs on random
 pixels and says so. The figure is the share of images whose predicted class is the same; under
 the bar (99.5 % by default) the export fails. It is logged on the source run as `tflite_agreement`
-with `tflite_size_mb`, and a passing export's `model.tflite` and `labels.txt` go under `tflite/`.
+with `tflite_size_mb`, and a passing export's `<name>-v<version>-<quantize>.tflite` and
+`.labels.txt` go under `tflite/`.
 """
 
 from __future__ import annotations
