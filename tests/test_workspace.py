@@ -21,6 +21,10 @@ ONE_EPOCH = {**TINY, "params": {**TINY["params"], "epochs": 1}}
 
 
 def test_two_workspaces_in_one_process_never_see_each_others_runs(tmp_path, shared_data):
+    # TensorFlow sets variables of its own when first imported (KMP_*, TF2_BEHAVIOR, ...): not
+    # workbench's doing, and already done when other tests ran first in this process.
+    import tensorflow  # noqa: F401
+
     env_before, uri_before = dict(os.environ), mlflow.get_tracking_uri()
     # Both read the session's generated faces (the data root); each has its own store and reports.
     a = wb.Workspace(tmp_path / "a", data=shared_data, env={})
