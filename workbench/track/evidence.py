@@ -35,17 +35,22 @@ def load_predictions(client, run_ids: Iterable[str]) -> dict[str, pd.DataFrame |
     return found
 
 
-def trained_on(client, run_id: str | None) -> pd.DataFrame | None:
-    """The training and validation images of a model's run (its logged split manifest)."""
+def manifest(client, run_id: str | None) -> pd.DataFrame | None:
+    """A run's logged split manifest (every image with its hashes, label and split), or None."""
     if not run_id:
         return None
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            frame = pd.read_csv(client.download_artifacts(run_id, Artifacts.MANIFEST, tmp), dtype=str,
-                                keep_default_na=False)
+            return pd.read_csv(client.download_artifacts(run_id, Artifacts.MANIFEST, tmp), dtype=str,
+                               keep_default_na=False)
     except (MlflowException, OSError, pd.errors.ParserError):
         return None
-    return frame[frame["split"].isin(("train", "val"))]
+
+
+def trained_on(client, run_id: str | None) -> pd.DataFrame | None:
+    """The training and validation images of a model's run (its logged split manifest)."""
+    frame = manifest(client, run_id)
+    return None if frame is None else frame[frame["split"].isin(("train", "val"))]
 
 
 @dataclass(frozen=True)
