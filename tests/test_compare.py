@@ -485,9 +485,9 @@ def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch)
     page = done.path.read_text()
     # The two trials share every registry axis and one architecture: those sections say why they
     # draw nothing; every other section draws.
-    missing = re.findall(r"<p class='missing'>([^<]*)</p>", page)
+    missing = [html.unescape(m) for m in re.findall(r"<p class='missing'>([^<]*)</p>", page)]
     assert missing[0].startswith("every run has the same backbone, balance, augmentation"), missing
-    assert all(m.startswith(("every run has the same", "the runs' latencies differ by at most")) for m in missing)
+    assert all(m.startswith(("every run has the same", "the runs' latencies differ by at most")) for m in missing), missing
     assert page.count("plotly.js v") <= 2 and "leads (marked ★)" in page
     assert (store.root / "reports" / "learn-report.html").is_file()
 

@@ -121,6 +121,14 @@ def mlflow_server(postgres, tmp_path):
         server.wait(timeout=30)
 
 
+def parent_of(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2:].split()[1])
+
+
 def descendants(pid: int) -> dict[int, bytes]:
     """Every process below `pid` (children, theirs, ...) with its command line, from /proc."""
     parents = {}
@@ -161,7 +169,9 @@ def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir,
         deadline = time.monotonic() + 600
         while command.poll() is None and time.monotonic() < deadline:
             for pid, cmdline in descendants(command.pid).items():
-                if b"--worker" in cmdline.split(b"\0"):
+                # The coordinator's own children: a worker forking a helper (git, say) shows the
+                # worker's command line for an instant before the helper's exec.
+                if b"--worker" in cmdline.split(b"\0") and parent_of(pid) == command.pid:
                     workers[pid] = cmdline
                 if secret.encode() in cmdline:
                     exposed[pid] = cmdline

@@ -310,13 +310,16 @@ def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port:
                           highlight=False)
     err_console.print(f"model server for {uri}: http://{host}:{port} (classes {', '.join(loaded.classes)}; "
                       f"images of any size are resized to {loaded.image_size} px)", highlight=False)
+    from workbench import errors
+
     try:
+        # Uvicorn shuts down on Ctrl-C or SIGTERM, raises the signal again for the handler it
+        # replaced (ours), and swallows the KeyboardInterrupt that gives.
         uvicorn.run(serving.create_app(loaded, versions()), host=host, port=port, log_level="warning")
     except KeyboardInterrupt:
-        # Uvicorn shuts down on Ctrl-C, then raises the signal again for whoever handled it before.
-        from workbench import errors
-
-        errors.forget_interrupts()   # a server stopped on Ctrl-C is not an interrupted run
+        pass
+    finally:
+        errors.forget_interrupts()   # a server stopped by a signal is not an interrupted run
 
 
 @serve_app.command("dashboard")
