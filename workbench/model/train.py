@@ -6,9 +6,10 @@ model -> fit (phase one, with the base frozen when transfer learning) -> optiona
 top of the base at a lower learning rate (phase two, epochs numbered on from phase one) ->
 fit the calibrating temperature on the validation split -> evaluate on the held-out test
 split -> rank likely label errors among the validation and test images -> measure the model's
-cost -> pick the mistakes worth showing -> return values. It writes nothing: data are materialised before (`dataset.balanced`)
-and tracking lives outside (`run.py` passes Keras callbacks in and writes what comes back), so a
-test can train a tiny model here without any MLflow store.
+cost -> pick the mistakes worth showing -> return values. It writes nothing: data are
+materialised before (`dataset.balanced`) and tracking lives outside (`run.py` passes Keras
+callbacks in and writes what comes back), so a test can train a tiny model here without any
+MLflow store.
 """
 
 from __future__ import annotations
