@@ -8,7 +8,8 @@ A run records the resolved configuration as params, the dataset's lineage, per-e
 they happen, then the test metrics, the cost, figures, reports, per-image predictions and the
 model. Whatever happens it ends in a definite state, tagged `workbench.state`: `finished`,
 `pruned` (curves kept, no test evaluation), `interrupted` (Ctrl-C or SIGTERM: KILLED) or
-`failed` (the reason as a tag and an error artefact), and Keras' memory is released, so the next trial in the same process starts clean.
+`failed` (the reason as a tag and an error artefact), and Keras' memory is released, so the next
+trial in the same process starts clean.
 """
 
 from __future__ import annotations
