@@ -138,7 +138,7 @@ def test_a_signal_ends_the_sweep_and_its_trial_as_killed_and_says_how_to_resume(
     the sweep's run KILLED, nothing left RUNNING, and the leaderboard says interrupted."""
     storage, uri = stores
     exe = os.path.join(os.path.dirname(sys.executable), "workbench")
-    sweep = subprocess.Popen([exe, "sweep", "tiny", "--trials", "3", "--set", "epochs=4"], cwd=workdir,
+    sweep = subprocess.Popen([exe, "sweep", "tiny", "--trials", "3", "--set", "epochs=3"], cwd=workdir,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def trial_runs():
