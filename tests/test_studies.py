@@ -33,18 +33,22 @@ def test_every_spec_runs_end_to_end_in_smoke_mode(repo_experiments, workdir, nam
     # quickstart (what `make sweep` runs) through the console script; the studies through its entry
     # point in-process, which saves each one TensorFlow's and MLflow's imports.
     run = workbench_cli if name == "quickstart" else workbench_in_process
-    result = run("sweep", name, "--smoke", cwd=workdir, env={"WORKBENCH_DATA": str(workdir / "data")})
+    # S2's second trial would train Xception or MobileNetV2 on top of DenseNet169 (the published
+    # configuration, enqueued first): 20 s more of the suite for no path the others do not take.
+    trials = 1 if name == "s2_mask_age_xception_densenet" else 2
+    result = run("sweep", name, "--smoke", *(["--trials", "1"] if trials == 1 else []), cwd=workdir,
+                 env={"WORKBENCH_DATA": str(workdir / "data")})
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert f"classes {classes}" in lines[0] and "leak check: no image has a copy in another split" in lines[1], lines[:2]
-    assert "[2/2] trial" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert f"[{trials}/{trials}] trial" in result.stdout and "Traceback" not in result.stdout + result.stderr
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(f"{name}-smoke")
-    trials = client.search_runs([experiment.experiment_id], "tags.`workbench.role` = 'trial'")
-    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    runs = client.search_runs([experiment.experiment_id], "tags.`workbench.role` = 'trial'")
+    assert len(runs) == trials and all(r.info.status == "FINISHED" for r in runs)
     spec = S.load(name)
     if spec.enqueue:  # the published configuration runs first
-        first = min(trials, key=lambda r: int(r.data.tags["workbench.trial"]))
+        first = min(runs, key=lambda r: int(r.data.tags["workbench.trial"]))
         for key, value in spec.enqueue[0].items():
             if key not in S.SMOKE_PARAMS:
                 assert first.data.params[key] == str(value), key
