@@ -110,12 +110,13 @@ def judge(client, candidate_run_id: str, candidate_classes: str, champion_versio
     mine = evidence.scored_images(predictions[candidate_run_id]).frame
     theirs = evidence.scored_images(predictions[champion_run_id]).frame
     shared = mine.merge(theirs, on=["sha256", "true"], suffixes=("", "_champion"))
-    # Perceptual hashes from the candidate's manifest, so near copies of training images count too.
+    # One read of the candidate's manifest: what it trained on, and the perceptual hashes of its
+    # test images, so near copies of training images count too.
     listed = evidence.manifest(client, candidate_run_id)
     if listed is not None and {"sha256", "phash"} <= set(listed.columns):
         shared["phash"] = shared["sha256"].map(listed.drop_duplicates("sha256").set_index("sha256")["phash"])
-    champion_saw = evidence.trained_on(client, champion_run_id)
-    leaked = evidence.seen(shared, evidence.trained_on(client, candidate_run_id)) | evidence.seen(shared, champion_saw)
+    leaked = evidence.seen(shared, evidence.trained_rows(listed)) | \
+        evidence.seen(shared, evidence.trained_on(client, champion_run_id))
     clean = shared[~leaked].reset_index(drop=True)
     if len(clean) < max(MIN_SHARED * len(mine), 1):
         return incomparable(

@@ -47,10 +47,14 @@ def manifest(client, run_id: str | None) -> pd.DataFrame | None:
         return None
 
 
+def trained_rows(frame: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The rows of a split manifest a model learned from or was chosen on: train and val."""
+    return None if frame is None or "split" not in frame else frame[frame["split"].isin(("train", "val"))]
+
+
 def trained_on(client, run_id: str | None) -> pd.DataFrame | None:
     """The training and validation images of a model's run (its logged split manifest)."""
-    frame = manifest(client, run_id)
-    return None if frame is None else frame[frame["split"].isin(("train", "val"))]
+    return trained_rows(manifest(client, run_id))
 
 
 @dataclass(frozen=True)
