@@ -139,8 +139,8 @@ class Workspace(workspace.Workspace):
         if spec.ship.export != "tflite":
             return Shipped(done)
         loaded = predict.load_model(f"models:/{spec.ship.name}@champion", self.tracking_uri)
-        stem = export.file_stem(client, loaded.uri, spec.ship.quantize)
-        if (export.default_out_dir(loaded.uri, self.exports) / f"{stem}.tflite").exists():
+        out = export.default_out_dir(loaded.uri, self.exports)
+        if export.target(client, loaded.uri, spec.ship.quantize, out).exists():
             return Shipped(done)   # this version was exported with this quantization before: the same file
         result = export.export(self, client, loaded, quantize=spec.ship.quantize)
         if not result.passed:

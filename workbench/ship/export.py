@@ -241,6 +241,11 @@ def file_stem(client, uri: str, quantize: str) -> str:
     return f"run-{rest.split('/')[0][:8]}-{quantize}"
 
 
+def target(client, uri: str, quantize: str, out_dir: Path) -> Path:
+    """Where the export of this model version at this quantization is written."""
+    return out_dir / f"{file_stem(client, uri, quantize)}.tflite"
+
+
 def export(ws: Workspace, client, loaded: LoadedModel, *, quantize: str = "none", out_dir: Path | None = None,
            images_dir: Path | None = None, min_agreement: float = MIN_AGREEMENT, max_images: int = MAX_IMAGES,
            log_to_run: bool = True, overwrite: bool = False) -> ExportResult:
@@ -249,9 +254,8 @@ def export(ws: Workspace, client, loaded: LoadedModel, *, quantize: str = "none"
     refused unless `overwrite`), measure agreement with Keras on the source run's test images as
     `ws` finds them, log it on the source run; files that agree less than `min_agreement` are
     removed again and never logged."""
-    out_dir = out_dir or default_out_dir(loaded.uri, ws.exports)
-    stem = file_stem(client, loaded.uri, quantize)
-    tflite_path, labels_path = out_dir / f"{stem}.tflite", out_dir / f"{stem}.labels.txt"
+    tflite_path = target(client, loaded.uri, quantize, out_dir or default_out_dir(loaded.uri, ws.exports))
+    out_dir, labels_path = tflite_path.parent, tflite_path.with_suffix(".labels.txt")
     if tflite_path.exists() and not overwrite:
         raise ExportError(f"{tflite_path} exists (this model version, quantized {quantize}): pass --overwrite to "
                           "replace it, or --out another folder")
