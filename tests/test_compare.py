@@ -501,3 +501,13 @@ def test_compare_and_report_on_a_real_two_trial_sweep(learned_copy, monkeypatch)
     for row in records:
         for metric in ("objective", "test_f1_macro", "test_accuracy"):
             assert row[metric] == pytest.approx(logged[row["run_id"]][metric], abs=1e-6), metric
+
+
+def test_the_reports_verdict_counts_runs_worse_beyond_chance_and_the_rest():
+    board = pd.DataFrame({"run_id": ["a", "b", "c", "d", "e"], "run_name": ["best", "x", "y", "z", "w"],
+                          "p_holm": [float("nan"), 0.01, 0.02, 0.3, float("nan")]})
+    assert report.verdict(board) == ("best leads (marked ★); of the 3 compared with it, 2 runs are significantly "
+                                     "worse and 1 is not distinguishable from it on these test images (McNemar, "
+                                     "Holm-corrected p ≥ 0.05).")
+    alone = board.assign(p_holm=float("nan"))
+    assert report.verdict(alone).startswith("best leads (marked ★); no paired test against it")
