@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from conftest import REPO, copy_learned
 from workbench import vocabulary
 from workbench.analysis import compare, report
 from workbench.track import store as tracking
+from workbench.track import ui
 
 OUTPUT = REPO / "tests" / "output"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -238,6 +240,49 @@ def test_mlflow_ui_nests_the_trials_under_the_sweep_and_shows_their_curves_and_c
     assert tuple(image.evaluate("i => [i.naturalWidth, i.naturalHeight]")) == expected
     assert image.bounding_box()["width"] > 100
     page.screenshot(path=OUTPUT / "mlflow-trial-confusion-matrix.png")
+
+
+def test_the_link_sweep_prints_opens_its_trials_ranked_with_their_state_and_the_curves_first(
+        browser, page, sweep, mlflow_ui):
+    """The address `workbench sweep` printed (conftest kept its output), on this server: the
+    sweep's trials as rows without a click, best validation objective first, the objective, test
+    scores, trial state and searched hyperparameter as columns; its chart view starts with the curves."""
+    client = sweep["client"]
+    printed = (sweep["folder"] / "sweep.out").read_text()
+    link = re.search(r"browse it: make ui, then (\S+)", printed).group(1)
+    assert link.startswith(ui.DEFAULT_HOST + "/#/experiments/"), printed
+    link = mlflow_ui + link.removeprefix(ui.DEFAULT_HOST)
+    trials = sorted(client.search_runs([client.get_run(sweep["sweep_id"]).info.experiment_id],
+                                       f"tags.mlflow.parentRunId = '{sweep['sweep_id']}'"),
+                    key=lambda run: -run.data.metrics["objective"])
+    assert len(trials) == 2
+
+    page.goto(link)
+    links = page.locator("[role=row] a[href*='/runs/']")
+    page.wait_for_function("n => document.querySelectorAll(\"[role=row] a[href*='/runs/']\").length === n", arg=2)
+    assert links.all_inner_texts() == [run.info.run_name for run in trials]   # no sweep row to unfold
+    headers = page.locator(".ag-header-cell[col-id]").evaluate_all("cells => cells.map(c => c.getAttribute('col-id'))")
+    wanted = [ui.column("metrics", m) for m in ui.SCORES] + [ui.column("tags", vocabulary.STATE),
+                                                             ui.column("params", "learning_rate")]
+    assert set(wanted) <= set(headers), headers
+    assert headers.index(wanted[0]) < headers.index(wanted[1])   # the objective leads the scores
+    for run in trials:
+        row = page.locator("[role=row]", has=page.locator(f"a[href$='/runs/{run.info.run_id}']")).last
+        index = row.get_attribute("row-index")
+        cells = page.locator(f".ag-center-cols-container [role=row][row-index='{index}'] [role=gridcell][col-id]")
+        shown = dict(cells.evaluate_all("cs => cs.map(c => [c.getAttribute('col-id'), c.innerText.trim()])"))
+        assert shown[ui.column("tags", vocabulary.STATE)] == run.data.tags[vocabulary.STATE] == "finished"
+        assert float(shown[ui.column("metrics", "objective")]) == pytest.approx(run.data.metrics["objective"], abs=1e-6)
+        assert float(shown[ui.column("params", "learning_rate")]) == float(run.data.params["learning_rate"])
+    page.screenshot(path=OUTPUT / "mlflow-sweep-view.png")
+
+    page.goto(link + "&compareRunsMode=CHART")
+    cards = page.locator("[data-testid='experiment-view-compare-runs-card'] h4[title]")
+    cards.first.wait_for()
+    page.wait_for_function("n => document.querySelectorAll(\"[data-testid='experiment-view-compare-runs-card'] h4[title]\").length >= n",
+                           arg=len(ui.CURVES))
+    assert cards.evaluate_all("hs => hs.map(h => h.getAttribute('title'))")[:len(ui.CURVES)] == list(ui.CURVES)
+    page.screenshot(path=OUTPUT / "mlflow-sweep-charts.png")
 
 
 # --- the HTML report ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from workbench.cli.common import (
     short,
     workspace,
 )
+from workbench.track import ui
 from workbench.track.progress import SweepListener
 
 
@@ -159,13 +160,9 @@ def sweep_command(
             console.print(f"exported {exported.tflite_path} ({exported.size_mb:.2f} MB, quantize "
                           f"{loaded.ship.quantize}); agreement with Keras {exported.agreement:.2%} of "
                           f"{exported.images} images", highlight=False)
-    console.print(f"browse it: make ui, then {ui_url(outcome.result.experiment_id)}", highlight=False)
-
-
-def ui_url(experiment_id: str, host: str = "http://127.0.0.1:5000") -> str:
-    """The experiment's page in the MLflow UI, opened on runs and charts: MLflow 3's UI starts in
-    its GenAI view unless the address asks for the model-training one."""
-    return f"{host}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    # The sweep's saved view (track/ui.py): its trials as rows, the objective and state as columns.
+    console.print(f"browse it: make ui, then "
+                  f"{ui.sweep_url(outcome.result.experiment_id, outcome.result.parent_run_id)}", highlight=False)
 
 
 @app.command("leaderboard")

@@ -52,7 +52,7 @@ from workbench import errors, vocabulary
 from workbench.data.dataset import prepare, prepare_checked
 from workbench.errors import SpecError, TrackingError, WorkbenchError, first_line
 from workbench.spec import Range, Spec, grid_values, is_searched, sample_config
-from workbench.track import store
+from workbench.track import store, ui
 from workbench.track.progress import (  # noqa: F401 (Progress and the attributes are re-exported)
     BUDGET_ATTR,
     ERROR_ATTR,
@@ -330,6 +330,7 @@ def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: 
         try:
             client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
+            save_view(client, experiment_id, run_id, spec)
             return run_id
         except mlflow.exceptions.MlflowException:
             log.warning("parent run %s is gone; starting a new one", run_id)
@@ -345,7 +346,14 @@ def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: 
             "storage": errors.masked(storage)}.items()])
     client.log_dict(run.info.run_id, spec.model_dump(mode="json"), Artifacts.SPEC)
     study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    save_view(client, experiment_id, run.info.run_id, spec)
     return run.info.run_id
+
+
+def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, spec: Spec) -> None:
+    """The MLflow UI view the printed link opens: this sweep's trials, its searched axes as columns."""
+    searched = [name for name, dim in spec.params.dims().items() if is_searched(dim)]
+    ui.save_sweep_view(client, experiment_id, parent_run_id, spec.objective.metric, searched)
 
 
 def count(study: optuna.Study, states=DONE) -> int:
