@@ -230,9 +230,14 @@ def cost(model, image_size: int) -> dict[str, float]:
 
 
 def latency_ms(model, image_size: int, batch: int, repeats: int = 5) -> float:
-    """Median milliseconds per image for one `predict_on_batch` call of `batch` images."""
+    """Median milliseconds per image for one `predict_on_batch` call of `batch` images. A model
+    run eagerly (a smoke run's) is timed once, unwarmed: its figure says nothing of the served
+    graph's speed, and a DenseNet's eager calls would cost a smoke run seconds each."""
     images = np.random.default_rng(0).uniform(0, 255, (batch, image_size, image_size, 3)).astype("float32")
-    model.predict_on_batch(images)  # warm-up: traces and compiles the predict function
+    if getattr(model, "run_eagerly", False):
+        repeats = 1
+    else:
+        model.predict_on_batch(images)  # warm-up: traces and compiles the predict function
     times = []
     for _ in range(repeats):
         started = time.perf_counter()

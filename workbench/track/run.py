@@ -360,7 +360,9 @@ def log_evidence(run: RunLog, evaluation, frame, mistakes, mistake_images, histo
                                  issues=issues, issue_images=issue_images)
     with tempfile.TemporaryDirectory() as tmp:
         for name, (png, _) in pairs.items():
-            png.savefig(Path(tmp) / f"{name}.png", dpi=110, bbox_inches="tight")
+            # Each figure lays itself out (tight_layout), so no second, "tight" render; light PNG
+            # compression: evidence for every trial should cost the sweep little.
+            png.savefig(Path(tmp) / f"{name}.png", dpi=110, pil_kwargs={"compress_level": 1})
             plt.close(png)
         figures.write_html_page({name: html for name, (_, html) in pairs.items() if html is not None},
                                 Path(tmp) / Path(Artifacts.FIGURES).name, title=title)
