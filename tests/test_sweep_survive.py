@@ -1,7 +1,7 @@
 """Sweeps that survive: a NaN trial fails with its reason while the sweep completes, pruning
-prunes a trial built to be weak (and its run keeps its curves), an interrupted sweep resumes to
-exactly its total, a killed worker's trial ends failed with its run KILLED, two workers share one
-study without duplicate or lost trials, and grid, enqueue and the latency objective behave."""
+prunes a trial built to be weak (and its run keeps its curves), a sweep stopped by a signal
+resumes to exactly its total, a killed worker's trial ends failed with its run KILLED, and grid, enqueue and
+the latency objective behave. (Two workers on one study: test_team.py, against PostgreSQL.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 import keras
 import optuna
 import pytest
-from conftest import workbench_cli
+from conftest import workbench_cli, workbench_in_process
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -83,38 +83,6 @@ def test_pruning_stops_a_weak_trial_and_its_run_keeps_its_curves(tiny_spec, stor
     assert "test_f1_macro" not in run.data.metrics
 
 
-def test_an_interrupted_sweep_resumes_to_exactly_its_total(tiny_spec, stores, monkeypatch):
-    storage, uri = stores
-    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    import workbench.model.train as train_module
-
-    original = train_module.EpochRecorder.on_epoch_end
-    calls = {"n": 0}
-
-    def interrupt_second_trial(self, epoch, logs=None):
-        calls["n"] += 1
-        if calls["n"] == 2:  # Ctrl-C in the middle of trial 1
-            raise KeyboardInterrupt
-        return original(self, epoch, logs)
-
-    monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", interrupt_second_trial)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
-    monkeypatch.setattr(train_module.EpochRecorder, "on_epoch_end", original)
-    study = optuna.load_study(study_name="tiny", storage=storage)
-    client = MlflowClient(uri)
-    killed = client.get_run(study.trials[1].user_attrs["mlflow_run_id"])
-    assert killed.info.status == "KILLED"
-    parent_id = study.user_attrs["mlflow_parent_run_id"]
-    assert client.get_run(parent_id).info.status == "KILLED"
-
-    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
-    assert result.parent_run_id == parent_id and result.ran == 2
-    assert sweeps.count(result.study) == 3
-    finished = [r for r in children(uri, result) if r.info.status == "FINISHED"]
-    assert len(finished) == 3 and client.get_run(parent_id).info.status == "FINISHED"
-
-
 def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,8 +145,18 @@ def test_a_signal_ends_the_sweep_and_its_trial_as_killed_and_says_how_to_resume(
         assert run.data.tags[vocabulary.STATE] == "interrupted"
         assert run.data.tags["workbench.error"] == f"interrupted ({sig.name})"
     if killed:
-        board = workbench_cli("leaderboard", "tiny", cwd=workdir)
+        board = workbench_in_process("leaderboard", "tiny", cwd=workdir)
         assert board.returncode == 0 and "interrupted" in board.stdout, board.stdout
+    if moment == "mid-epoch":
+        # The same command again resumes under the same sweep run to exactly its total.
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        again = workbench_in_process("sweep", "tiny", "--trials", "3", "--set", "epochs=3", cwd=workdir)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"{3 - len(done)} to run" in again.stdout, again.stdout
+        client, runs = trial_runs()
+        assert len([r for r in runs if r.info.status == "FINISHED"]) == 3
+        assert client.search_runs([experiment], "tags.`workbench.role` = 'sweep'")[0].info.run_id == parent.info.run_id
+        assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
 def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configuration(tiny_spec, stores, workdir):
@@ -186,7 +164,7 @@ def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configura
     the killed configuration runs first, the budget is met with no configuration trained twice,
     only new trials are printed, and no run is left RUNNING."""
     storage, uri = stores
-    args = ["sweep", "tiny", "--trials", "4", "--set", "epochs=3",
+    args = ["sweep", "tiny", "--trials", "3", "--set", "epochs=3",
             "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"]
     exe = os.path.join(os.path.dirname(sys.executable), "workbench")
     worker = subprocess.Popen([exe, *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -225,14 +203,14 @@ def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configura
     assert lines[1].startswith("leak check: no image")  # after the data line, before anything resumes
     first_line = lines[2]
     assert first_line == (f"resuming tiny: {len(done)} complete, 1 killed by a lost worker or an interrupt; "
-                          f"{4 - len(done)} to run (1 killed configuration retried first)"), again.stdout
+                          f"{3 - len(done)} to run (1 killed configuration retried first)"), again.stdout
     assert f"trial {done[0].number} complete" not in again.stdout  # old trials are not shown as new
 
     study = optuna.load_study(study_name="tiny", storage=storage)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == 4
+    assert len(finished) == 3
     configurations = [tuple(sorted(t.params.items())) for t in finished]
-    assert len(set(configurations)) == 4  # nothing trained twice
+    assert len(set(configurations)) == 3  # nothing trained twice
     retries = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
     assert len(retries) == 1 and retries[0].params == killed.params
     assert retries[0].number == killed.number + 1  # retried first, before anything new
@@ -273,27 +251,6 @@ def test_a_second_worker_started_later_continues_the_search(tiny_spec, stores):
     rates = [t.params["learning_rate"] for t in later.study.trials if t.state == TrialState.COMPLETE]
     assert len(rates) == 2 and len(set(rates)) == 2  # the old process would have replayed trial 0's rate
     assert first.study.trials[0].params != later.study.trials[1].params
-
-
-def test_two_workers_share_one_study_without_duplicate_or_lost_trials(tiny_spec, workdir, stores):
-    storage, uri = stores
-    result = workbench_cli("sweep", "tiny", "--trials", "4", "--workers", "2", "--set", "epochs=1",
-                           "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}", cwd=workdir)
-    assert result.returncode == 0, result.stdout + result.stderr
-    study = optuna.load_study(study_name="tiny", storage=storage)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 4
-    run_ids = [t.user_attrs["mlflow_run_id"] for t in complete]
-    assert len(set(run_ids)) == 4
-    # Offset seeds: the two workers did not draw the same configurations in lockstep.
-    assert len({t.params["learning_rate"] for t in complete}) == 4
-    client = MlflowClient(uri)
-    parent = study.user_attrs["mlflow_parent_run_id"]
-    for run_id in run_ids:
-        run = client.get_run(run_id)
-        assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
-    assert client.get_run(parent).info.status == "FINISHED"
-    assert (workdir / "mlruns" / "workers" / "tiny-worker1.log").is_file()
 
 
 def test_grid_tries_every_combination_once_starting_from_the_enqueued_one(tiny_spec, stores):

@@ -1,5 +1,6 @@
 """The team set-up, for real: a throwaway PostgreSQL server and an `mlflow server` on 127.0.0.1,
-and a two-worker sweep against them. `.ci/run` installs PostgreSQL where it is missing; the test
+and a two-worker sweep against them (the one test of `--workers`: no trial duplicated, lost or
+failed, the workers' seeds offset). `.ci/run` installs PostgreSQL where it is missing; the test
 starts its own cluster in a temporary folder (as the `postgres` user, since initdb refuses root)
 so it never touches a system database. Without PostgreSQL the test skips, saying why; with
 `WORKBENCH_REQUIRE_POSTGRES=1` (as `.ci/run` sets it) it fails instead.
@@ -202,6 +203,9 @@ def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir,
     assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs[RUN_ATTR] for t in trials), \
         stdout + stderr
     assert [r.info.status for r in children] == ["FINISHED"] * 3
+    # Offset seeds: the two workers did not draw the same configurations in lockstep.
+    assert len({t.params["learning_rate"] for t in trials}) == 3
+    assert client.get_run(parent).info.status == "FINISHED"
     # Artifacts went through the server: a trial's evidence is listed over HTTP.
     files = {f.path for f in client.list_artifacts(children[0].info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in files
@@ -213,6 +217,6 @@ def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir,
         assert secret not in repr(run.data.params) + repr(run.data.tags)
     assert secret not in stdout + stderr
     logs = list((workdir / "mlruns" / "workers").glob("*"))
-    assert logs
+    assert {log.name for log in logs} >= {"tiny-worker1.log"}
     for log in logs:
         assert secret not in log.read_text(errors="replace"), log
