@@ -1,14 +1,16 @@
 """`workbench init`: folders of photos to a spec that trains, with a search that follows the photos,
-and the next commands printed; refusals are one line and exit 2."""
+and the next commands printed; README's walkthrough (init, sweep, promote) runs exactly as
+written; refusals are one line and exit 2."""
 
 from __future__ import annotations
 
-import re
+import shlex
 import shutil
 from pathlib import Path
 
 import yaml
-from conftest import workbench_in_process
+from conftest import REPO, workbench_in_process
+from mlflow.tracking import MlflowClient
 
 from workbench import spec as S
 from workbench.data import synth
@@ -42,10 +44,6 @@ def test_init_writes_a_spec_that_follows_the_photos_and_trains(workdir):
     spec = S.load("mine", folder=workdir / "experiments")
     assert spec.params.dims().keys() >= {"backbone", "balance", "augmentation", "learning_rate"}
 
-    trained = workbench_in_process("run", "mine", "--set", "epochs=1", "--set", "image_size=32", cwd=workdir)
-    assert trained.returncode == 0, trained.stderr
-    assert re.search(r"run [0-9a-f]{32} in experiment mine", " ".join(trained.stdout.split())), trained.stdout
-
     # Balanced photos: no balance axis. One folder: no matrix.
     even = photos(workdir / "even", seed=5, size=40, count=40)
     single = workbench_in_process("init", "even", str(even), cwd=workdir)
@@ -70,3 +68,30 @@ def test_init_refusals_are_one_line_and_exit_2(workdir):
         assert done.returncode == 2 and len(lines) == 1 and says in lines[0], (args, done.stderr)
     assert (workdir / "experiments" / "taken.yaml").read_text() == "name: taken\n"
     assert not (workdir / "experiments" / "lonely.yaml").exists()
+
+
+def walkthrough() -> list[list[str]]:
+    """The commands of README's "Your own photos, start to finish", as a shell splits them."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Your own photos, start to finish"):]
+    block = section[section.index("```bash\n") + len("```bash\n"):]
+    block = block[:block.index("```")]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_walkthrough_runs_exactly_as_written(workdir):
+    commands = walkthrough()
+    assert [c[:2] for c in commands] == [["workbench", "init"], ["workbench", "sweep"], ["workbench", "promote"]]
+    # The folders it names, small: 40 px photos make a 32 px spec.
+    photos(workdir / "photos" / "shop", seed=3, size=40, count=70, drop_masked=10)
+    photos(workdir / "photos" / "street", seed=4, size=40, count=40)
+    outputs = []
+    for command in commands:
+        done = workbench_in_process(*command[1:], cwd=workdir)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        outputs.append(" ".join(done.stdout.split()))
+    assert "wrote experiments/mine.yaml" in outputs[0].replace(str(workdir) + "/", ""), outputs[0]
+    assert "[2/2] trial" in outputs[1], outputs[1]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("mine", "champion")
+    assert client.get_run(champion.run_id).data.tags["workbench.spec"] == "mine"
