@@ -41,6 +41,7 @@ def test_init_writes_a_spec_that_follows_the_photos_and_trains(workdir):
     assert raw["params"]["balance"] == ["none", "oversample", "class_weight"]
     assert raw["params"]["image_size"] == 96       # most photos are 96 px (the median shorter side)
     assert raw["backbone_params"]["mobilenet_v2"]["weights"] == "none"   # nothing cached in the test's KERAS_HOME
+    assert raw["enqueue"] == [{"backbone": "simple_cnn"}]   # the quick baseline first
     spec = S.load("mine", folder=workdir / "experiments")
     assert spec.params.dims().keys() >= {"backbone", "balance", "augmentation", "learning_rate"}
 
@@ -91,7 +92,7 @@ def test_the_readme_walkthrough_runs_exactly_as_written(workdir):
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         outputs.append(" ".join(done.stdout.split()))
     assert "wrote experiments/mine.yaml" in outputs[0].replace(str(workdir) + "/", ""), outputs[0]
-    assert "[2/2] trial" in outputs[1], outputs[1]
+    assert "[1/1] trial" in outputs[1] and "backbone=simple_cnn" in outputs[1], outputs[1]   # the baseline first
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     champion = client.get_model_version_by_alias("mine", "champion")
     assert client.get_run(champion.run_id).data.tags["workbench.spec"] == "mine"

@@ -103,6 +103,8 @@ def _yaml(name: str, folders: list[Path], sources: list[str], data: Dataset, siz
                                      "             # ImageNet weights are not cached here: "
                                      "`workbench weights fetch mobilenet_v2` on a connected machine"),
         f"    image_size: {mobile}",
+        "enqueue:                 # the first trial: the quick baseline, a model to beat within minutes",
+        "  - {backbone: simple_cnn}",
         "trials: 8",
         "seed: 42",
         "",
