@@ -9,6 +9,7 @@ another's memory or TensorFlow state:
 - sweeps:     the same sweep with the median pruner vs none (epochs trained, best objective), both
               in one process: its resident memory after trial 3 vs after trial 30;
 - cache:      peak memory of one epoch over 10,000 224 px images with and without a memory budget;
+- ingest:     ingest of 4,000 camera-size (2048x1536) JPEGs on one core vs every core;
 - quickstart: `make sweep`'s wall time (data generation included), then the champion's latency in
               Keras vs TFLite at batch 1 and 32.
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, RESULTS, bench_data, load_average, machine, python, run_child  # noqa: E402
 
-SECTIONS = ("pipeline", "tracking", "sweeps", "cache", "quickstart")
+SECTIONS = ("pipeline", "tracking", "sweeps", "cache", "ingest", "quickstart")
 
 
 def section_function(name: str):
@@ -40,7 +41,7 @@ def section_function(name: str):
     import sweeps
 
     return {"pipeline": speed.pipeline, "tracking": speed.tracking, "sweeps": sweeps.sweeps,
-            "cache": scale.cache, "quickstart": sweeps.quickstart}[name]
+            "cache": scale.cache, "ingest": scale.ingest, "quickstart": sweeps.quickstart}[name]
 
 
 # The figures the issue asks for: (key, where in the results, what it means, target, check).
@@ -73,6 +74,11 @@ HEADLINES = [
      "peak RSS, one epoch over 10,000 224 px images, 512 MB budget (MB)", "bounded", None),
     ("peak_rss_mb_in_memory", ("cache", "peak_rss_mb_in_memory"),
      "the same epoch with the whole split cached in memory (MB)", None, None),
+    ("ingest_speedup", ("ingest", "ingest_speedup"),
+     "ingest of 4,000 camera-size JPEGs (2048x1536), one core / every core", ">= 1.6 on 2 cores",
+     lambda v: v >= 1.6),
+    ("ingest_images_per_second", ("ingest", "images_per_second"),
+     "the same ingest on every core: images/s", None, None),
     ("quickstart_seconds", ("quickstart", "quickstart_seconds"),
      "`make sweep` wall time after installation, data generation included (s)", "<= 240", lambda v: v <= 240),
     ("quickstart_trials_per_minute", ("quickstart", "trials_per_minute"),

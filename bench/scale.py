@@ -1,8 +1,9 @@
-"""Memory at real-dataset scale: one training epoch of workbench's input pipeline over 10,000
+"""Real-dataset scale. Memory: one training epoch of workbench's input pipeline over 10,000
 generated 224 px JPEGs (Face Mask 12K's order of size, at the input size of most pretrained
 backbones), once with a memory budget the decoded split does not fit in (it must spill to a file
 cache) and once with one it fits in (cached in memory). Each side runs in its own process, and its
-peak resident memory is the kernel's figure for that process.
+peak resident memory is the kernel's figure for that process. Ingest: 4,000 camera-size JPEGs
+opened on one core and on every core.
 """
 
 from __future__ import annotations
@@ -118,3 +119,67 @@ def cache(quick: bool) -> dict:
                           "in_memory": median([r["seconds"] for r in memory])},
         "budget_mb": BUDGET_BYTES / 2**20,
     }
+
+
+# --- ingest at camera size -----------------------------------------------------------------------
+
+CAMERA = (2048, 1536)      # a 3-megapixel photo, as phones export and share them
+CAMERA_IMAGES = 4_000      # 1,000 with --quick
+
+
+def camera_folder(count: int) -> Path:
+    """`count` camera-size JPEGs in two class folders, generated once: smooth colour fields with
+    sensor-like grain, so their size (~0.4 MB) and decoding cost are a photo's."""
+    import cv2
+    import numpy as np
+
+    width, height = CAMERA
+    folder = bench_data() / f"camera-{width}x{height}-n{count}"
+    if (folder / "done").is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    for label in ("with_mask", "without_mask"):
+        (folder / label).mkdir(parents=True)
+    grain = np.random.default_rng(0).normal(0, 6, (256, 256, 3))
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        field = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (width, height),
+                           interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        shift = rng.integers(0, 256, 2)
+        noise = np.roll(np.tile(grain, (height // 256 + 1, width // 256 + 1, 1)), tuple(shift), (0, 1))
+        image = np.clip(field + noise[:height, :width], 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        (folder / ("with_mask", "without_mask")[i % 2] / f"{i:05d}.jpg").write_bytes(buf.tobytes())
+    (folder / "done").write_text("ok\n")
+    return folder
+
+
+def ingest(quick: bool) -> dict:
+    """`workbench data ingest folders`' work on the camera-size tree, on one core
+    (WORKBENCH_INGEST_WORKERS=1) and on every core, alternating (two rounds, one with --quick);
+    each ingest writes a fresh manifest and fresh decoded copies."""
+    from common import quiet
+
+    quiet()
+    from workbench.data import ingest as I
+
+    count = 1_000 if quick else CAMERA_IMAGES
+    folder = camera_folder(count)
+    cores = I.workers()
+
+    def run(workers: int):
+        def go() -> dict:
+            os.environ["WORKBENCH_INGEST_WORKERS"] = str(workers)
+            with tempfile.TemporaryDirectory(dir=bench_data()) as out:
+                seconds, result = timed(lambda: I.ingest("folders", folder, "camera", Path(out) / "manifests",
+                                                          Path(out) / "decoded"))
+            return {"seconds": round(seconds, 2), "kept": result.kept}
+        return go
+
+    runs = alternate([("one_core", run(1)), ("every_core", run(cores))], 1 if quick else 2)
+    one, every = median([r["seconds"] for r in runs["one_core"]]), median([r["seconds"] for r in runs["every_core"]])
+    assert all(r["kept"] == count for side in runs.values() for r in side), runs
+    return {"setup": {"images": count, "size": f"{CAMERA[0]}x{CAMERA[1]}", "cores": cores,
+                      "megabytes": round(sum(f.stat().st_size for f in folder.rglob("*.jpg")) / 2**20)},
+            "runs": runs, "seconds_one_core": one, "seconds_every_core": every,
+            "images_per_second": round(count / every, 1), "ingest_speedup": round(one / every, 2)}

@@ -344,3 +344,29 @@ def test_an_unreadable_folder_is_reported_not_skipped():
         assert dict(zip(report["path"], report["reason"])) == {"a/locked/": "unreadable folder: Permission denied"}
         frame, sidecar = read_manifest("locked", manifests)
         assert sorted(frame["path"]) == ["a/x.png", "b/z.png"] and sidecar["kept"] == 2
+
+
+def test_ingest_on_every_core_writes_the_one_core_manifest_and_reports_progress(tmp_path, monkeypatch):
+    raw = tmp_path / "raw" / "many"
+    for i in range(72):
+        folder = raw / ("with_mask", "without_mask")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture(1000 + i)).save(folder / f"{i:03d}.jpg", quality=90)
+    for i in range(3):  # larger than training ever reads: each gets a downscaled decoded copy
+        Image.fromarray(picture(2000 + i, size=1100)).save(raw / "with_mask" / f"big{i}.png")
+    (raw / "without_mask" / "note.jpg").write_text("not a photo")
+    outputs, heard = {}, {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("WORKBENCH_INGEST_WORKERS", workers)
+        calls = []
+        out = tmp_path / f"out{workers}"
+        result = ingest("folders", raw, "many", out / "manifests", out / "interim",
+                        progress=lambda done, total: calls.append((done, total)))
+        outputs[workers] = (result.manifest_path.read_bytes(), result.report_path.read_bytes(),
+                            tree_digest(out / "interim" / "many"))
+        heard[workers] = calls
+        assert result.kept == 75 and result.skipped == 1
+    assert outputs["2"] == outputs["1"]
+    # Every file opened is heard of once, in order, up to the total.
+    for calls in heard.values():
+        assert calls == [(n, 76) for n in range(1, 77)]

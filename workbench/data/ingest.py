@@ -19,6 +19,7 @@ from the sidecar's timestamp.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,7 +27,9 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
+import threading
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -362,13 +365,25 @@ def _bomb(err: Exception) -> str:
     return f"too large: {_one_line(err)}"
 
 
+@contextlib.contextmanager
+def _quiet():
+    """PIL warns about odd palettes, EXIF and big images; the manifest records what matters.
+    Warning filters are process-wide and `catch_warnings` is not thread-safe (two threads
+    restoring each other's saved filters can leave everything silenced for good), so only the
+    main thread changes them; `inspect_images` silences them around its worker threads."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def decode(data: bytes, max_side: int | None = DECODED_MAX_SIDE) -> Picture | str:
     """Decode an image file's bytes as workbench reads every image, or return the one-line reason
     they are not a usable image. The content decides, never the file's name. `rgb` is cut down to
     `max_side` (None: full size, which face detection in a large group photo needs)."""
-    with warnings.catch_warnings():
-        # PIL warns about odd palettes, EXIF and big images; the manifest records what matters.
-        warnings.simplefilter("ignore")
+    with _quiet():
         try:
             img = Image.open(io.BytesIO(data), formats=_photo_formats())
         except UnidentifiedImageError:  # its message holds an object address: never show it
@@ -423,7 +438,8 @@ def inspect_image(file: Path, decoded_to: Path, copy: bool = False) -> dict[str,
     if picture.tf_misreads or copy:
         try:
             decoded_to.parent.mkdir(parents=True, exist_ok=True)
-            picture.rgb.save(decoded_to, format="PNG")
+            # Light compression: a lossless copy either way, written in a third of the time.
+            picture.rgb.save(decoded_to, format="PNG", compress_level=1)
         except OSError as err:  # the output side failing is no fact about this file: stop
             raise DataError(f"{decoded_to}: cannot write the decoded copy ({_one_line(err)})") from None
         info["decoded"] = "1"
@@ -459,10 +475,13 @@ def _copy_name(path: str) -> str:
 
 
 def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: Path,
-           near_duplicate_distance: int = 4, extra: dict | None = None) -> IngestResult:
+           near_duplicate_distance: int = 4, extra: dict | None = None,
+           progress: Progress | None = None) -> IngestResult:
     """Turn the raw folder into `out_dir/<name>.csv` (+ `.json` sidecar, `.report.csv` of every
     file left out and why) and normalised copies under `interim_dir/<name>/`. `extra` is recorded
-    in the sidecar (the synthetic set's generator options, say)."""
+    in the sidecar (the synthetic set's generator options, say). The files are opened on every
+    core (`workers`); `progress(done, total)` hears of each one, and without it a terminal
+    shows a progress bar."""
     adapter, raw_root, out_dir, interim_dir = _checked_arguments(source, raw_root, name, out_dir, interim_dir)
     items = _scanned(adapter, source, raw_root)
 
@@ -472,7 +491,7 @@ def ingest(source: str, raw_root: Path, name: str, out_dir: Path, interim_dir: P
     # so an interrupted ingest never leaves a manifest pointing at missing or stale copies.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=interim_dir))
     try:
-        rows, skipped = _described(items, raw_root, name, staging)
+        rows, skipped = _described(items, raw_root, name, staging, progress)
         report_path = report_of(name, out_dir)
         _write_csv(pd.DataFrame(skipped, columns=["path", "reason"]).sort_values("path"), report_path)
         if not rows:
@@ -537,12 +556,13 @@ def _scanned(adapter: Adapter, source: str, raw_root: Path) -> list[Item]:
     return items
 
 
-def _described(items: list[Item], raw_root: Path, name: str, staging: Path) -> tuple[list[dict], list[dict]]:
+def _described(items: list[Item], raw_root: Path, name: str, staging: Path,
+               progress: Progress | None = None) -> tuple[list[dict], list[dict]]:
     """Manifest rows for the usable items (decoded copies under `staging`), and the skipped ones with reasons."""
     # Training reads a file by the manifest's path, which must be valid UTF-8: where the real
     # name is not, the file is read through a decoded copy instead.
     unreachable_root = printable(str(raw_root)) != str(raw_root)
-    rows, skipped, seen = [], [], set()
+    entries, jobs, seen = [], [], set()
     for item in items:
         real_path = item.file.relative_to(raw_root).as_posix()
         folder = item.problem == _EMPTY_FOLDER or item.problem.startswith("unreadable folder")
@@ -555,9 +575,15 @@ def _described(items: list[Item], raw_root: Path, name: str, staging: Path) -> t
         elif path in seen:
             described = "name collides with another file's once written as valid UTF-8"
         else:
-            described = inspect_image(item.file, staging / copy_name,
-                                      copy=unreachable_root or path != real_path)
+            described = len(jobs)   # opened below, with the others, on every core
+            jobs.append((item.file, staging / copy_name, unreachable_root or path != real_path))
         seen.add(path)
+        entries.append((item, path, copy_name, described))
+    inspected = inspect_images(jobs, progress)
+    rows, skipped = [], []
+    for item, path, copy_name, described in entries:
+        if isinstance(described, int):
+            described = inspected[described]
         if isinstance(described, str):
             skipped.append({"path": path, "reason": described})
             continue
@@ -566,6 +592,76 @@ def _described(items: list[Item], raw_root: Path, name: str, staging: Path) -> t
         rows.append({**described, "path": path, "label": printable(item.label), "source": name,
                      "original_split": item.original_split, **item.extra})
     return rows, skipped
+
+
+# --- opening the files on every core --------------------------------------------------------------
+
+Progress = Callable[[int, int], None]   # (files opened so far, files to open)
+PARALLEL_FROM = 64   # fewer files than this are opened in this thread: a pool would cost more
+
+
+def workers() -> int:
+    """Threads that open files at once: one per core this process may use, or
+    `WORKBENCH_INGEST_WORKERS`. Threads suffice: Pillow's decoders, its resampling and zlib,
+    and hashlib let go of Python's lock while they work, which is nearly all of a file's time."""
+    configured = os.environ.get("WORKBENCH_INGEST_WORKERS", "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise DataError(f"WORKBENCH_INGEST_WORKERS={configured!r}: expected a whole number", exit_code=2) from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+def inspect_images(jobs: list[tuple[Path, Path, bool]], progress: Progress | None = None) -> list[dict | str]:
+    """`inspect_image(file, decoded_to, copy)` for every job, in order, on `workers()` threads."""
+    if not jobs:
+        return []
+    with _reporting(progress, len(jobs)) as opened:
+        count = workers() if len(jobs) >= PARALLEL_FROM else 1
+        if count == 1:
+            results = []
+            for job in jobs:
+                results.append(inspect_image(*job))
+                opened(len(results))
+            return results
+        from concurrent.futures import ThreadPoolExecutor
+
+        results = []
+        with _quiet(), ThreadPoolExecutor(max_workers=count, thread_name_prefix="ingest") as pool:
+            # map keeps the order; the pool works ahead of the one result being collected.
+            for result in pool.map(lambda job: inspect_image(*job), jobs):
+                results.append(result)
+                opened(len(results))
+        return results
+
+
+@contextlib.contextmanager
+def _reporting(progress: Progress | None, total: int):
+    """A function to call with the count of files opened so far: `progress`, or a progress bar
+    on a terminal (for enough files to be worth one), or nothing."""
+    if progress is not None:
+        yield lambda done: progress(done, total)
+        return
+    if total < PARALLEL_FROM or not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as Bar
+
+    with Bar(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+             console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("ingest", total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _notes(counts: dict[str, dict[str, int]], labels: set[str]) -> list[str]:
