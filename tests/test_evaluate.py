@@ -228,7 +228,8 @@ def test_mistakes_grid_titles_and_empty_case():
     probabilities[7] = [0.02, 0.97, 0.01]                           # the surest mistake
     mpl, fig = figures.mistakes_grid(images, Y_TRUE, probabilities, CLASSES)
     captions = [t.get_text() for t in mpl.axes[0].texts]
-    assert len(captions) == 3 and len(fig.data) == 3                # three wrong predictions
+    assert len(captions) == 3 and len(fig.data) == 1                # three wrong predictions, one mosaic
+    assert sorted(a.text for a in fig.layout.annotations) == sorted(captions)
     assert captions[0] == "true c / pred b (0.97)"                  # the surest first
     assert mpl.axes[0].get_title() == "Most confident mistakes (3)"
     mosaic = mpl.axes[0].images[0].get_array()

@@ -13,8 +13,9 @@ closes the matplotlib figures; nothing here closes figures globally.
 
 from __future__ import annotations
 
+import base64
+import io
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless machines and CI: never try to open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import plotly.express as px  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
+from PIL import Image  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
 from workbench.measure.evaluate import Evaluation, most_confident_mistakes  # noqa: E402
@@ -256,6 +257,22 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _mosaic(shown: np.ndarray, count: int) -> tuple[np.ndarray, list[tuple[float, float]], int]:
+    """The images laid out in a near-square grid on white, with room above each for its title:
+    the mosaic, each title's anchor (x, y: the tile's top centre) and the number of columns."""
+    rows, cols = _grid(count)
+    h, w = shown.shape[1:3]
+    pad_top, pad = max(h // 4, 6), 4   # room for a title above each tile, a gap between tiles
+    cell_h, cell_w = h + pad_top + pad, w + pad
+    mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
+    anchors = []
+    for i, image in enumerate(shown[:count]):
+        r, c = divmod(i, cols)
+        mosaic[r * cell_h + pad_top:r * cell_h + pad_top + h, c * cell_w:c * cell_w + w] = image
+        anchors.append((c * cell_w + w / 2, r * cell_h + pad_top - 1))
+    return mosaic, anchors, cols
+
+
 def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: str,
                     tile: tuple[float, float] = (2.6, 2.8)):
     """Images in a near-square grid, each under its title; one panel saying `empty` when there
@@ -266,25 +283,20 @@ def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: s
     if not titles:
         ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
         return fig
-    rows, cols = _grid(len(titles))
-    h, w = shown.shape[1:3]
-    pad_top, pad = max(h // 4, 6), 4   # room for a title above each tile, a gap between tiles
-    cell_h, cell_w = h + pad_top + pad, w + pad
-    mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(shown):
-        r, c = divmod(i, cols)
-        mosaic[r * cell_h + pad_top:r * cell_h + pad_top + h, c * cell_w:c * cell_w + w] = image
+    mosaic, anchors, cols = _mosaic(shown, len(titles))
+    rows = math.ceil(len(titles) / cols)
     fig.set_size_inches(tile[0] * cols, tile[1] * rows)
     ax.imshow(mosaic, interpolation="nearest")
-    for i, title in enumerate(titles):
-        r, c = divmod(i, cols)
-        ax.text(c * cell_w + w / 2, r * cell_h + pad_top - 1, title, ha="center", va="bottom", fontsize=8)
+    for (x, y), title in zip(anchors, titles):
+        ax.text(x, y, title, ha="center", va="bottom", fontsize=8)
     ax.set_title(f"{heading} ({len(titles)})")
     fig.tight_layout()
     return fig
 
 
 def grid_plotly(shown: np.ndarray, titles: list[str], heading: str, empty: str) -> go.Figure:
+    """The same grid, interactive: one mosaic image (zoom and pan), each title over its tile.
+    One image rather than a facet per tile: plotly express took 0.28 s a trial to lay 16 out."""
     if not titles:
         fig = go.Figure()
         fig.add_annotation(text=empty, x=0.5, y=0.5, xref="paper", yref="paper",
@@ -293,11 +305,15 @@ def grid_plotly(shown: np.ndarray, titles: list[str], heading: str, empty: str) 
         fig.update_yaxes(visible=False)
         fig.update_layout(title=heading, height=240, width=600)
         return fig
-    rows, cols = _grid(len(titles))
-    # binary_string embeds each image as a PNG instead of a JSON array of pixels: a far smaller HTML.
-    fig = px.imshow(shown, facet_col=0, facet_col_wrap=cols, binary_string=True,
-                    facet_col_spacing=0.02, facet_row_spacing=0.08)
-    fig.for_each_annotation(lambda a: a.update(text=titles[int(re.sub(r"\D", "", a.text))], font_size=10))
+    mosaic, anchors, cols = _mosaic(shown, len(titles))
+    rows = math.ceil(len(titles) / cols)
+    # The mosaic as one embedded PNG, not a JSON array of pixels: a far smaller HTML.
+    png = io.BytesIO()
+    Image.fromarray(mosaic).save(png, format="PNG", compress_level=1)
+    fig = go.Figure(go.Image(source="data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")))
+    fig.update_yaxes(autorange="reversed")
+    for (x, y), title in zip(anchors, titles):
+        fig.add_annotation(x=x, y=y, text=title, showarrow=False, yanchor="bottom", font=dict(size=10))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title=f"{heading} ({len(titles)})", height=230 * rows + 80,
@@ -361,8 +377,8 @@ def mistakes_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndar
                   classes: tuple[str, ...], k: int = 16, picked: list[int] | None = None):
     """The k wrong predictions the model was surest about, each titled "true X / pred Y (0.97)".
 
-    The plotly half is a faceted `px.imshow`, one image trace per mistake; with no mistakes both
-    halves are a single panel saying so."""
+    Both halves draw one mosaic of the mistakes, each titled over its tile; with no mistakes both
+    are a single panel saying so."""
     return (mistakes_matplotlib(images, y_true, probabilities, classes, k, picked),
             mistakes_plotly(images, y_true, probabilities, classes, k, picked))
 
