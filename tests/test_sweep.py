@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import optuna
 import pytest
 from conftest import workbench_cli, workbench_in_process
 from mlflow.tracking import MlflowClient
@@ -26,34 +27,6 @@ def children(client, result):
     return client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
 
 
-def test_two_trial_sweep_is_one_parent_with_two_children_and_resumes_to_the_total(tiny_spec, stores):
-    storage, uri = stores
-    spec = S.load("tiny", ["epochs=1", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"])
-    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
-    client = MlflowClient(uri)
-
-    parent = client.get_run(result.parent_run_id)
-    assert parent.data.tags[vocabulary.ROLE] == "sweep" and parent.info.status == "FINISHED"
-    experiment = client.get_experiment(result.experiment_id)
-    assert experiment.name == "tiny"
-    # A model-training experiment: the MLflow UI opens it on runs and charts, not its GenAI view.
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    runs = children(client, result)
-    assert len(runs) == 2
-    assert sorted(r.data.tags[vocabulary.TRIAL] for r in runs) == ["0", "1"]
-    assert all(r.data.tags[vocabulary.ROLE] == "trial" and r.info.status == "FINISHED" for r in runs)
-    # Each trial's run holds the learning rate Optuna sampled for it.
-    for trial in result.study.trials:
-        run = client.get_run(trial.user_attrs["mlflow_run_id"])
-        assert float(run.data.params["learning_rate"]) == pytest.approx(trial.params["learning_rate"])
-    assert parent.data.metrics["trials_complete"] == 2
-
-    again = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
-    assert again.ran == 0 and again.parent_run_id == result.parent_run_id
-    more = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=3)
-    assert more.ran == 1 and len(children(client, more)) == 3
-
-
 def test_a_changed_spec_does_not_silently_join_an_old_study(tiny_spec, stores):
     storage, uri = stores
     run_sweep(Workspace(tracking_uri=uri, storage=storage), S.load("tiny", ["epochs=1"]), trials=1)
@@ -61,13 +34,13 @@ def test_a_changed_spec_does_not_silently_join_an_old_study(tiny_spec, stores):
         run_sweep(Workspace(tracking_uri=uri, storage=storage), S.load("tiny", ["epochs=1", "dropout=0.5"]), trials=1)
 
 
-def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):
-    result = workbench_cli("sweep", "tiny", "--trials", "2", "--set", "epochs=1",
-                           "--set", "balance=[none, oversample]", cwd=workdir)
+def test_cli_sweep_is_one_parent_with_its_trials_prints_progress_and_a_leaderboard_and_resumes(tiny_spec, workdir):
+    args = ["sweep", "tiny", "--trials", "2", "--set", "epochs=1", "--set", "balance=[none, oversample, class_weight]"]
+    result = workbench_cli(*args, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert "[1/2] trial 0 complete" in result.stdout and re.search(r"\[2/2\] trial \d+ complete", result.stdout)
-    # Two values to choose from: the second trial runs the other one, never the first one again.
-    assert "balance=oversample" in result.stdout and "balance=none" in result.stdout
+    # Three values to choose from and nothing else: the second trial runs another one, never the first again.
+    assert len(set(re.findall(r"balance=(\w+)", result.stdout))) == 2, result.stdout
     assert "tiny: sweep run" in result.stdout and "f1_macro" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert (workdir / "mlruns" / "mlflow.db").is_file() and (workdir / "mlruns" / "optuna.db").is_file()
@@ -86,6 +59,29 @@ def test_cli_sweep_prints_progress_and_a_leaderboard(tiny_spec, workdir):
         assert sorted(order) == sorted(value), shown.stdout
         ranked = [value[name] for name in order]
         assert ranked == sorted(ranked, reverse=not lower), (metric, ranked)
+
+    # One parent run (the sweep) with a child run per trial, in a model-training experiment (the
+    # MLflow UI opens it on runs and charts, not its GenAI view); each child holds its trial's values.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags[vocabulary.ROLE] == "sweep" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_complete"] == 2
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id and r.info.status == "FINISHED" for r in trials)
+    ran = [t for t in study.trials if "mlflow_run_id" in t.user_attrs]   # not the redraws of a configuration run before
+    assert sorted(t.user_attrs["mlflow_run_id"] for t in ran) == sorted(r.info.run_id for r in trials)
+    for trial in ran:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags[vocabulary.TRIAL] == str(trial.number) and run.data.params["balance"] == trial.params["balance"]
+    # The same command again runs nothing; a larger total runs only the difference, under the same parent.
+    again = workbench_in_process(*args, cwd=workdir)
+    assert again.returncode == 0 and "nothing to run" in " ".join(again.stdout.split()), again.stdout + again.stderr
+    more = workbench_in_process(*[a if a != "2" else "3" for a in args], cwd=workdir)
+    assert more.returncode == 0, more.stdout + more.stderr
+    runs = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(runs) == 3 and client.get_run(parent_id).info.status == "FINISHED"
 
 
 def test_the_dashboard_is_installed_and_serves_the_study_storage_on_loopback(workdir):
