@@ -188,6 +188,13 @@ def png_size(path: Path) -> tuple[int, int]:
 
 # --- the MLflow UI -----------------------------------------------------------------------------------
 
+def close_assistant(page) -> None:
+    """The UI's assistant side panel only narrows the screenshots."""
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.is_visible():
+        close.click()
+
+
 def test_mlflow_ui_nests_the_trials_under_the_sweep_and_shows_their_curves_and_confusion_matrix(
         browser, page, sweep, mlflow_ui):
     client, parent = sweep["client"], sweep["sweep_id"]
@@ -198,11 +205,9 @@ def test_mlflow_ui_nests_the_trials_under_the_sweep_and_shows_their_curves_and_c
     sweep_name = client.get_run(parent).info.run_name
 
     page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs?{MODEL_TRAINING}")
-    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
     row = page.locator("[role=row]", has=page.locator(f"a[href$='/runs/{parent}']"))
     row.wait_for()
-    if close.is_visible():  # the assistant's side panel only narrows the screenshots
-        close.click()
+    close_assistant(page)
     # Nested: the trials are folded under the sweep's row until it is expanded.
     links = page.locator("[role=row] a[href*='/runs/']")
     assert links.all_inner_texts() == [sweep_name]
@@ -260,7 +265,11 @@ def test_the_link_sweep_prints_opens_its_trials_ranked_with_their_state_and_the_
     page.goto(link)
     links = page.locator("[role=row] a[href*='/runs/']")
     page.wait_for_function("n => document.querySelectorAll(\"[role=row] a[href*='/runs/']\").length === n", arg=2)
+    close_assistant(page)
     assert links.all_inner_texts() == [run.info.run_name for run in trials]   # no sweep row to unfold
+    # The UI took the view's sort (its address now says so): the objective, largest first, as
+    # val_f1_macro is better larger (the two trials may tie, so the rows alone cannot show it).
+    assert "orderByKey=metrics.%60objective%60" in page.url and "orderByAsc=false" in page.url, page.url
     headers = page.locator(".ag-header-cell[col-id]").evaluate_all("cells => cells.map(c => c.getAttribute('col-id'))")
     wanted = [ui.column("metrics", m) for m in ui.SCORES] + [ui.column("tags", vocabulary.STATE),
                                                              ui.column("params", "learning_rate")]
@@ -279,6 +288,7 @@ def test_the_link_sweep_prints_opens_its_trials_ranked_with_their_state_and_the_
     page.goto(link + "&compareRunsMode=CHART")
     cards = page.locator("[data-testid='experiment-view-compare-runs-card'] h4[title]")
     cards.first.wait_for()
+    close_assistant(page)
     page.wait_for_function("n => document.querySelectorAll(\"[data-testid='experiment-view-compare-runs-card'] h4[title]\").length >= n",
                            arg=len(ui.CURVES))
     assert cards.evaluate_all("hs => hs.map(h => h.getAttribute('title'))")[:len(ui.CURVES)] == list(ui.CURVES)
