@@ -1,7 +1,8 @@
 """Sweeps that survive: a NaN trial fails with its reason while the sweep completes, pruning
 prunes a trial built to be weak (and its run keeps its curves), a sweep stopped by a signal
-resumes to exactly its total, a killed worker's trial ends failed with its run KILLED, and grid, enqueue and
-the latency objective behave. (Two workers on one study: test_team.py, against PostgreSQL.)"""
+resumes to exactly its total, a killed worker's trial ends failed with its run KILLED, and
+grid, enqueue and the latency objective behave. (Two workers on one study: test_team.py, against
+PostgreSQL.)"""
 
 from __future__ import annotations
 
