@@ -351,9 +351,14 @@ def ensure_parent_run(study: optuna.Study, client: MlflowClient, experiment_id: 
 
 
 def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, spec: Spec) -> None:
-    """The MLflow UI view the printed link opens: this sweep's trials, its searched axes as columns."""
+    """The MLflow UI view the printed link opens: this sweep's trials, its searched axes as columns.
+    A convenience: a store that refuses the tag (an old server, a length limit) costs the view,
+    never the sweep."""
     searched = [name for name, dim in spec.params.dims().items() if is_searched(dim)]
-    ui.save_sweep_view(client, experiment_id, parent_run_id, spec.objective.metric, searched)
+    try:
+        ui.save_sweep_view(client, experiment_id, parent_run_id, spec.objective.metric, searched)
+    except mlflow.exceptions.MlflowException as err:
+        log.warning("the MLflow UI view of sweep run %s was not saved: %s", parent_run_id, first_line(err))
 
 
 def count(study: optuna.Study, states=DONE) -> int:
