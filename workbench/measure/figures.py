@@ -257,9 +257,9 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _mosaic(shown: np.ndarray, count: int) -> tuple[np.ndarray, list[tuple[float, float]], int]:
+def _mosaic(shown: np.ndarray, count: int) -> tuple[np.ndarray, list[tuple[float, float]], tuple[int, int]]:
     """The images laid out in a near-square grid on white, with room above each for its title:
-    the mosaic, each title's anchor (x, y: the tile's top centre) and the number of columns."""
+    the mosaic, each title's anchor (x, y: the tile's top centre) and the grid's (rows, columns)."""
     rows, cols = _grid(count)
     h, w = shown.shape[1:3]
     pad_top, pad = max(h // 4, 6), 4   # room for a title above each tile, a gap between tiles
@@ -270,7 +270,7 @@ def _mosaic(shown: np.ndarray, count: int) -> tuple[np.ndarray, list[tuple[float
         r, c = divmod(i, cols)
         mosaic[r * cell_h + pad_top:r * cell_h + pad_top + h, c * cell_w:c * cell_w + w] = image
         anchors.append((c * cell_w + w / 2, r * cell_h + pad_top - 1))
-    return mosaic, anchors, cols
+    return mosaic, anchors, (rows, cols)
 
 
 def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: str,
@@ -283,8 +283,7 @@ def grid_matplotlib(shown: np.ndarray, titles: list[str], heading: str, empty: s
     if not titles:
         ax.text(0.5, 0.5, empty, ha="center", va="center", fontsize=12)
         return fig
-    mosaic, anchors, cols = _mosaic(shown, len(titles))
-    rows = math.ceil(len(titles) / cols)
+    mosaic, anchors, (rows, cols) = _mosaic(shown, len(titles))
     fig.set_size_inches(tile[0] * cols, tile[1] * rows)
     ax.imshow(mosaic, interpolation="nearest")
     for (x, y), title in zip(anchors, titles):
@@ -305,8 +304,7 @@ def grid_plotly(shown: np.ndarray, titles: list[str], heading: str, empty: str) 
         fig.update_yaxes(visible=False)
         fig.update_layout(title=heading, height=240, width=600)
         return fig
-    mosaic, anchors, cols = _mosaic(shown, len(titles))
-    rows = math.ceil(len(titles) / cols)
+    mosaic, anchors, (rows, cols) = _mosaic(shown, len(titles))
     # The mosaic as one embedded PNG, not a JSON array of pixels: a far smaller HTML.
     png = io.BytesIO()
     Image.fromarray(mosaic).save(png, format="PNG", compress_level=1)
