@@ -201,7 +201,7 @@ def init_command(
     console.print(f"{done.data.describe()}", highlight=False)
     console.print(f"wrote {done.path}: classes {', '.join(f'{c} {counts[c]}' for c in done.data.classes)}"
                   f"{' (imbalanced: balance is searched)' if done.imbalanced else ''}; {done.image_size} px; "
-                  f"simple_cnn vs mobilenet_v2 (weights {done.weights}); 8 trials", highlight=False)
+                  f"simple_cnn vs mobilenet_v2 (weights {done.weights}); {done.trials} trials", highlight=False)
     console.print("next:", highlight=False)
     for command in done.next_commands:
         console.print(f"  {command}", highlight=False)

@@ -25,6 +25,9 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SIZES = (32, 64, 96, 128)      # the largest that the photos' median shorter side reaches
 IMBALANCED = 1.5               # largest class / smallest class above which balance is searched
 MOBILENET_SIZES = (96, 128, 160, 192, 224)   # the input sizes Keras has ImageNet weights for
+SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}   # ingested and split with these, and written into the spec
+SEED = 42
+TRIALS = 8
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Started:
     weights: str                 # imagenet or none
     sources: list[str]
     next_commands: list[str]
+    trials: int                  # the spec's budget, as written
 
 
 def source_names(folders: list[Path]) -> list[str]:
@@ -84,7 +88,7 @@ def _yaml(name: str, folders: list[Path], sources: list[str], data: Dataset, siz
         "  manifests:            # one per folder; several are merged, and `workbench matrix` compares them",
         *[f"    - {{name: {s}, adapter: folders, path: '{f}'}}" for s, f in zip(sources, folders)],
         "# By duplicate group: a photo and its copies never straddle train, validation and test.",
-        "split: {train: 0.7, val: 0.15, test: 0.15}",
+        f"split: {{train: {SPLIT['train']}, val: {SPLIT['val']}, test: {SPLIT['test']}}}",
         "params:",
         "  backbone: [simple_cnn, mobilenet_v2]   # trained from scratch vs pretrained, fine-tuned whole",
         f"  image_size: {size}" + (f"                        # the photos' median shorter side is {shorter} px;"
@@ -105,8 +109,8 @@ def _yaml(name: str, folders: list[Path], sources: list[str], data: Dataset, siz
         f"    image_size: {mobile}",
         "enqueue:                 # the first trial: the quick baseline, a model to beat within minutes",
         "  - {backbone: simple_cnn}",
-        "trials: 8",
-        "seed: 42",
+        f"trials: {TRIALS}",
+        f"seed: {SEED}",
         "",
     ]
     return "\n".join(lines)
@@ -129,7 +133,7 @@ def start(ws: Workspace, name: str, folders: list[Path], *, weights_cached: Call
     sources = source_names(folders)
     raw = {"name": name, "dataset": {"source": "manifests", "manifests": [
         {"name": s, "adapter": "folders", "path": str(f)} for s, f in zip(sources, folders)]},
-        "split": {"train": 0.7, "val": 0.15, "test": 0.15}, "seed": 42}
+        "split": SPLIT, "seed": SEED}
     data = prepare(validate(raw, source=f"workbench init {name}"), ws)
     size, shorter = image_size(data)
     counts = data.frame["label"].value_counts()
@@ -138,9 +142,9 @@ def start(ws: Workspace, name: str, folders: list[Path], *, weights_cached: Call
     text = _yaml(name, folders, sources, data, size, shorter, imbalanced, weights)
     ws.experiments.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    load(name, folder=ws.experiments)   # what was written is a valid spec, or this is a bug of ours
+    written = load(name, folder=ws.experiments)   # a valid spec, or this is a bug of ours
     commands = [f"workbench sweep {name}", f"workbench compare --experiment {name} --sweep latest",
                 f"workbench promote --name {name} --experiment {name}"]
     if len(folders) > 1:
         commands.append(f"workbench matrix {name}")
-    return Started(path, data, size, imbalanced, weights, sources, commands)
+    return Started(path, data, size, imbalanced, weights, sources, commands, written.trials)
