@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from workbench import errors
 from workbench.cli.common import (
     ModelOption,
     StorageOption,
@@ -32,6 +33,7 @@ from workbench.cli.common import (
     workspace,
 )
 from workbench.errors import WorkbenchError
+from workbench.track import ui
 
 
 class OutputFormat(str, Enum):
@@ -251,8 +253,6 @@ def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: Tra
     import subprocess
     import time
 
-    from workbench import errors
-
     ws = workspace(tracking_uri=tracking_uri)
     ws.client()  # a corrupted or wrong store is one line here, not a server that fails later
     if not loopback(host):
@@ -275,7 +275,7 @@ def serve_ui(host: HostOption = "127.0.0.1", port: int = 5000, tracking_uri: Tra
             time.sleep(0.3)
         err_console.print(f"MLflow UI: http://{host}:{port} (answering after {time.monotonic() - started:.0f} s, "
                           f"{workers} worker{'s' * (workers != 1)}); open "
-                          f"http://{host}:{port}/#/experiments?workflowType=machine_learning", highlight=False)
+                          f"http://{host}:{port}/#/experiments?{ui.MODEL_TRAINING}", highlight=False)
         server.wait()
     except KeyboardInterrupt:
         errors.forget_interrupts()   # a server stopped on Ctrl-C is not an interrupted run
@@ -310,8 +310,6 @@ def serve_model(model: ModelOption = None, host: HostOption = "127.0.0.1", port:
                           highlight=False)
     err_console.print(f"model server for {uri}: http://{host}:{port} (classes {', '.join(loaded.classes)}; "
                       f"images of any size are resized to {loaded.image_size} px)", highlight=False)
-    from workbench import errors
-
     try:
         # Uvicorn shuts down on Ctrl-C or SIGTERM, raises the signal again for the handler it
         # replaced (ours), and swallows the KeyboardInterrupt that gives.
