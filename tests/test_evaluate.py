@@ -229,7 +229,7 @@ def test_mistakes_grid_titles_and_empty_case():
     mpl, fig = figures.mistakes_grid(images, Y_TRUE, probabilities, CLASSES)
     captions = [t.get_text() for t in mpl.axes[0].texts]
     assert len(captions) == 3 and len(fig.data) == 1                # three wrong predictions, one mosaic
-    assert sorted(a.text for a in fig.layout.annotations) == sorted(captions)
+    assert [a.text for a in fig.layout.annotations] == captions     # each title over its own tile
     assert captions[0] == "true c / pred b (0.97)"                  # the surest first
     assert mpl.axes[0].get_title() == "Most confident mistakes (3)"
     mosaic = mpl.axes[0].images[0].get_array()
