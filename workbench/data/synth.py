@@ -48,7 +48,7 @@ FAKE_LEVELS = ("easy", "mid", "hard")
 # Independent random streams per image: np.random.default_rng([seed, index, STREAM]). Keeping them
 # apart means, e.g., that turning a face into a fake does not reshuffle the face itself. Streams
 # must be non-zero: SeedSequence ignores trailing zeros, so [s, i, 0] would alias [s, i].
-_ATTR_STREAM, _DONOR_STREAM, _JPEG_STREAM, _PLAN_STREAM = 1, 2, 3, 4
+_ATTR_STREAM, _DONOR_STREAM, _JPEG_STREAM, _PLAN_STREAM, _LIGHT_STREAM = 1, 2, 3, 4, 5
 
 
 # --- difficulty knobs ----------------------------------------------------------------------------
@@ -775,8 +775,15 @@ def _background(s: dict, S: int) -> np.ndarray:
     return img
 
 
-def render_face(seed: int, index: int, attrs: FaceAttributes, size: int) -> np.ndarray:
-    """One face scene as a BGR uint8 (size, size, 3) image; a pure function of its arguments."""
+# How strongly a session's light falls off across the image (`lit_from`): as `Knobs.light_gradient`
+# at its strongest, so the side is plain to see, and within a few degrees of the side named.
+SESSION_LIGHT, SESSION_LIGHT_JITTER_DEG = 0.3, 15.0
+
+
+def render_face(seed: int, index: int, attrs: FaceAttributes, size: int, lit_from: float | None = None) -> np.ndarray:
+    """One face scene as a BGR uint8 (size, size, 3) image; a pure function of its arguments.
+    `lit_from` (degrees: 0 the right, 180 the left) fixes where the light comes from, as in a photo
+    session with one lamp; by default each image draws its own."""
     _check_size(size)
     if attrs.fake and not (attrs.fake_region in FAKE_REGIONS and attrs.difficulty in FAKE_LEVELS):
         raise ValueError(f"a fake face needs fake_region in {FAKE_REGIONS} and difficulty in "
@@ -785,6 +792,10 @@ def render_face(seed: int, index: int, attrs: FaceAttributes, size: int) -> np.n
     u = S / 128
     rng = np.random.default_rng([seed, index])
     face, scene = _sample_face(rng), _sample_scene(rng)
+    if lit_from is not None:  # after every draw, so the face and the scene stay the same otherwise
+        jitter = np.random.default_rng([seed, index, _LIGHT_STREAM]).uniform(-1, 1) * SESSION_LIGHT_JITTER_DEG
+        # The gradient brightens towards light_angle; the lamp stands on that side.
+        scene["light_angle"], scene["light"] = math.radians(lit_from + jitter), SESSION_LIGHT
     layer, alpha, g = _draw_head(face, attrs, S)
     if attrs.fake:
         donor_rng = np.random.default_rng([seed, index, _DONOR_STREAM])
@@ -829,18 +840,27 @@ def file_name(index: int, attrs: FaceAttributes) -> str:
     return f"{attrs.difficulty}_{index:05d}.jpg" if attrs.fake else f"{index:05d}.jpg"
 
 
-def generate(out_dir: Path, task: str, seed: int = 0, size: int = 64, count: int = 1500) -> Path:
+def generate(out_dir: Path, task: str, seed: int = 0, size: int = 64, count: int = 1500,
+             lit_from: dict[str, float] | None = None) -> Path:
     """Write the dataset to `out_dir` as a raw folder in the `folders` layout (`<class>/<id>.jpg`),
     beside it `dataset.json` (the options and class counts) and `attributes.csv` (each face's
     drawn attributes: the ground truth behind its label). It is ingested like any photo folder;
-    returns `out_dir`."""
+    returns `out_dir`.
+
+    `lit_from` maps a class to the side its photos are lit from (degrees, as `render_face`'s),
+    as when a dataset's classes were photographed in separate sessions: a cue that tells the
+    classes apart in this dataset and nowhere else, which a model can learn instead of the faces
+    (a shortcut; horizontal flips take it away, since they swap the sides)."""
     _check_task(task)
     _check_size(size)
     _check_count(task, count)
     out_dir = Path(out_dir)
+    unknown = set(lit_from or {}) - set(TASKS[task])
+    if unknown:
+        raise ValueError(f"lit_from: no class {', '.join(sorted(unknown))} in task {task!r}")
     rows = []
     for index, (label, attrs) in enumerate(plan(task, count, seed)):
-        img = render_face(seed, index, attrs, size)
+        img = render_face(seed, index, attrs, size, (lit_from or {}).get(label))
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality(seed, index)])
         if not ok:
             raise RuntimeError(f"OpenCV could not encode image {index} as JPEG")
@@ -857,7 +877,8 @@ def generate(out_dir: Path, task: str, seed: int = 0, size: int = 64, count: int
         writer.writeheader()
         writer.writerows(rows)
     info = {"task": task, "seed": seed, "size": size, "count": count, "classes": TASKS[task],
-            "class_counts": class_counts(task, count), "generator_version": GENERATOR_VERSION}
+            "class_counts": class_counts(task, count), "generator_version": GENERATOR_VERSION,
+            **({"lit_from": lit_from} if lit_from else {})}
     (out_dir / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
