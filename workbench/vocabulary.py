@@ -27,10 +27,12 @@ MODEL_RUN = "workbench.model_run_id"   # on an evaluation run: the run that trai
 MODEL_URI = "workbench.model_uri"
 REPEAT = "workbench.repeat"          # on a repeat run: its index within the trial
 REPEATS = "workbench.repeats"        # on a trial with repeats: how many
+FOLD = "workbench.fold"              # on a fold run: the source it held out
+FOLDS = "workbench.folds"            # on a leave-one-source-out trial: the sources held out in turn
 LEFT_OUT = "workbench.left_out"      # images of the data not used, and why
 STUDY = "optuna.study_name"
 
-ROLES = ("sweep", "trial", "run", "repeat", "evaluation", "matrix", "audit")
+ROLES = ("sweep", "trial", "run", "repeat", "fold", "evaluation", "matrix", "audit")
 TRAINING_ROLES = ("trial", "run")    # runs whose model and test figures stand for a configuration
 STATES = ("finished", "pruned", "failed", "interrupted")
 
@@ -43,17 +45,27 @@ DATASET = "dataset"                  # the dataset's name
 DATASET_DIGEST_PARAM = "dataset_digest"
 CLASSES = "classes"                  # comma-separated, in the model's output order
 OBJECTIVE_PARAM = "objective"        # the metric name the `objective` metric stands for
+# Which validation images the objective is measured on: one of RULES.
+RULE = "objective_rule"
+RULES = ("in_distribution", "holdout_source", "leave_one_source_out")
+HOLDOUT_SOURCE = "holdout_source"    # the source(s) held out, comma-separated, under the transfer rules
 SPLIT_SIZES = ("images_train", "images_val", "images_test")
 # Params that describe the data or the search, not the model: never shown as hyperparameters.
-NOT_HYPERPARAMETERS = frozenset({CLASSES, DATASET_DIGEST_PARAM, OBJECTIVE_PARAM, *SPLIT_SIZES, "spec",
-                                 "direction", "trials", "repeats"})
+IN_DISTRIBUTION_SIZE = "images_val_in_distribution"
+NOT_HYPERPARAMETERS = frozenset({CLASSES, DATASET_DIGEST_PARAM, OBJECTIVE_PARAM, RULE, HOLDOUT_SOURCE, *SPLIT_SIZES,
+                                 IN_DISTRIBUTION_SIZE, "spec", "direction", "trials", "repeats"})
 
 # --- metrics -----------------------------------------------------------------------------------------
 OBJECTIVE = "objective"              # the value the sweep optimised (validation, never test)
+# Under a transfer rule the objective is measured on a source the model did not train on; these
+# sit beside it: the same metric on the training sources' own validation images, and how much
+# worse the held-out source scores (positive: worse away from home).
+IN_DISTRIBUTION = "objective_in_distribution"
+TRANSFER_GAP = "transfer_gap"
 DEFAULT_SELECTION = OBJECTIVE        # what promote and compare rank by unless told otherwise
 PER_EPOCH = ("loss", "accuracy", "val_loss", "val_accuracy", "val_f1_macro", "lr")
 LATENCY = "latency_ms_batch1"
-QUALITY = (OBJECTIVE, "test_accuracy", "test_f1_macro")      # then test_f1_<class>, then QUALITY_AFTER
+QUALITY = (OBJECTIVE, IN_DISTRIBUTION, TRANSFER_GAP, "test_accuracy", "test_f1_macro")  # then test_f1_<class>, ...
 QUALITY_AFTER = ("test_f1_weighted", "test_roc_auc_ovr", "test_log_loss", "test_ece", "test_ece_calibrated",
                  "best_epoch", "overfit_gap")
 COST = ("total_params", "trainable_params", "model_size_mb", "train_seconds", LATENCY,
@@ -75,7 +87,7 @@ def lower_is_better(metric: str, objective: str | None = None) -> bool:
     """Whether smaller values of `metric` are better. `objective` is the metric the run's
     `objective` stands for (its `objective` param); a group's `<m>_mean` follows `<m>`."""
     name = metric.removesuffix("_mean")
-    if name == OBJECTIVE:
+    if name in (OBJECTIVE, IN_DISTRIBUTION):
         return bool(objective) and lower_is_better(objective)
     if _SCORE_PREFIX.match(name):
         return False
@@ -94,6 +106,21 @@ def direction(metric: str, objective: str | None = None) -> Literal["maximize", 
 
 def at_least_as_good(score: float, bar: float, metric: str, objective: str | None = None) -> bool:
     return score <= bar if lower_is_better(metric, objective) else score >= bar
+
+
+def measured_on(rule: str | None, held_out: str | None) -> str:
+    """Where a run's objective was measured, in words ("on the validation split"): what the model
+    card and `workbench run` say of it."""
+    if rule == "holdout_source":
+        return f"on the validation images of {held_out}, a source held out of training"
+    if rule == "leave_one_source_out":
+        return f"averaged over {held_out}, each held out of training in turn and measured on its validation images"
+    return "on the validation split"
+
+
+def transfer_gap(objective: float, in_distribution: float, metric: str) -> float:
+    """How much worse `metric` is away from the training sources than among them."""
+    return objective - in_distribution if lower_is_better(metric) else in_distribution - objective
 
 
 def eval_prefix(data: str) -> str:

@@ -224,9 +224,12 @@ class Matrix:
 
 
 def per_source(spec: Spec, source: str) -> Spec:
-    """The spec restricted to one of its datasets (same classes mapping, split and configuration)."""
+    """The spec restricted to one of its datasets (same classes mapping, split and configuration),
+    validated in distribution: one dataset has no other source to hold out."""
     raw = spec.model_dump(mode="json", exclude_none=True)
     raw["dataset"]["manifests"] = [m for m in raw["dataset"]["manifests"] if m["name"] == source]
+    raw["objective"].pop("holdout_source", None)
+    raw["objective"]["leave_one_source_out"] = False
     return validate(raw, source=f"{spec.name} [{source}]")
 
 

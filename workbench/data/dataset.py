@@ -32,6 +32,9 @@ from workbench.spec import ManifestSource, Spec, Split, SyntheticData
 from workbench.workspace import Workspace, build_once, locked
 
 SPLITS = ("train", "val", "test")
+# A fold's extra split: the training sources' own validation images, scored beside the held-out
+# source's (the objective) to show what the model would have been chosen by in distribution.
+IN_DISTRIBUTION = "val_in_distribution"
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,12 @@ class Dataset:
     digest: str
     synthetic: bool = False  # generated faces, not photographs
     left_out: dict[str, int] = field(default_factory=dict)  # why images of the manifests were not used
+    held_out: str | None = None  # a fold's: the source it validates and tests on, never trains on
 
     def describe(self) -> str:
         """One line: the images per split and what was left out and why."""
         counts = self.counts()
-        sizes = ", ".join(f"{split} {int(counts[split].sum())}" for split in SPLITS)
+        sizes = ", ".join(f"{split} {int(counts[split].sum())}" for split in counts.columns if split != "total")
         dropped = "; ".join(f"{n} {why}" for why, n in self.left_out.items() if n)
         return f"{self.name}: {len(self.frame)} images ({sizes}), classes {', '.join(self.classes)}" + \
             (f"; left out {dropped}" if dropped else "")
@@ -260,7 +264,8 @@ def published_leaks(frame: pd.DataFrame) -> pd.Series:
 
 def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows) and split (columns), with totals: what runs log and users read."""
-    table = pd.crosstab(frame["label"], frame["split"]).reindex(columns=list(SPLITS), fill_value=0)
+    splits = [*SPLITS, *([IN_DISTRIBUTION] if (frame["split"] == IN_DISTRIBUTION).any() else [])]
+    table = pd.crosstab(frame["label"], frame["split"]).reindex(columns=splits, fill_value=0)
     table["total"] = table.sum(axis=1)
     return table
 
@@ -313,11 +318,55 @@ def prepare(spec: Spec, ws: Workspace) -> Dataset:
 
 
 def prepare_checked(spec: Spec, ws: Workspace) -> tuple[Dataset, leakage.LeakReport]:
-    """`prepare`, then proof that no test image has a copy in training (`data check` in short):
-    what a sweep does before anything trains. A leak is one line naming an example and exit 1."""
+    """`prepare`, then proof that no test image has a copy in training (`data check` in short)
+    and that the spec's selection rule can be applied (`folds`): what a sweep does before
+    anything trains. A leak is one line naming an example and exit 1."""
     data = prepare(spec, ws)
     report = leakage.check(data.frame, getattr(spec.dataset, "near_duplicate_distance", 4))
     if report.leaks:
         raise DataError(f"{spec.name}: {report.exact_across + report.near_across} duplicate group(s) span two splits "
                         f"(e.g. {', '.join(report.examples[0]['paths'][:2])}); run `workbench data check {spec.name}`")
+    folds(spec, data)
     return data, report
+
+
+# --- selection on a source the model did not train on ----------------------------------------------
+
+def folds(spec: Spec, data: Dataset) -> list[Dataset]:
+    """What one configuration of `spec` trains on, by its objective's rule: `data` itself (in
+    distribution), the fold holding `holdout_source` out, or one fold per source in the spec's
+    order (leave one source out)."""
+    rule = spec.objective.rule
+    if rule == "in_distribution":
+        return [data]
+    sources = [spec.objective.holdout_source] if rule == "holdout_source" else [m.name for m in spec.dataset.manifests]
+    return [holdout(data, source, key=f"objective.{rule}") for source in sources]
+
+
+def holdout(data: Dataset, source: str, key: str = "objective.holdout_source") -> Dataset:
+    """`data` as a fold that never trains on `source`: the other sources' training split trains;
+    `source`'s validation split validates (and so selects and prunes) and its test split tests,
+    each without any image whose duplicate group meets training; the other sources' validation
+    split is kept as IN_DISTRIBUTION, to score beside. Everything else (`source`'s training
+    split, the other sources' test split) plays no part. A class missing from any of the three
+    parts is one line naming the source, the part and the class, and exit 2."""
+    frame, split = data.frame, data.frame["split"]
+    held = frame["source"] == source
+    training = ~held & (split == "train")
+    met = held & frame["group_id"].isin(set(frame.loc[training, "group_id"]))
+    parts = {"train": training, "val": held & (split == "val") & ~met, "test": held & (split == "test") & ~met,
+             IN_DISTRIBUTION: ~held & (split == "val")}
+    others = ", ".join(sorted(set(frame.loc[~held, "source"])))
+    for part, where, remedy in (("train", f"training image in {others}", others), ("val", "validation image", source),
+                                ("test", "test image", source)):
+        absent = set(data.classes) - set(frame.loc[parts[part], "label"])
+        if absent:
+            raise DataError(f"{key}: holding {source} out leaves no {where} of class {', '.join(sorted(absent))}; "
+                            f"add images of it to {remedy}, map it to null in the spec's classes, or choose another "
+                            "rule", exit_code=2)
+    fold = pd.concat([frame[where].assign(split=part) for part, where in parts.items()], ignore_index=True)
+    left_out = dict(data.left_out)
+    if met.any():
+        left_out[f"images of {source} whose duplicate group meets training"] = int(met.sum())
+    return Dataset(name=f"{data.name} ({source} held out)", source=data.source, frame=fold, classes=data.classes,
+                   digest=digest(fold), synthetic=data.synthetic, left_out=left_out, held_out=source)

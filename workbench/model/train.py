@@ -5,7 +5,8 @@ pipelines over the (already balanced) training split and the validation and test
 model -> fit (phase one, with the base frozen when transfer learning) -> optionally fine-tune the
 top of the base at a lower learning rate (phase two, epochs numbered on from phase one) ->
 fit the calibrating temperature on the validation split -> evaluate on the held-out test
-split -> rank likely label errors among the validation and test images -> measure the model's
+split -> (for a fold that holds a source out: score the training sources' own validation images
+too) -> rank likely label errors among the validation and test images -> measure the model's
 cost -> pick the mistakes worth showing -> return values. It writes nothing: data are
 materialised before (`dataset.balanced`) and tracking lives outside (`run.py` passes Keras
 callbacks in and writes what comes back), so a test can train a tiny model here without any
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from workbench import errors, vocabulary
 from workbench.data.balance import Balanced
-from workbench.data.dataset import Dataset
+from workbench.data.dataset import IN_DISTRIBUTION, Dataset
 from workbench.measure import calibration, label_issues
 from workbench.measure.evaluate import (
     Evaluation,
@@ -65,6 +66,8 @@ class TrainResult:
     calibration: dict[str, float] = field(default_factory=dict)   # temperature; ECE, Brier, log loss after
     label_issues: pd.DataFrame | None = None   # validation and test images ranked by label quality
     issue_images: np.ndarray | None = None     # the first ISSUES_SHOWN flagged ones, as the model saw them
+    # A fold's: validation_scores on the training sources' own validation images (IN_DISTRIBUTION).
+    in_distribution: dict[str, float] = field(default_factory=dict)
 
     def objective(self, metric: str, restore_best: bool) -> float:
         """The value a sweep optimises: the last epoch's, or the best one when its weights were kept."""
@@ -95,15 +98,20 @@ class EpochRecorder(keras.callbacks.Callback):
             # Fail loudly: a diverged trial must be recorded as failed, not as a bad score.
             raise FloatingPointError(f"training loss became {logs['loss']} at epoch {epoch + 1} "
                                      "(learning rate too high?)")
-        probabilities = self.model.predict(self.val_ds, verbose=0)
-        predicted = probabilities.argmax(axis=1)
-        chosen = np.clip(probabilities[np.arange(len(self.y_val)), self.y_val], 1e-7, 1.0)
-        logs["val_loss"] = float(-np.log(chosen).mean())  # Keras' sparse categorical cross-entropy
-        logs["val_accuracy"] = float((predicted == self.y_val).mean())
-        logs["val_f1_macro"] = f1_macro_of_indices(self.y_val, predicted, self.num_classes)
+        logs.update(validation_scores(self.model.predict(self.val_ds, verbose=0), self.y_val, self.num_classes))
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
+
+
+def validation_scores(probabilities: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
+    """`val_loss`, `val_accuracy` and `val_f1_macro` of one prediction pass: what every epoch
+    logs, and what a fold scores on the training sources' own validation images."""
+    predicted = probabilities.argmax(axis=1)
+    chosen = np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1.0)
+    return {"val_loss": float(-np.log(chosen).mean()),  # Keras' sparse categorical cross-entropy
+            "val_accuracy": float((predicted == y).mean()),
+            "val_f1_macro": f1_macro_of_indices(y, predicted, num_classes)}
 
 
 def schedule_callbacks(config: TrialConfig, base_lr: float, epochs: int, first_epoch: int = 0) -> list:
@@ -157,11 +165,17 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None, 
         logits = backbones.logits_of(model)
         logits.run_eagerly = config.eager   # a smoke run's new model must not trace a DenseNet graph either
         val_logits, test_logits = logits.predict(val_ds, verbose=0), logits.predict(test_ds, verbose=0)
+        home = data.part(IN_DISTRIBUTION)
+        in_distribution = validation_scores(calibration.scaled(logits.predict(batches(home, "home"), verbose=0)),
+                                            pipeline.labels_of(home, data.classes), len(data.classes)) \
+            if len(home) else {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    return _result(model, config, data, recorder, balanced, device, val_logits, test_logits, boundary,
-                   _timings(train_seconds, train_cpu_seconds, epochs_run, len(balanced.train)))
+    result = _result(model, config, data, recorder, balanced, device, val_logits, test_logits, boundary,
+                     _timings(train_seconds, train_cpu_seconds, epochs_run, len(balanced.train)))
+    result.in_distribution = in_distribution
+    return result
 
 
 def _result(model: keras.Model, config: TrialConfig, data: Dataset, recorder: EpochRecorder, balanced: Balanced,

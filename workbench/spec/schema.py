@@ -134,7 +134,14 @@ class Split(BaseModel):
 
 class Objective(BaseModel):
     """What a sweep optimises: a validation metric, never a test one (the test split only
-    reports). Its direction follows from the metric (`vocabulary.better`); stating it is optional."""
+    reports). Its direction follows from the metric (`vocabulary.better`); stating it is optional.
+
+    Which validation images it is measured on is the selection rule. By default, the validation
+    split of the data the model trains on (in distribution). On a spec that merges several
+    sources, `holdout_source: NAME` trains on the other sources and measures (and prunes) on
+    NAME's validation images, so the sweep chooses the configuration that transfers best to a
+    source it never trained on; `leave_one_source_out` does so once per source and averages,
+    at as many trainings per trial as there are sources."""
 
     model_config = ConfigDict(extra="forbid")
     metric: Literal[OBJECTIVE_METRICS] = "val_f1_macro"
@@ -142,6 +149,8 @@ class Objective(BaseModel):
     # Multi-objective: also minimise inference latency (ms per image at batch 1); the sweep then
     # records a Pareto front instead of one best trial, and trials are not pruned.
     latency: bool = False
+    holdout_source: str | None = None
+    leave_one_source_out: bool = False
 
     @model_validator(mode="after")
     def _direction_follows_the_metric(self) -> Objective:
@@ -150,7 +159,17 @@ class Objective(BaseModel):
             raise ValueError(f"direction: {self.metric} is better when it goes {implied.removesuffix('imize')}, "
                              f"not {self.direction.removesuffix('imize')} (leave direction out)")
         self.direction = implied
+        if self.holdout_source is not None and self.leave_one_source_out:
+            raise ValueError("holdout_source and leave_one_source_out exclude each other: hold one source out, "
+                             "or each in turn")
         return self
+
+    @property
+    def rule(self) -> str:
+        """The selection rule, in `vocabulary.RULES`' words."""
+        if self.holdout_source is not None:
+            return "holdout_source"
+        return "leave_one_source_out" if self.leave_one_source_out else "in_distribution"
 
 
 class Pruning(BaseModel):
@@ -233,6 +252,21 @@ class Spec(BaseModel):
                 if isinstance(dim, Range) and not (dim.integer or dim.step):
                     raise ValueError(f"params.{key}: sampler grid needs a list of choices or a stepped range, "
                                      "not a continuous range")
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_needs_sources(self) -> Spec:
+        rule = self.objective.rule
+        if rule == "in_distribution":
+            return self
+        key = f"objective.{rule}"
+        names = [m.name for m in getattr(self.dataset, "manifests", [])]
+        if len(names) < 2:
+            raise ValueError(f"{key}: needs a spec that merges several sources (dataset.manifests lists "
+                             f"{len(names)}{': ' + names[0] if names else ''}), to train on some and validate on another")
+        if rule == "holdout_source" and self.objective.holdout_source not in names:
+            raise ValueError(f"{key}: {self.objective.holdout_source!r} is not one of the merged sources "
+                             f"({', '.join(names)})")
         return self
 
     @model_validator(mode="after")

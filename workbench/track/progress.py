@@ -59,6 +59,9 @@ class SweepListener:
     def data(self, data: Dataset, leaks: LeakReport) -> None:
         """The data the trials will train on, checked: no test image has a copy in training."""
 
+    def folds(self, folds: list[Dataset]) -> None:
+        """Under a transfer rule: what each fold trains, validates and tests on (`dataset.folds`)."""
+
     def opened(self, sweep, total: int) -> None:
         """The study is open; `sweep.found` says what an earlier run left in it."""
 

@@ -4,7 +4,10 @@ it decides nothing about training and computes nothing about the model, it write
 `train()` returned, under the names `vocabulary` gives, through a client bound to the
 workspace's store.
 
-A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
+Under a transfer rule (`objective.holdout_source`, `leave_one_source_out`) the run trains on the
+fold `dataset.folds` gives, and logs `objective_in_distribution` and `transfer_gap` beside its
+objective; leave-one-source-out nests one `fold` run per held-out source, as repeats nest one run
+per seed. A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
 they happen, then the test metrics, the cost, figures, reports, per-image predictions and the
 model. Whatever happens it ends in a definite state, tagged `workbench.state`: `finished`,
 `pruned` (curves kept, no test evaluation), `interrupted` (Ctrl-C or SIGTERM: KILLED) or
@@ -29,8 +32,9 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from workbench import errors, vocabulary
+from workbench.data import dataset
 from workbench.data.balance import balanced
-from workbench.data.dataset import Dataset
+from workbench.data.dataset import IN_DISTRIBUTION, Dataset
 from workbench.model.train import TrainResult, train
 from workbench.spec import Spec, TrialConfig
 from workbench.track import store
@@ -46,6 +50,11 @@ class RunOutcome:
     run_id: str
     objective: float
     metrics: dict[str, float]     # everything logged at the end: test quality, summary, cost
+    model_run: str = ""           # the run holding the model, when not this one (repeats, folds)
+
+    @property
+    def model_run_id(self) -> str:
+        return self.model_run or self.run_id
 
 
 @dataclass(frozen=True)
@@ -98,20 +107,42 @@ def tracked_run(ws: Workspace, client: MlflowClient, spec: Spec, config: TrialCo
                 experiment_id: str, parent_run_id: str | None = None, trial_number: int | None = None,
                 callbacks: list = (), on_start: Callable[[str], None] | None = None, name: str | None = None,
                 tags: dict[str, str] | None = None) -> RunOutcome:
-    """One configuration trained and recorded: a single run, or, when the spec asks for repeats,
-    a run holding one nested `repeat` run per seed (seed, seed + 1, ...; same split). A trial's
-    run when `trial_number` is given (nested under the sweep's `parent_run_id`), else a single
-    run. `on_start` learns the run's id as soon as it exists; `name` and `tags` add to the defaults."""
+    """One configuration trained and recorded, on what the spec's objective rule makes of `data`
+    (`dataset.folds`): a single run; a run holding one nested `repeat` run per seed (seed,
+    seed + 1, ...; same split) when the spec asks for repeats; under leave-one-source-out, a run
+    holding one nested `fold` run per source held out (each with its repeats). A trial's run when
+    `trial_number` is given (nested under the sweep's `parent_run_id`), else a single run.
+    `on_start` learns the run's id as soon as it exists; `name` and `tags` add to the defaults."""
     role = "trial" if trial_number is not None else "run"
     name = name or (f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}")
-    tags = {**_tags(spec, data, config.seed, role), **(tags or {})}
+    folds = dataset.folds(spec, data)
+    pooled = folds[0] if len(folds) == 1 else data
+    tags = {**_tags(spec, pooled, config.seed, role), **(tags or {})}
     if trial_number is not None:
         tags[vocabulary.TRIAL] = str(trial_number)
     if spec.repeats > 1:
         tags[vocabulary.REPEATS] = str(spec.repeats)
+    if len(folds) > 1:
+        tags[vocabulary.FOLDS] = ",".join(fold.held_out for fold in folds)
     run = RunLog.start(client, experiment_id, name, tags, parent_run_id)
     if on_start:
         on_start(run.run_id)
+    if len(folds) == 1:
+        return _configuration(ws, run, spec, config, pooled, experiment_id, name, callbacks)
+    with ends_definitely(run):
+        run.params(_run_params(spec, config, data, held_out=tags[vocabulary.FOLDS]))
+        outcomes = []
+        for k, fold in enumerate(folds):
+            # The pruner watches the first fold only: a configuration it stops is not worth the others.
+            fold_name = f"{name}-without-{fold.held_out}"
+            child = RunLog.start(client, experiment_id, fold_name, _tags(spec, fold, config.seed, "fold"), run.run_id)
+            outcomes.append(_configuration(ws, child, spec, config, fold, experiment_id, fold_name,
+                                           callbacks if k == 0 else []))
+        return _summarise(run, spec, outcomes)
+
+
+def _configuration(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: Dataset, experiment_id: str,
+                   name: str, callbacks: list) -> RunOutcome:
     if spec.repeats == 1:
         return _train_and_log(ws, run, spec, config, data, callbacks)
     return _repeat(ws, run, spec, config, data, experiment_id, name, callbacks)
@@ -120,13 +151,18 @@ def tracked_run(ws: Workspace, client: MlflowClient, spec: Spec, config: TrialCo
 def _tags(spec: Spec, data: Dataset, seed: int, role: str) -> dict[str, str]:
     return {vocabulary.ROLE: role, vocabulary.SPEC: spec.name, vocabulary.SPEC_HASH: spec.content_hash(),
             vocabulary.DATASET_DIGEST: data.digest, vocabulary.SEED: str(seed),
-            vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags()}
+            vocabulary.SYNTHETIC: str(data.synthetic).lower(), **provenance_tags(),
+            **({vocabulary.FOLD: data.held_out} if data.held_out else {})}
 
 
-def _run_params(spec: Spec, config: TrialConfig, data: Dataset, exclude: set[str] = frozenset()) -> dict:
+def _run_params(spec: Spec, config: TrialConfig, data: Dataset, exclude: set[str] = frozenset(),
+                held_out: str | None = None) -> dict:
+    rule = spec.objective.rule
+    held_out = held_out or data.held_out
     return {**config.model_dump(exclude=exclude), vocabulary.DATASET: data.name,
             vocabulary.DATASET_DIGEST_PARAM: data.digest, vocabulary.CLASSES: ",".join(data.classes),
-            vocabulary.OBJECTIVE_PARAM: spec.objective.metric}
+            vocabulary.OBJECTIVE_PARAM: spec.objective.metric, vocabulary.RULE: rule,
+            **({vocabulary.HOLDOUT_SOURCE: held_out} if held_out else {})}
 
 
 def _train_and_log(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: Dataset,
@@ -153,8 +189,6 @@ def _repeat(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: D
     `<metric>_std`; its objective is the mean objective; its model is the best repeat's (tag
     `workbench.model_run_id`). The pruner watches the first repeat only: a configuration it
     stops is not worth N seeds."""
-    import numpy as np
-
     with ends_definitely(run):
         run.params({**_run_params(spec, config, data, exclude={"seed"}), "repeats": spec.repeats})
         outcomes = []
@@ -164,18 +198,30 @@ def _repeat(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: D
             child = RunLog.start(run.client, experiment_id, f"{name}-seed{seed}", tags, run.run_id)
             outcomes.append(_train_and_log(ws, child, spec, config.model_copy(update={"seed": seed}), data,
                                            callbacks if k == 0 else []))
-        shared = set.intersection(*(set(o.metrics) for o in outcomes))
-        values = {m: np.array([o.metrics[m] for o in outcomes], dtype=float) for m in sorted(shared)}
-        metrics = {**{m: float(v.mean()) for m, v in values.items()},
-                   **{f"{m}_std": float(v.std(ddof=1)) for m, v in values.items()}}
-        objectives = np.array([o.objective for o in outcomes])
-        metrics.update({vocabulary.OBJECTIVE: float(objectives.mean()),
-                        f"{vocabulary.OBJECTIVE}_std": float(objectives.std(ddof=1))})
-        run.metrics(metrics)
-        pick = np.argmin if vocabulary.lower_is_better(spec.objective.metric) else np.argmax
-        run.tags({vocabulary.MODEL_RUN: outcomes[int(pick(objectives))].run_id, vocabulary.STATE: "finished"})
-        run.end("FINISHED")
-        return RunOutcome(run.run_id, float(objectives.mean()), metrics)
+        return _summarise(run, spec, outcomes)
+
+
+def _summarise(run: RunLog, spec: Spec, outcomes: list[RunOutcome]) -> RunOutcome:
+    """A run standing for several trainings of one configuration (repeats, folds): every metric
+    they share as its mean, with its sample standard deviation as `<metric>_std` (the spread over
+    seeds, or over held-out sources); the objective the mean objective; the model the best
+    training's (tag `workbench.model_run_id`). Ends the run."""
+    import numpy as np
+
+    # A fold trained with repeats brings its seeds' spread; the spread here is over the folds.
+    shared = {m for m in set.intersection(*(set(o.metrics) for o in outcomes)) if not m.endswith("_std")}
+    values = {m: np.array([o.metrics[m] for o in outcomes], dtype=float) for m in sorted(shared)}
+    metrics = {**{m: float(v.mean()) for m, v in values.items()},
+               **{f"{m}_std": float(v.std(ddof=1)) for m, v in values.items()}}
+    objectives = np.array([o.objective for o in outcomes])
+    metrics.update({vocabulary.OBJECTIVE: float(objectives.mean()),
+                    f"{vocabulary.OBJECTIVE}_std": float(objectives.std(ddof=1))})
+    run.metrics(metrics)
+    pick = np.argmin if vocabulary.lower_is_better(spec.objective.metric) else np.argmax
+    best = outcomes[int(pick(objectives))]
+    run.tags({vocabulary.MODEL_RUN: best.model_run_id, vocabulary.STATE: "finished"})
+    run.end("FINISHED")
+    return RunOutcome(run.run_id, float(objectives.mean()), metrics, best.model_run_id)
 
 
 @contextmanager
@@ -302,6 +348,8 @@ def log_dataset(run: RunLog, data: Dataset) -> None:
         run.client.log_inputs(run.run_id, inputs)
     counts = data.counts()
     run.params({size: int(counts[size.removeprefix("images_")].sum()) for size in vocabulary.SPLIT_SIZES})
+    if IN_DISTRIBUTION in counts:
+        run.params({vocabulary.IN_DISTRIBUTION_SIZE: int(counts[IN_DISTRIBUTION].sum())})
     if data.left_out:
         run.metrics({"images_left_out": sum(data.left_out.values())})
         run.tags({vocabulary.LEFT_OUT: "; ".join(f"{n} {why}" for why, n in data.left_out.items())})
@@ -323,6 +371,10 @@ def log_result(run: RunLog, ws: Workspace, result: TrainResult, config: TrialCon
     metrics = {**result.evaluation.metrics, **result.calibration, **issue_metrics(result.label_issues),
                **training_summary(result.history, monitor), **result.timings,
                **result.cost, "train_images": result.train_images, vocabulary.OBJECTIVE: objective}
+    if result.in_distribution:  # a fold: the objective was measured on a held-out source
+        home = result.in_distribution[monitor]
+        metrics.update({vocabulary.IN_DISTRIBUTION: home,
+                        vocabulary.TRANSFER_GAP: vocabulary.transfer_gap(objective, home, monitor)})
     run.metrics(metrics)
     run.tags({vocabulary.DEVICE: result.runtime.device,
                      "workbench.mixed_precision": str(result.runtime.mixed_precision).lower(),

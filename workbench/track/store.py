@@ -187,8 +187,9 @@ def sweep_of(client: MlflowClient, run_id: str):
 
 
 # --- which runs a command is about ----------------------------------------------------------------
-# Sweep parents, repeats (their trial stands for them), evaluations and matrices are not configurations.
-NOT_CONFIGURATIONS = ("sweep", "repeat", "evaluation", "matrix")
+# Sweep parents, repeats and folds (their trial stands for them), evaluations and matrices are not
+# configurations.
+NOT_CONFIGURATIONS = ("sweep", "repeat", "fold", "evaluation", "matrix")
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from workbench import errors, vocabulary
-from workbench.data.dataset import prepare, prepare_checked
+from workbench.data.dataset import folds, prepare, prepare_checked
 from workbench.errors import SpecError, TrackingError, WorkbenchError, first_line
 from workbench.spec import Range, Spec, grid_values, is_searched, sample_config
 from workbench.track import store, ui
@@ -549,7 +549,10 @@ def run_sweep(ws: Workspace, spec: Spec, *, trials: int | None = None, study_nam
     memory_budget()  # a malformed $WORKBENCH_CACHE_BUDGET fails here, not in every trial
     if not worker:
         # Data problems fail here, once, not in every trial or in K workers, which then find it ready.
-        listener.data(*prepare_checked(spec, ws))
+        data, leaks = prepare_checked(spec, ws)
+        listener.data(data, leaks)
+        if spec.objective.rule != "in_distribution":
+            listener.folds(folds(spec, data))
     sweep = open_sweep(ws, spec, study_name=study_name)
     total = trials or spec.trials
     if not worker:
