@@ -401,7 +401,8 @@ def leaderboard(runs: pd.DataFrame, top: int | None = 10, sort: str | None = Non
     keep = ["run_name", "state",
             *[a for a in (*REGISTRY_AXES, "learning_rate") if a in ranked and (len(ranked) == 1 or
                                                                               ranked[a].nunique(dropna=False) > 1)],
-            *[m for m in ranked.columns if m in vocabulary.QUALITY or (m.startswith("test_f1_") and m != "test_f1_weighted")],
+            *[c for m in ranked.columns if m in vocabulary.QUALITY
+              or (m.startswith("test_f1_") and not m.endswith(("_weighted", "_std"))) for c in (m, f"{m}_std")],
             "run_id"]
     return ranked[[c for c in keep if c in ranked]]
 

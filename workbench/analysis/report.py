@@ -1,7 +1,8 @@
 """`workbench report`: one self-contained, interactive HTML page about a set of runs (usually a
 sweep): the comparison table with the winner marked and a sentence saying what the statistics
 concluded, the objective by each registry axis the runs differ on, parameters against the
-objective, overlaid learning curves, confusion matrices side by side, reliability diagrams
+objective, (when trials were chosen on a held-out source) each trial's validation score in
+distribution against on the held-out source, overlaid learning curves, confusion matrices side by side, reliability diagrams
 before and after each run's temperature, and accuracy against latency with its Pareto front
 (when the latencies differ by more than timing noise).
 
@@ -40,6 +41,7 @@ class Report:
 SECTIONS = ("Leaderboard", "Objective by axis", "Parameters vs objective", "Learning curves",
             "Confusion matrices", "Calibration", "Accuracy vs latency")
 MATRIX_SECTION = "Across datasets: trained on x tested on"
+TRANSFER_SECTION = "In distribution vs held-out source"
 CURVE_KEYS = tuple(key for key in vocabulary.PER_EPOCH if key != "lr")
 
 
@@ -148,6 +150,10 @@ def report_sections(board: pd.DataFrame, everything: pd.DataFrame, histories: di
                 f"the runs' latencies differ by at most {100 * (spread - 1):.0f} %, within timing noise: no "
                 "speed trade-off to draw"),
     ]
+    if vocabulary.IN_DISTRIBUTION in everything:  # chosen on a held-out source: where each trial stands
+        sections.insert(3, Section(TRANSFER_SECTION, figures.transfer_scatter(
+            everything, vocabulary.OBJECTIVE, vocabulary.IN_DISTRIBUTION, tuple(parameter_columns(scored))),
+            missing="no trial finished with both scores"))
     if matrix is not None and not matrix.empty:  # the experiment's latest `workbench matrix`
         sections.append(Section(MATRIX_SECTION, figures.matrix_heatmap(matrix, "test_f1_macro"),
                                 missing="the matrix run scored no images"))

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from workbench import spec as specs
+from workbench import vocabulary
 from workbench.cli.common import (
     DataOption,
     RepeatsOption,
@@ -53,8 +54,14 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
     if open_dims:
         err_console.print(f"note: {', '.join(open_dims)} not fixed: using the first choice or the middle "
                           "of the range (fix them with --set)")
-    outcome = ws.run(spec, set_ or [], smoke=smoke, repeats=repeats,
-                     on_data=lambda prepared: console.print(prepared.describe(), highlight=False))
+    def on_data(prepared) -> None:
+        from workbench.data.dataset import folds
+
+        console.print(prepared.describe(), highlight=False)
+        if loaded.objective.rule != "in_distribution":
+            print_folds(folds(loaded, prepared))
+
+    outcome = ws.run(spec, set_ or [], smoke=smoke, repeats=repeats, on_data=on_data)
     spread = outcome.metrics
 
     def shown(key: str) -> str:
@@ -63,8 +70,22 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
 
     metrics = ", ".join(shown(k) for k in outcome.metrics
                         if k == "test_accuracy" or k.startswith("test_f1_") and not k.endswith(("weighted", "_std")))
+    rule = loaded.objective.rule
+    measured = "validation" if rule == "in_distribution" else \
+        f"validation {vocabulary.measured_on(rule, _held_out(loaded))}; " \
+        f"in distribution {spread[vocabulary.IN_DISTRIBUTION]:.3f}, transfer gap {spread[vocabulary.TRANSFER_GAP]:+.3f}"
     console.print(f"run {outcome.run_id} in experiment {loaded.name}: {loaded.objective.metric} "
-                  f"{outcome.objective:.3f} (validation); test: {metrics}")
+                  f"{outcome.objective:.3f} ({measured}); test: {metrics}")
+
+
+def print_folds(folds) -> None:
+    """Under a transfer rule, one indented line per fold: what it trains, validates and tests on."""
+    for fold in folds:
+        console.print(f"  {fold.describe()}", highlight=False)
+
+
+def _held_out(spec) -> str:
+    return spec.objective.holdout_source or ", ".join(m.name for m in spec.dataset.manifests)
 
 
 class SweepProgress(SweepListener):
@@ -94,6 +115,9 @@ class SweepProgress(SweepListener):
         console.print(f"leak check: no image has a copy in another split ({leaks.cross_source} picture(s) shared "
                       "between datasets kept on one side)" if leaks.cross_source else
                       "leak check: no image has a copy in another split", highlight=False)
+
+    def folds(self, folds) -> None:
+        print_folds(folds)
 
     def opened(self, sweep, total: int) -> None:
         from workbench.track.sweep import count
@@ -188,10 +212,16 @@ def print_leaderboard(board, title: str, objective: str | None = None) -> None:
     table = Table(title=title, title_justify="left",
                   caption=f"ranked by the validation objective ({objective or 'objective'}); test figures beside",
                   caption_justify="left")
-    shown = [c for c in board.columns if c != "run_id"]
+    # A configuration trained several times (repeats, folds) shows each figure as mean ± spread.
+    shown = [c for c in board.columns if c != "run_id" and not (c.endswith("_std") and c.removesuffix("_std") in board)]
     for column in shown:
         heading = f"objective ({objective}, val)" if column == "objective" and objective else column
         table.add_column(heading, justify="right" if board[column].dtype.kind in "fi" else "left")
+
+    def cell(row, column: str) -> str:
+        spread = row.get(f"{column}_std")
+        return short(row[column]) + ("" if spread is None or spread != spread else f" ± {short(spread)}")
+
     for _, row in board.iterrows():
-        table.add_row(*[short(row[c]) for c in shown])
+        table.add_row(*[cell(row, c) for c in shown])
     console.print(table)

@@ -496,6 +496,36 @@ def accuracy_vs_latency(table, front, accuracy: str = "test_accuracy",
     return fig
 
 
+def transfer_scatter(table, objective: str = "objective", home: str = "objective_in_distribution",
+                     axes: tuple[str, ...] = ()) -> go.Figure | None:
+    """Every trial by its validation score in distribution (x: the sources it trained on) and on
+    the held-out source (y: what it was chosen by), with the diagonal where they agree: the
+    further below it, the larger the trial's transfer gap. A selection in distribution takes the
+    rightmost point, a transfer one the highest."""
+    if objective not in table or home not in table:
+        return None
+    points = table[table[objective].notna() & table[home].notna()].reset_index(drop=True)
+    if points.empty:
+        return None
+    text = points["run_name"].astype(str)
+    for axis in axes:
+        if axis in points:
+            text = text + f" · {axis} " + points[axis].astype(str)
+    low = float(min(points[objective].min(), points[home].min()))
+    high = float(max(points[objective].max(), points[home].max()))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", name="same score on both",
+                             line=dict(color="#9aa5b1", dash="dash"), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=points[home], y=points[objective], mode="markers+text", name="trials", text=text,
+                             textposition="top center", marker=dict(color="#1f77b4", size=10),
+                             hovertemplate="%{text}<br>in distribution %{x:.4f}<br>held-out source %{y:.4f}"
+                                           "<extra></extra>"))
+    fig.update_xaxes(title_text=f"{home}: validation on the training sources")
+    fig.update_yaxes(title_text=f"{objective}: validation on the held-out source")
+    fig.update_layout(height=460, margin=dict(t=40))
+    return fig
+
+
 def study_plots(study, target_name: str, latency: str | None = None) -> dict[str, go.Figure]:
     """Optuna's plotly figures for whatever a study can show so far (each needs a few finished
     trials); with a latency objective the first value is the target and a Pareto plot is added."""

@@ -221,13 +221,19 @@ def factors(f: Facts) -> list[str]:
 
 def decision_rule(f: Facts) -> str:
     rule = f"the best finished run by `{f.selected_by}`"
+    held_out = f.params.get(vocabulary.HOLDOUT_SOURCE)
     if f.selected_by == vocabulary.OBJECTIVE and f.objective:
-        rule += f" ({f.objective} on the validation split)"
+        rule += f" ({f.objective} {vocabulary.measured_on(f.params.get(vocabulary.RULE), held_out)})"
     rule += f", {_f(f.metrics.get(f.selected_by))} for this one"
+    if vocabulary.IN_DISTRIBUTION in f.metrics:
+        rule += (f" (on the training sources' own validation images {_f(f.metrics[vocabulary.IN_DISTRIBUTION])}, "
+                 f"a transfer gap of {f.metrics.get(vocabulary.TRANSFER_GAP, float('nan')):+.4f})")
     if f.selected_by.startswith("test_"):
         rule += "; chosen by a test figure, so the test figures below are optimistic"
     else:
         rule += "; the test split played no part in choosing it, so the test figures below are an honest estimate"
+        if f.params.get(vocabulary.RULE) == "holdout_source":
+            rule += f" of how it does on {held_out}'s test images, a source it never trained on"
     return rule
 
 
@@ -265,6 +271,10 @@ def caveats(f: Facts) -> list[str]:
     n_test = int(float(p["images_test"])) if p.get("images_test") else None
     if n_test is not None:
         lines.append(f"The test split holds {n_test} images: per-class figures rest on fewer still; read the intervals.")
+    if folds := f.tags.get(vocabulary.FOLDS):
+        lines.append(f"Run-level figures are means over {len(folds.split(','))} trainings, each holding one source out "
+                     f"({folds}) and tested on it; the registered model is the best fold's (run `{f.model_run_id}`), "
+                     "trained without one of the sources, whose per-image figures the analyses use.")
     if repeats := f.tags.get(vocabulary.REPEATS):
         lines.append(f"Run-level figures are means over {repeats} seeds; the registered model is the best seed's "
                      f"(run `{f.model_run_id}`), whose per-image figures the analyses use.")
