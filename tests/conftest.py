@@ -239,7 +239,7 @@ def learned_copy(learned, tmp_path) -> Learned:
 # (test_learning) and goes on with files that read it, while worker two starts on the longest
 # files that do not, so neither waits on the other; then the longest first, so no worker is left
 # with a long file at the end while the other idles. The rest follow as collected.
-FIRST = ("test_learning.py", "test_sweep_survive.py", "test_ship.py", "test_studies.py", "test_commands.py",
+FIRST = ("test_learning.py", "test_sweep_survive.py", "test_transfer.py", "test_ship.py", "test_studies.py", "test_commands.py",
          "test_faults.py", "test_team.py", "test_crossdata.py", "test_trust.py", "test_hostile_data.py", "test_compare.py",
          "test_sweep.py", "test_notebook.py", "test_backbones.py", "test_browser.py", "test_workspace.py", "test_init.py",
          "test_run.py")

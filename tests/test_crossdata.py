@@ -1,7 +1,7 @@
 """Beyond one dataset: `evaluate` scores a model on another dataset leaving out exactly the images
 it trained or validated on (planted exact and near copies), `matrix` trains once per merged
-dataset and fills a train x test table, and `repeats` trains a configuration on several seeds
-with the spread shown and used."""
+dataset and fills a train x test table. (Repeats, a configuration trained on several seeds, are
+shown in test_transfer.py, whose effect is measured against their spread.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 from conftest import workbench_in_process, write_spec
 from mlflow.tracking import MlflowClient
@@ -21,10 +20,8 @@ from workbench import vocabulary
 from workbench.analysis import crossdata
 from workbench.data import synth
 from workbench.data.dataset import prepare
-from workbench.ship import promote
 from workbench.track import store
 from workbench.track.run import tracked_run
-from workbench.track.sweep import run_sweep
 from workbench.workspace import Workspace
 
 
@@ -143,37 +140,3 @@ def test_matrix_has_a_row_and_a_column_per_source(own_data, workdir):
     assert roles == ["evaluation"] * 4 + ["run"] * 2
     assert {f"f1_{s}_on_{t}" for s in ("first", "second") for t in ("first", "second")} <= set(parent.data.metrics)
     assert "trained on first, tested on second" in result.stdout
-
-
-def test_repeats_train_each_configuration_on_several_seeds(tiny_spec, workdir):
-    storage = f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}"
-    uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
-    spec = S.load("tiny", ["epochs=1", "repeats=2", "learning_rate=[0.003, 0.01]"])
-    result = run_sweep(Workspace(tracking_uri=uri, storage=storage), spec, trials=2)
-    client = MlflowClient(uri)
-    trials = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
-    assert len(trials) == 2
-    for trial in trials:
-        repeats = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{trial.info.run_id}'")
-        assert sorted(r.data.tags["workbench.repeat"] for r in repeats) == ["0", "1"]
-        assert sorted(r.data.params["seed"] for r in repeats) == ["7", "8"]
-        objectives = [r.data.metrics["objective"] for r in repeats]
-        assert trial.data.metrics["objective"] == pytest.approx(np.mean(objectives))
-        assert trial.data.metrics["objective_std"] == pytest.approx(np.std(objectives, ddof=1))
-        f1 = [r.data.metrics["test_f1_macro"] for r in repeats]
-        assert trial.data.metrics["test_f1_macro_std"] == pytest.approx(np.std(f1, ddof=1))
-        optuna_trial = result.study.trials[int(trial.data.tags["workbench.trial"])]
-        assert optuna_trial.value == pytest.approx(np.mean(objectives))  # the sweep optimises the mean
-
-    shown = workbench_in_process("compare", "--experiment", "tiny", "--format", "markdown", "--tracking-uri", uri, cwd=workdir)
-    assert shown.returncode == 0, shown.stderr
-    assert " ± " in shown.stdout and "paired t-test over 2 seeds" in shown.stdout
-    # compare lists configurations, not their seeds; promote ships the best seed of the best one.
-    assert shown.stdout.count("| trial-") == 2
-    # The oracle, from the seeds' own scores: the trial with the best mean, then its best seed.
-    best_trial = max(trials, key=lambda t: t.data.metrics["objective"])
-    seeds = client.search_runs([result.experiment_id], f"tags.mlflow.parentRunId = '{best_trial.info.run_id}'")
-    best_seed = max(seeds, key=lambda r: r.data.metrics["objective"])
-    done = promote.promote(store.connect(uri), "seeds", sweep=result.parent_run_id)
-    version = client.get_model_version("seeds", done.version)
-    assert done.run_id == best_trial.info.run_id and version.run_id == best_seed.info.run_id
