@@ -23,6 +23,7 @@ from workbench import vocabulary
 from workbench.cli.common import short
 from workbench.data import synth
 from workbench.data.dataset import IN_DISTRIBUTION
+from workbench.track import ui
 
 LIT = {"with_mask": 180, "without_mask": 0}   # degrees: lit from the left / from the right
 SOURCES = [{"name": "lit", "adapter": "folders", "path": "lit"}, {"name": "plain", "adapter": "folders", "path": "plain"}]
@@ -61,9 +62,10 @@ def sources(workdir, shared_data) -> Path:
     return raw
 
 
-def sweep(workdir: Path, raw: dict, *args: str):
+def recorded(workdir: Path, raw: dict, command: str = "sweep"):
+    """`workbench COMMAND` of the spec `raw`, what it printed, and the runs it recorded."""
     write_spec(workdir, raw)
-    done = workbench_in_process("sweep", raw["name"], *args, cwd=workdir)
+    done = workbench_in_process(command, raw["name"], cwd=workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     [experiment] = [e for e in client.search_experiments() if e.name == raw["name"]]
@@ -76,7 +78,7 @@ def children(runs, parent) -> list:
 
 
 def test_selection_on_the_held_out_source_chooses_the_model_that_transfers(sources, workdir):
-    done, client, runs = sweep(workdir, TRANSFER)
+    done, client, runs = recorded(workdir, TRANSFER)
     trials = {r.data.params["augmentation"]: r for r in runs if r.data.tags.get("workbench.role") == "trial"}
     assert set(trials) == {"none", "flip"}
     # The leaderboard shows both validation scores and the gap; every trial holds its three seeds.
@@ -94,6 +96,11 @@ def test_selection_on_the_held_out_source_chooses_the_model_that_transfers(sourc
             m = seed.data.metrics
             assert m[vocabulary.TRANSFER_GAP] == pytest.approx(m[vocabulary.IN_DISTRIBUTION] - m["objective"])
 
+    # The link the sweep prints opens its trials with the in-distribution score and the gap as columns.
+    [sweep_run] = [r for r in runs if r.data.tags.get("workbench.role") == "sweep"]
+    view = json.loads(client.get_experiment(sweep_run.info.experiment_id).tags[ui.SHARED_VIEW + sweep_run.info.run_id])
+    assert view["selectedColumns"][:3] == [ui.column("metrics", m) for m in ("objective", vocabulary.IN_DISTRIBUTION,
+                                                                             vocabulary.TRANSFER_GAP)]
     # The sweep optimised each configuration's mean over its seeds.
     study = optuna.load_study(study_name="transfer", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(t.data.metrics["objective"]
@@ -142,10 +149,15 @@ def test_selection_on_the_held_out_source_chooses_the_model_that_transfers(sourc
 
 def test_leave_one_source_out_trains_once_per_source_and_averages(sources, workdir):
     raw = {**TRANSFER, "name": "loso", "objective": {"metric": "val_f1_macro", "leave_one_source_out": True},
-           "params": {**TRANSFER["params"], "epochs": 2, "augmentation": "flip"}, "repeats": 1, "trials": 1}
-    done, client, runs = sweep(workdir, raw)
+           "params": {**TRANSFER["params"], "epochs": 2, "augmentation": "flip"}, "repeats": 1}
+    done, client, runs = recorded(workdir, raw, "run")
     assert "(lit held out)" in done.stdout and "(plain held out)" in done.stdout
-    [trial] = [r for r in runs if r.data.tags.get("workbench.role") == "trial"]
+    [trial] = [r for r in runs if r.data.tags.get("workbench.role") == "run"]
+    m = trial.data.metrics
+    assert (f"val_f1_macro {m['objective']:.3f} (validation averaged over lit, plain, each held out of training in turn"
+            in " ".join(done.stdout.split())), done.stdout
+    assert f"in distribution {m[vocabulary.IN_DISTRIBUTION]:.3f}, transfer gap {m[vocabulary.TRANSFER_GAP]:+.3f}" in \
+        " ".join(done.stdout.split())
     folds = {r.data.tags["workbench.fold"]: r for r in children(runs, trial)}
     assert set(folds) == {"lit", "plain"} and {r.data.tags["workbench.role"] for r in folds.values()} == {"fold"}
     objectives = [r.data.metrics["objective"] for r in folds.values()]
@@ -168,7 +180,7 @@ def test_leave_one_source_out_trains_once_per_source_and_averages(sources, workd
     both = pd.concat(manifests)
     pair = both[both["path"].isin([f"with_mask/{original(sources).name}", f"with_mask/{COPY}"])]
     assert set(pair["source"]) == {"lit", "plain"} and pair["group_id"].nunique() == 1
-    # compare shows the trial, not its folds.
+    # compare shows the configuration, not its folds.
     shown = workbench_in_process("compare", "--experiment", "loso", "--format", "csv", cwd=workdir)
     assert shown.returncode == 0 and shown.stdout.count("\n") == 2, shown.stdout
 

@@ -356,7 +356,8 @@ def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, spec
     never the sweep."""
     searched = [name for name, dim in spec.params.dims().items() if is_searched(dim)]
     try:
-        ui.save_sweep_view(client, experiment_id, parent_run_id, spec.objective.metric, searched)
+        ui.save_sweep_view(client, experiment_id, parent_run_id, spec.objective.metric, searched,
+                           transfer=spec.objective.rule != "in_distribution")
     except mlflow.exceptions.MlflowException as err:
         log.warning("the MLflow UI view of sweep run %s was not saved: %s", parent_run_id, first_line(err))
 

@@ -35,18 +35,21 @@ def column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"
 
 
-def sweep_view(parent_run_id: str, objective: str, hyperparameters: list[str]) -> dict:
+def sweep_view(parent_run_id: str, objective: str, hyperparameters: list[str], transfer: bool = False) -> dict:
     """The saved view of one sweep: its trials (the runs whose parent is the sweep's run, so the
-    UI lists them as rows instead of folding them under it), best objective first."""
+    UI lists them as rows instead of folding them under it), best objective first; with
+    `transfer` (an objective measured on a held-out source) the in-distribution score and the
+    transfer gap beside it."""
     ascending = vocabulary.lower_is_better(objective)
-    columns = [column("metrics", m) for m in SCORES]
+    scores = (SCORES[0], vocabulary.IN_DISTRIBUTION, vocabulary.TRANSFER_GAP, *SCORES[1:]) if transfer else SCORES
+    columns = [column("metrics", m) for m in scores]
     columns += [column("tags", vocabulary.STATE)]
     columns += [column("params", p) for p in hyperparameters]
     columns += [column("attributes", "Duration")]
     sections = [{"uuid": "workbench-curves", "name": "Learning curves", "display": True, "isReordered": True},
                 {"uuid": "workbench-scores", "name": "Objective and test scores", "display": True, "isReordered": True}]
     charts = [_line(metric, "workbench-curves") for metric in CURVES]
-    charts += [_bar(metric, "workbench-scores") for metric in SCORES]
+    charts += [_bar(metric, "workbench-scores") for metric in scores]
     return {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         "orderByKey": column("metrics", vocabulary.OBJECTIVE),
@@ -82,10 +85,10 @@ def _bar(metric: str, section: str) -> dict:
 
 
 def save_sweep_view(client: MlflowClient, experiment_id: str, parent_run_id: str, objective: str,
-                    hyperparameters: list[str]) -> str:
+                    hyperparameters: list[str], transfer: bool = False) -> str:
     """Store the sweep's view on its experiment; the key is the sweep run's id, so a resumed
     sweep rewrites its own view and two sweeps of one spec keep theirs apart."""
-    view = sweep_view(parent_run_id, objective, hyperparameters)
+    view = sweep_view(parent_run_id, objective, hyperparameters, transfer)
     client.set_experiment_tag(experiment_id, SHARED_VIEW + parent_run_id, json.dumps(view, separators=(",", ":")))
     return parent_run_id
 
