@@ -14,8 +14,9 @@ from conftest import REPO, workbench_cli, workbench_in_process
 from mlflow.tracking import MlflowClient
 
 from workbench import spec as S
+from workbench.api import Workspace as WorkbenchWorkspace
 from workbench.data import synth
-from workbench.data.dataset import prepare
+from workbench.data.dataset import folds, prepare
 from workbench.workspace import Workspace
 
 STUDIES = {  # spec: (classes, whether it ships a TFLite file)
@@ -122,3 +123,20 @@ def test_smoke_keeps_the_study_but_shrinks_it():
     assert (config.epochs, config.weights, config.eager) == (1, "none", True)
     assert [p["backbone"] for p in small.enqueue] == ["densenet169", "xception"]
     assert pd.Series([m.name for m in small.dataset.manifests]).tolist() == ["mask_age4"]
+
+
+def test_the_transfer_spec_holds_its_second_source_out_on_the_real_layouts(repo_experiments, workdir):
+    # mask_transfer merges two studies' datasets under one pair of classes and chooses on the
+    # second: on generated trees in both real layouts, both train in the merge, one in the fold.
+    done = workbench_in_process("data", "check", "mask_transfer", "--smoke", cwd=workdir,
+                                env={"WORKBENCH_DATA": str(workdir / "data")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    [line] = [line for line in done.stdout.splitlines() if "held out" in line]
+    assert "(maskdataset_v1 held out)" in line and "classes with_mask, without_mask" in line
+    ws = WorkbenchWorkspace(workdir, data=workdir / "data")
+    spec, smoke_ws = ws.for_spec(ws.spec("mask_transfer", smoke=True), smoke=True)
+    merged = prepare(spec, smoke_ws)
+    [fold] = folds(spec, merged)
+    assert set(merged.part("train")["source"]) == {"facemask12k", "maskdataset_v1"}
+    assert set(fold.part("train")["source"]) == {"facemask12k"}
+    assert set(fold.part("val")["source"]) == set(fold.part("test")["source"]) == {"maskdataset_v1"}

@@ -120,6 +120,7 @@ def data_check(
 
     ws = workspace(data=data)
     manifest = ws.manifests / f"{target}.csv"
+    folds = []
     if manifest.is_file() and not (set_ or smoke or data):
         from workbench.data import ingest
 
@@ -134,6 +135,10 @@ def data_check(
         prepared = prepare(loaded, data_ws)
         frame, what = prepared.frame, f"spec {loaded.name} ({prepared.describe()}, digest {prepared.digest})"
         distance = getattr(loaded.dataset, "near_duplicate_distance", 4)
+        if loaded.objective.rule != "in_distribution":
+            from workbench.data.dataset import folds as folds_of
+
+            folds = folds_of(loaded, prepared)  # a class the rule cannot measure: one line, exit 2
     console.print(f"[bold]{what}[/bold]")
     console.print(frame.groupby(["label", "split"]).size().unstack(fill_value=0).to_string())
     if {"width", "height"} <= set(frame.columns):
@@ -147,6 +152,11 @@ def data_check(
         raise WorkbenchError(f"{target}: {report.exact_across + report.near_across} duplicate group(s) span two "
                              "splits: test images have copies in training")
     console.print("no leak: no image has a duplicate in another split")
+    if folds:
+        from workbench.cli.sweep import print_folds
+
+        console.print(f"objective {loaded.objective.rule}: each trial trains, validates and tests on", highlight=False)
+        print_folds(folds)
 
 
 @data_app.command("audit")
