@@ -4,6 +4,7 @@ the `folders` layout the real-dataset adapters read, and attributes that actuall
 import csv
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,22 @@ def test_attributes_visibly_change_the_face():
     # Grey hair and wrinkles always show; how much depends on the face (a small face with
     # cropped blond hair ages subtly).
     assert min(age_diffs) > 0.5 and np.mean(age_diffs) > 4
+
+
+def test_lit_from_lights_each_image_from_the_side_named():
+    face = FaceAttributes(mask=True, old=False, fake=False)
+    for index in range(6):
+        left = render_face(3, index, face, 48, lit_from=180).astype(np.float32)
+        right = render_face(3, index, face, 48, lit_from=0).astype(np.float32)
+        # The same scene, only its light moved: lit from the left, the left is brighter than when
+        # lit from the right, and the right darker, steadily across the image.
+        shift = (left - right).mean(axis=(0, 2))
+        assert shift[:16].mean() > 20 and shift[-16:].mean() < -20
+        assert np.corrcoef(shift, np.arange(48))[0, 1] < -0.9
+    generated = generate(Path(tempfile.mkdtemp()), "mask2", seed=3, size=32, count=8, lit_from={"with_mask": 180})
+    assert json.loads((generated / "dataset.json").read_text())["lit_from"] == {"with_mask": 180}
+    with pytest.raises(ValueError, match="lit_from: no class fake in task 'mask2'"):
+        generate(Path(tempfile.mkdtemp()), "mask2", count=4, lit_from={"fake": 0})
 
 
 @pytest.mark.parametrize("kwargs, words", [
