@@ -83,6 +83,13 @@ def test_overrides_address_params_top_level_and_dotted_paths(tiny_spec):
         S.load("tiny", ["epochs"])
 
 
+def test_a_study_recorded_before_the_transfer_rules_still_resumes(tiny_spec):
+    # TINY's hash as workbench computed it before objective.holdout_source existed: a sweep
+    # resumes only under the same hash, so keys added later must not move it until set.
+    assert S.load("tiny").content_hash() == "b3509d047311695e"
+    assert S.load("tiny", ["objective.leave_one_source_out=false"]).content_hash() == "b3509d047311695e"
+
+
 def test_content_hash_ignores_trial_budget_but_not_the_space(tiny_spec):
     base = S.load("tiny")
     assert S.load("tiny", ["trials=50"]).content_hash() == base.content_hash()

@@ -282,6 +282,10 @@ class Spec(BaseModel):
     def content_hash(self) -> str:
         """Identifies what a run trained on and searched over; the trial budget is not part of it."""
         payload = self.model_dump(mode="json", exclude={"trials", "description", "ship"})
+        # Keys added after studies were recorded count only when set, so those studies still resume.
+        for key, unset in (("holdout_source", None), ("leave_one_source_out", False)):
+            if payload["objective"].get(key) == unset:
+                payload["objective"].pop(key)
         for source in payload["dataset"].get("manifests", []):  # where the folder is, not what it holds
             source.pop("path", None)
             source.pop("get", None)
