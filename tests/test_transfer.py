@@ -124,6 +124,10 @@ def test_selection_on_the_held_out_source_chooses_the_model_that_transfers(sourc
     spread = max(score(a, "test_f1_macro_std") for a in trials)
     assert gain > 3 * spread, figures
 
+    # Resuming finds the study under the same spec (its rule included) and nothing left to run.
+    again = workbench_in_process("sweep", "transfer", cwd=workdir)
+    assert again.returncode == 0 and "resuming transfer: 2 complete; 0 to run" in again.stdout, again.stdout
+
     # Promote chooses by that objective, unchanged: the flipped configuration, its best seed.
     promoted = workbench_in_process("promote", "--name", "transfer", "--experiment", "transfer", cwd=workdir)
     assert promoted.returncode == 0, promoted.stderr

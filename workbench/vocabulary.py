@@ -114,7 +114,8 @@ def measured_on(rule: str | None, held_out: str | None) -> str:
     if rule == "holdout_source":
         return f"on the validation images of {held_out}, a source held out of training"
     if rule == "leave_one_source_out":
-        return f"averaged over {held_out}, each held out of training in turn and measured on its validation images"
+        return (f"averaged over {(held_out or '').replace(',', ', ')}, each held out of training in turn and "
+                "measured on its validation images")
     return "on the validation split"
 
 

@@ -2,9 +2,10 @@
 sweep): the comparison table with the winner marked and a sentence saying what the statistics
 concluded, the objective by each registry axis the runs differ on, parameters against the
 objective, (when trials were chosen on a held-out source) each trial's validation score in
-distribution against on the held-out source, overlaid learning curves, confusion matrices side by side, reliability diagrams
-before and after each run's temperature, and accuracy against latency with its Pareto front
-(when the latencies differ by more than timing noise).
+distribution against its score on the held-out source, overlaid learning curves, confusion
+matrices side by side, reliability diagrams before and after each run's temperature, and
+accuracy against latency with its Pareto front (when the latencies differ by more than timing
+noise).
 
 The figures are `workbench.measure.figures`' builders (the same curves and confusion matrices a run's
 own page shows) and the page is its one page writer, so it opens offline with plotly.js inlined

@@ -155,7 +155,8 @@ def data_check(
     if folds:
         from workbench.cli.sweep import print_folds
 
-        console.print(f"objective {loaded.objective.rule}: each trial trains, validates and tests on", highlight=False)
+        console.print(f"objective.{loaded.objective.rule}: what each trial trains, validates and tests on",
+                      highlight=False)
         print_folds(folds)
 
 

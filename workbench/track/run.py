@@ -4,15 +4,17 @@ it decides nothing about training and computes nothing about the model, it write
 `train()` returned, under the names `vocabulary` gives, through a client bound to the
 workspace's store.
 
-Under a transfer rule (`objective.holdout_source`, `leave_one_source_out`) the run trains on the
-fold `dataset.folds` gives, and logs `objective_in_distribution` and `transfer_gap` beside its
-objective; leave-one-source-out nests one `fold` run per held-out source, as repeats nest one run
-per seed. A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
+A run records the resolved configuration as params, the dataset's lineage, per-epoch curves as
 they happen, then the test metrics, the cost, figures, reports, per-image predictions and the
 model. Whatever happens it ends in a definite state, tagged `workbench.state`: `finished`,
 `pruned` (curves kept, no test evaluation), `interrupted` (Ctrl-C or SIGTERM: KILLED) or
 `failed` (the reason as a tag and an error artefact), and Keras' memory is released, so the next
 trial in the same process starts clean.
+
+Under a transfer rule (`objective.holdout_source`, `leave_one_source_out`) a run trains on the
+fold `dataset.folds` gives and logs `objective_in_distribution` and `transfer_gap` beside its
+objective; leave-one-source-out nests one `fold` run per held-out source, as repeats nest one
+run per seed.
 """
 
 from __future__ import annotations
@@ -116,8 +118,7 @@ def tracked_run(ws: Workspace, client: MlflowClient, spec: Spec, config: TrialCo
     role = "trial" if trial_number is not None else "run"
     name = name or (f"trial-{trial_number:03d}" if trial_number is not None else f"{spec.name}-{config.backbone}")
     folds = dataset.folds(spec, data)
-    pooled = folds[0] if len(folds) == 1 else data
-    tags = {**_tags(spec, pooled, config.seed, role), **(tags or {})}
+    tags = {**_tags(spec, folds[0] if len(folds) == 1 else data, config.seed, role), **(tags or {})}
     if trial_number is not None:
         tags[vocabulary.TRIAL] = str(trial_number)
     if spec.repeats > 1:
@@ -128,14 +129,22 @@ def tracked_run(ws: Workspace, client: MlflowClient, spec: Spec, config: TrialCo
     if on_start:
         on_start(run.run_id)
     if len(folds) == 1:
-        return _configuration(ws, run, spec, config, pooled, experiment_id, name, callbacks)
+        return _configuration(ws, run, spec, config, folds[0], experiment_id, name, callbacks)
+    return _each_source_out(ws, run, spec, config, data, folds, experiment_id, name, callbacks)
+
+
+def _each_source_out(ws: Workspace, run: RunLog, spec: Spec, config: TrialConfig, data: Dataset,
+                     folds: list[Dataset], experiment_id: str, name: str, callbacks: list) -> RunOutcome:
+    """Leave one source out: one nested `fold` run per source held out, summarised like repeats
+    (`_summarise`: the objective is the folds' mean, `objective_std` their spread). The pruner
+    watches the first fold only: a configuration it stops is not worth the others."""
     with ends_definitely(run):
-        run.params(_run_params(spec, config, data, held_out=tags[vocabulary.FOLDS]))
+        run.params(_run_params(spec, config, data, held_out=",".join(fold.held_out for fold in folds)))
         outcomes = []
         for k, fold in enumerate(folds):
-            # The pruner watches the first fold only: a configuration it stops is not worth the others.
             fold_name = f"{name}-without-{fold.held_out}"
-            child = RunLog.start(client, experiment_id, fold_name, _tags(spec, fold, config.seed, "fold"), run.run_id)
+            child = RunLog.start(run.client, experiment_id, fold_name, _tags(spec, fold, config.seed, "fold"),
+                                 run.run_id)
             outcomes.append(_configuration(ws, child, spec, config, fold, experiment_id, fold_name,
                                            callbacks if k == 0 else []))
         return _summarise(run, spec, outcomes)
