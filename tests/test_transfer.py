@@ -156,6 +156,10 @@ def test_leave_one_source_out_trains_once_per_source_and_averages(sources, workd
            "params": {**TRANSFER["params"], "epochs": 2, "augmentation": "flip"}, "repeats": 1}
     done, client, runs = recorded(workdir, raw, "run")
     assert "(lit held out)" in done.stdout and "(plain held out)" in done.stdout
+    assert "each configuration trains 2 times, once per source held out" in done.stdout
+    listed = workbench_in_process("specs", "list", cwd=workdir)
+    assert [line.split()[:5] for line in listed.stdout.splitlines() if line.strip().startswith("loso ")] == \
+        [["loso", "-", "2", "×", "2"]]   # nothing searched, 2 trials of 2 trainings each
     [trial] = [r for r in runs if r.data.tags.get("workbench.role") == "run"]
     m = trial.data.metrics
     assert (f"val_f1_macro {m['objective']:.3f} (validation averaged over lit, plain, each held out of training in turn"

@@ -41,7 +41,9 @@ def specs_list() -> None:
             table.add_row(path.stem, "[red]invalid[/red]", "", str(err))
             continue
         searched = [k for k, d in spec.params.dims().items() if specs.is_searched(d)]
-        table.add_row(spec.name, ", ".join(searched) or "-", str(spec.trials), spec.description.strip().split("\n")[0])
+        each = spec.trainings_per_trial()  # repeats, and a training per source left out
+        budget = f"{spec.trials} × {each} trainings" if each > 1 else str(spec.trials)
+        table.add_row(spec.name, ", ".join(searched) or "-", budget, spec.description.strip().split("\n")[0])
     console.print(table)
 
 

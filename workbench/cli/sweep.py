@@ -80,6 +80,9 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
 
 def print_folds(folds) -> None:
     """Under a transfer rule, one indented line per fold: what it trains, validates and tests on."""
+    if len(folds) > 1:
+        console.print(f"leave one source out: each configuration trains {len(folds)} times, once per source held out "
+                      "(that many times the cost of a sweep in distribution)", highlight=False)
     for fold in folds:
         console.print(f"  {fold.describe()}", highlight=False)
 

@@ -279,6 +279,11 @@ class Spec(BaseModel):
                                  f"{MIN_IMAGE_SIZE[backbone]} px")
         return self
 
+    def trainings_per_trial(self) -> int:
+        """What one configuration costs: its repeats, times its sources under leave-one-source-out."""
+        sources = len(self.dataset.manifests) if self.objective.rule == "leave_one_source_out" else 1
+        return self.repeats * sources
+
     def content_hash(self) -> str:
         """Identifies what a run trained on and searched over; the trial budget is not part of it."""
         payload = self.model_dump(mode="json", exclude={"trials", "description", "ship"})
