@@ -217,8 +217,12 @@ def print_leaderboard(board, title: str, objective: str | None = None) -> None:
                   caption_justify="left")
     # A configuration trained several times (repeats, folds) shows each figure as mean ± spread.
     shown = [c for c in board.columns if c != "run_id" and not (c.endswith("_std") and c.removesuffix("_std") in board)]
+    # Under a transfer rule the objective is the held-out source's; in words, so a narrow terminal
+    # wraps the headings rather than cutting them.
+    headings = {vocabulary.IN_DISTRIBUTION: "in distribution (val)", vocabulary.TRANSFER_GAP: "transfer gap"}
     for column in shown:
-        heading = f"objective ({objective}, val)" if column == "objective" and objective else column
+        heading = f"objective ({objective}, val)" if column == "objective" and objective else \
+            headings.get(column, column)
         table.add_column(heading, justify="right" if board[column].dtype.kind in "fi" else "left")
 
     def cell(row, column: str) -> str:
