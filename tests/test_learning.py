@@ -117,6 +117,10 @@ def test_every_metric_a_trial_logs_ranks_the_way_it_improves(trial):
     # A run's objective follows the metric it stands for; a group's mean follows its metric.
     assert (vocabulary.better("objective", "val_loss"), vocabulary.better("objective", "val_f1_macro")) == ("min", "max")
     assert (vocabulary.better("test_ece_mean"), vocabulary.better("test_f1_macro_mean")) == ("min", "max")
+    # Beside a transfer objective: its in-distribution twin follows it; the gap is smaller when better.
+    home = vocabulary.IN_DISTRIBUTION
+    assert [vocabulary.better(home, m) for m in ("val_loss", "val_f1_macro")] == ["min", "max"]
+    assert vocabulary.better(vocabulary.TRANSFER_GAP) == "min"
     # Per-class scores are scores whatever the class is called.
     assert vocabulary.better("test_f1_hair_loss") == vocabulary.better("test_recall_small_size") == "max"
 

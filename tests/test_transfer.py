@@ -22,11 +22,12 @@ from mlflow.tracking import MlflowClient
 from workbench import vocabulary
 from workbench.cli.common import short
 from workbench.data import synth
-from workbench.data.dataset import IN_DISTRIBUTION
+from workbench.data.dataset import IN_DISTRIBUTION_VAL
 from workbench.track import ui
 
 LIT = {"with_mask": 180, "without_mask": 0}   # degrees: lit from the left / from the right
-SOURCES = [{"name": "lit", "adapter": "folders", "path": "lit"}, {"name": "plain", "adapter": "folders", "path": "plain"}]
+SOURCES = [{"name": "lit", "adapter": "folders", "path": "lit"},
+           {"name": "plain", "adapter": "folders", "path": "plain"}]
 TRANSFER = {
     "name": "transfer",
     "dataset": {"source": "manifests", "manifests": SOURCES},
@@ -178,8 +179,9 @@ def test_leave_one_source_out_trains_once_per_source_and_averages(sources, workd
                                                       str(workdir / held_out)))
         manifests.append(frame)
         part = dict(tuple(frame.groupby("split")))
-        assert set(part) == {"train", "val", "test", IN_DISTRIBUTION}
-        assert set(part["train"]["source"]) == set(part[IN_DISTRIBUTION]["source"]) == {"lit", "plain"} - {held_out}
+        assert set(part) == {"train", "val", "test", IN_DISTRIBUTION_VAL}
+        others = {"lit", "plain"} - {held_out}
+        assert set(part["train"]["source"]) == set(part[IN_DISTRIBUTION_VAL]["source"]) == others
         assert set(part["val"]["source"]) == set(part["test"]["source"]) == {held_out}
         # Nothing the fold validates or tests on shares a duplicate group with what it trains on,
         # the planted copy included: it sits in one split with its original.

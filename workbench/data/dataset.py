@@ -34,7 +34,7 @@ from workbench.workspace import Workspace, build_once, locked
 SPLITS = ("train", "val", "test")
 # A fold's extra split: the training sources' own validation images, scored beside the held-out
 # source's (the objective) to show what the model would have been chosen by in distribution.
-IN_DISTRIBUTION = "val_in_distribution"
+IN_DISTRIBUTION_VAL = "val_in_distribution"
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ def published_leaks(frame: pd.DataFrame) -> pd.Series:
 
 def class_counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows) and split (columns), with totals: what runs log and users read."""
-    splits = [*SPLITS, *([IN_DISTRIBUTION] if (frame["split"] == IN_DISTRIBUTION).any() else [])]
+    splits = [*SPLITS, *([IN_DISTRIBUTION_VAL] if (frame["split"] == IN_DISTRIBUTION_VAL).any() else [])]
     table = pd.crosstab(frame["label"], frame["split"]).reindex(columns=splits, fill_value=0)
     table["total"] = table.sum(axis=1)
     return table
@@ -347,7 +347,7 @@ def holdout(data: Dataset, source: str, key: str = "objective.holdout_source") -
     """`data` as a fold that never trains on `source`: the other sources' training split trains;
     `source`'s validation split validates (and so selects and prunes) and its test split tests,
     each without any image whose duplicate group meets training; the other sources' validation
-    split is kept as IN_DISTRIBUTION, to score beside. Everything else (`source`'s training
+    split is kept as IN_DISTRIBUTION_VAL, to score beside. Everything else (`source`'s training
     split, the other sources' test split) plays no part. A class missing from any of the three
     parts is one line naming the source, the part and the class, and exit 2."""
     frame, split = data.frame, data.frame["split"]
@@ -355,7 +355,7 @@ def holdout(data: Dataset, source: str, key: str = "objective.holdout_source") -
     training = ~held & (split == "train")
     met = held & frame["group_id"].isin(set(frame.loc[training, "group_id"]))
     parts = {"train": training, "val": held & (split == "val") & ~met, "test": held & (split == "test") & ~met,
-             IN_DISTRIBUTION: ~held & (split == "val")}
+             IN_DISTRIBUTION_VAL: ~held & (split == "val")}
     others = ", ".join(sorted(set(frame.loc[~held, "source"])))
     for part, where, remedy in (("train", f"training image in {others}", others), ("val", "validation image", source),
                                 ("test", "test image", source)):

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from workbench import errors, vocabulary
 from workbench.data.balance import Balanced
-from workbench.data.dataset import IN_DISTRIBUTION, Dataset
+from workbench.data.dataset import IN_DISTRIBUTION_VAL, Dataset
 from workbench.measure import calibration, label_issues
 from workbench.measure.evaluate import (
     Evaluation,
@@ -66,7 +66,7 @@ class TrainResult:
     calibration: dict[str, float] = field(default_factory=dict)   # temperature; ECE, Brier, log loss after
     label_issues: pd.DataFrame | None = None   # validation and test images ranked by label quality
     issue_images: np.ndarray | None = None     # the first ISSUES_SHOWN flagged ones, as the model saw them
-    # A fold's: validation_scores on the training sources' own validation images (IN_DISTRIBUTION).
+    # A fold's: validation_scores on the training sources' own validation images (IN_DISTRIBUTION_VAL).
     in_distribution: dict[str, float] = field(default_factory=dict)
 
     def objective(self, metric: str, restore_best: bool) -> float:
@@ -165,7 +165,7 @@ def train(config: TrialConfig, data: Dataset, balanced: Balanced | None = None, 
         logits = backbones.logits_of(model)
         logits.run_eagerly = config.eager   # a smoke run's new model must not trace a DenseNet graph either
         val_logits, test_logits = logits.predict(val_ds, verbose=0), logits.predict(test_ds, verbose=0)
-        home = data.part(IN_DISTRIBUTION)
+        home = data.part(IN_DISTRIBUTION_VAL)
         in_distribution = validation_scores(calibration.scaled(logits.predict(batches(home, "home"), verbose=0)),
                                             pipeline.labels_of(home, data.classes), len(data.classes)) \
             if len(home) else {}

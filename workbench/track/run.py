@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from workbench import errors, vocabulary
 from workbench.data import dataset
 from workbench.data.balance import balanced
-from workbench.data.dataset import IN_DISTRIBUTION, Dataset
+from workbench.data.dataset import IN_DISTRIBUTION_VAL, Dataset
 from workbench.model.train import TrainResult, train
 from workbench.spec import Spec, TrialConfig
 from workbench.track import store
@@ -357,8 +357,8 @@ def log_dataset(run: RunLog, data: Dataset) -> None:
         run.client.log_inputs(run.run_id, inputs)
     counts = data.counts()
     run.params({size: int(counts[size.removeprefix("images_")].sum()) for size in vocabulary.SPLIT_SIZES})
-    if IN_DISTRIBUTION in counts:
-        run.params({vocabulary.IN_DISTRIBUTION_SIZE: int(counts[IN_DISTRIBUTION].sum())})
+    if IN_DISTRIBUTION_VAL in counts:
+        run.params({vocabulary.IN_DISTRIBUTION_SIZE: int(counts[IN_DISTRIBUTION_VAL].sum())})
     if data.left_out:
         run.metrics({"images_left_out": sum(data.left_out.values())})
         run.tags({vocabulary.LEFT_OUT: "; ".join(f"{n} {why}" for why, n in data.left_out.items())})
