@@ -106,6 +106,12 @@ def test_selection_on_the_held_out_source_chooses_the_model_that_transfers(sourc
     study = optuna.load_study(study_name="transfer", storage=f"sqlite:///{workdir / 'mlruns' / 'optuna.db'}")
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(t.data.metrics["objective"]
                                                                          for t in trials.values()))
+    # The pruner is shown the held-out source's score, epoch by epoch (the first seed's).
+    for optuna_trial in study.trials:
+        [trial] = [t for t in trials.values() if t.data.tags["workbench.trial"] == str(optuna_trial.number)]
+        first = next(r for r in children(runs, trial) if r.data.params["seed"] == "7")
+        watched = {m.step: m.value for m in client.get_metric_history(first.info.run_id, "val_f1_macro")}
+        assert optuna_trial.intermediate_values == pytest.approx(watched)
 
     def score(augmentation: str, metric: str) -> float:
         return trials[augmentation].data.metrics[metric]
