@@ -144,6 +144,7 @@ def test_selection_on_the_held_out_source_chooses_the_model_that_transfers(sourc
     card = Path(client.download_artifacts(trials["flip"].info.run_id, vocabulary.Artifacts.MODEL_CARD,
                                           str(workdir))).read_text()
     assert "on the validation images of plain, a source held out of training" in card
+    assert "chosen for how it does on plain, a source it never trained on" in card
     # compare lists the two configurations with their spreads, and tests them over their seeds.
     shown = workbench_in_process("compare", "--experiment", "transfer", "--format", "markdown", cwd=workdir)
     assert shown.returncode == 0, shown.stderr

@@ -195,8 +195,10 @@ def _interval(s: Slice) -> str:
 
 def intended_use(f: Facts) -> tuple[list[str], list[str]]:
     classes = ", ".join(f.classes) or "its classes"
+    chosen = f"; chosen for how it does on {f.params.get(vocabulary.HOLDOUT_SOURCE)}, a source it never trained on" \
+        if f.params.get(vocabulary.RULE) == "holdout_source" else ""
     uses = [f"Sorting single, roughly centred face images into {classes}, at "
-            f"{f.params.get('image_size', '?')} px, from sources like `{f.params.get('dataset', '?')}`.",
+            f"{f.params.get('image_size', '?')} px, from sources like `{f.params.get('dataset', '?')}`{chosen}.",
             "Comparing configurations and as a baseline for further training, in the study that produced it."]
     out = ["Any decision about a person (access, discipline, identity, age or health) without human review.",
            "Images unlike the training data: other cameras, crowds, several faces per image, video frames "
