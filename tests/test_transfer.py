@@ -4,7 +4,7 @@ is lit from the left and every without-mask photo from the right (two photo sess
 the light falls anywhere. Trained on `lit`, a model without flips learns the light, which tells
 the classes apart there and nowhere else; flips swap the sides and leave it only the masks. So
 selection in distribution and selection on the held-out source choose different configurations,
-and the second scores better on the held-out source's test images, by more than the seeds spread."""
+and the second scores better on the held-out source's test images, by more than the seed-to-seed spread."""
 
 from __future__ import annotations
 
