@@ -255,6 +255,24 @@ def test_a_second_worker_started_later_continues_the_search(tiny_spec, stores):
     assert first.study.trials[0].params != later.study.trials[1].params
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_two_workers_opening_an_empty_study_at_once_draw_apart(tiny_spec, stores, monkeypatch):
+    """`--workers` starts its processes together: each opens the study before any trial exists,
+    so only the worker's index can keep their samplers from drawing in lockstep."""
+    from workbench.track.sweep import open_study
+
+    storage, _ = stores
+    spec = S.load("tiny", ["learning_rate={low: 1.0e-4, high: 1.0e-1, log: true}", "dropout={low: 0.0, high: 0.5}"])
+    studies = []
+    for index in (0, 1):
+        monkeypatch.setenv("WORKBENCH_WORKER_INDEX", str(index))
+        studies.append(open_study(spec, storage))   # both open it empty
+    drawn = [study.ask() for study in studies]
+    values = [(t.suggest_float("learning_rate", 1e-4, 1e-1, log=True), t.suggest_float("dropout", 0.0, 0.5))
+              for t in drawn]
+    assert values[0] != values[1], values
+
+
 def test_grid_tries_every_combination_once_starting_from_the_enqueued_one(tiny_spec, stores):
     storage, uri = stores
     spec = S.load("tiny", ["epochs=1", "sampler=grid", "balance=[none, class_weight]", "augmentation=[none, flip]",
