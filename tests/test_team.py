@@ -205,7 +205,8 @@ def test_two_workers_against_postgresql_and_an_mlflow_server(tiny_spec, workdir,
     assert [r.info.status for r in children] == ["FINISHED"] * 2
     # Two configurations, none trained twice or dropped as a redraw (on a continuous range, either
     # would mean the workers drew in lockstep). Removing the worker's seed offset does not show
-    # here: the second worker opens the study after a trial exists, which offsets its seed anyway.
+    # here: the second worker opens the study after a trial exists, which offsets its seed anyway;
+    # test_sweep_survive's two workers opening an empty study at once show it.
     assert len({t.params["learning_rate"] for t in trials}) == 2
     assert not [t.number for t in study.get_trials() if SKIPPED_ATTR in t.user_attrs]
     assert client.get_run(parent).info.status == "FINISHED"
