@@ -424,9 +424,9 @@ def format_value(value) -> str:
     return str(value)
 
 
-def display_frame(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as text for people: numbers rounded, missing as '-', and a group's
-    `<x>_mean`/`<x>_std` pair shown as one column `<x>` = "mean ± std"."""
+def display_frame(table: pd.DataFrame, format_value: Callable[[object], str] = format_value) -> pd.DataFrame:
+    """The table as text for people: numbers rounded (by `format_value`), missing as '-', and a
+    group's `<x>_mean`/`<x>_std` pair shown as one column `<x>` = "mean ± std"."""
     shown = {}
     for column in table.columns:
         base = column.removesuffix("_std")

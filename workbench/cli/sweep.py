@@ -209,6 +209,8 @@ def leaderboard_command(
 
 
 def print_leaderboard(board, title: str, objective: str | None = None) -> None:
+    from workbench.analysis.compare import display_frame
+
     if board.empty:
         console.print("no trials recorded yet")
         return
@@ -216,19 +218,14 @@ def print_leaderboard(board, title: str, objective: str | None = None) -> None:
                   caption=f"ranked by the validation objective ({objective or 'objective'}); test figures beside",
                   caption_justify="left")
     # A configuration trained several times (repeats, folds) shows each figure as mean ± spread.
-    shown = [c for c in board.columns if c != "run_id" and not (c.endswith("_std") and c.removesuffix("_std") in board)]
+    shown = display_frame(board.drop(columns="run_id"), short)
     # Under a transfer rule the objective is the held-out source's; in words, so a narrow terminal
     # wraps the headings rather than cutting them.
     headings = {vocabulary.IN_DISTRIBUTION: "in distribution (val)", vocabulary.TRANSFER_GAP: "transfer gap"}
-    for column in shown:
+    for column in shown.columns:
         heading = f"objective ({objective}, val)" if column == "objective" and objective else \
             headings.get(column, column)
         table.add_column(heading, justify="right" if board[column].dtype.kind in "fi" else "left")
-
-    def cell(row, column: str) -> str:
-        spread = row.get(f"{column}_std")
-        return short(row[column]) + ("" if spread is None or spread != spread else f" ± {short(spread)}")
-
-    for _, row in board.iterrows():
-        table.add_row(*[cell(row, c) for c in shown])
+    for row in shown.itertuples(index=False):
+        table.add_row(*row)
     console.print(table)
