@@ -72,7 +72,7 @@ def run_command(spec: str, set_: SetOption = None, tracking_uri: TrackingOption 
                         if k == "test_accuracy" or k.startswith("test_f1_") and not k.endswith(("weighted", "_std")))
     rule = loaded.objective.rule
     measured = "validation" if rule == "in_distribution" else \
-        f"validation {vocabulary.measured_on(rule, _held_out(loaded))}; " \
+        f"validation {vocabulary.measured_on(rule, ','.join(loaded.held_out_sources()))}; " \
         f"in distribution {spread[vocabulary.IN_DISTRIBUTION]:.3f}, transfer gap {spread[vocabulary.TRANSFER_GAP]:+.3f}"
     console.print(f"run {outcome.run_id} in experiment {loaded.name}: {loaded.objective.metric} "
                   f"{outcome.objective:.3f} ({measured}); test: {metrics}")
@@ -86,9 +86,6 @@ def print_folds(folds) -> None:
     for fold in folds:
         console.print(f"  {fold.describe()}", highlight=False)
 
-
-def _held_out(spec) -> str:
-    return spec.objective.holdout_source or ", ".join(m.name for m in spec.dataset.manifests)
 
 
 class SweepProgress(SweepListener):

@@ -318,15 +318,13 @@ def prepare(spec: Spec, ws: Workspace) -> Dataset:
 
 
 def prepare_checked(spec: Spec, ws: Workspace) -> tuple[Dataset, leakage.LeakReport]:
-    """`prepare`, then proof that no test image has a copy in training (`data check` in short)
-    and that the spec's selection rule can be applied (`folds`): what a sweep does before
-    anything trains. A leak is one line naming an example and exit 1."""
+    """`prepare`, then proof that no test image has a copy in training (`data check` in short):
+    what a sweep does before anything trains. A leak is one line naming an example and exit 1."""
     data = prepare(spec, ws)
     report = leakage.check(data.frame, getattr(spec.dataset, "near_duplicate_distance", 4))
     if report.leaks:
         raise DataError(f"{spec.name}: {report.exact_across + report.near_across} duplicate group(s) span two splits "
                         f"(e.g. {', '.join(report.examples[0]['paths'][:2])}); run `workbench data check {spec.name}`")
-    folds(spec, data)
     return data, report
 
 
@@ -336,11 +334,8 @@ def folds(spec: Spec, data: Dataset) -> list[Dataset]:
     """What one configuration of `spec` trains on, by its objective's rule: `data` itself (in
     distribution), the fold holding `holdout_source` out, or one fold per source in the spec's
     order (leave one source out)."""
-    rule = spec.objective.rule
-    if rule == "in_distribution":
-        return [data]
-    sources = [spec.objective.holdout_source] if rule == "holdout_source" else [m.name for m in spec.dataset.manifests]
-    return [holdout(data, source, key=f"objective.{rule}") for source in sources]
+    held_out = spec.held_out_sources()
+    return [holdout(data, source, key=f"objective.{spec.objective.rule}") for source in held_out] or [data]
 
 
 def holdout(data: Dataset, source: str, key: str = "objective.holdout_source") -> Dataset:

@@ -279,10 +279,17 @@ class Spec(BaseModel):
                                  f"{MIN_IMAGE_SIZE[backbone]} px")
         return self
 
+    def held_out_sources(self) -> list[str]:
+        """The sources the objective's rule holds out of training, one fold each: none in
+        distribution, `holdout_source`, or every merged source in turn."""
+        rule = self.objective.rule
+        if rule == "in_distribution":
+            return []
+        return [self.objective.holdout_source] if rule == "holdout_source" else [m.name for m in self.dataset.manifests]
+
     def trainings_per_trial(self) -> int:
         """What one configuration costs: its repeats, times its sources under leave-one-source-out."""
-        sources = len(self.dataset.manifests) if self.objective.rule == "leave_one_source_out" else 1
-        return self.repeats * sources
+        return self.repeats * max(len(self.held_out_sources()), 1)
 
     def content_hash(self) -> str:
         """Identifies what a run trained on and searched over; the trial budget is not part of it."""

@@ -552,8 +552,9 @@ def run_sweep(ws: Workspace, spec: Spec, *, trials: int | None = None, study_nam
         # Data problems fail here, once, not in every trial or in K workers, which then find it ready.
         data, leaks = prepare_checked(spec, ws)
         listener.data(data, leaks)
-        if spec.objective.rule != "in_distribution":
-            listener.folds(folds(spec, data))
+        held_out = folds(spec, data)   # a fold the rule cannot measure fails here: one line, exit 2
+        if spec.held_out_sources():
+            listener.folds(held_out)
     sweep = open_sweep(ws, spec, study_name=study_name)
     total = trials or spec.trials
     if not worker:
