@@ -122,7 +122,7 @@ def data_check(
 
     ws = workspace(data=data)
     manifest = ws.manifests / f"{target}.csv"
-    folds = []
+    held_out = []
     if manifest.is_file() and not (set_ or smoke or data):
         from workbench.data import ingest
 
@@ -137,10 +137,10 @@ def data_check(
         prepared = prepare(loaded, data_ws)
         frame, what = prepared.frame, f"spec {loaded.name} ({prepared.describe()}, digest {prepared.digest})"
         distance = getattr(loaded.dataset, "near_duplicate_distance", 4)
-        if loaded.objective.rule != "in_distribution":
-            from workbench.data.dataset import folds as folds_of
+        if loaded.held_out_sources():
+            from workbench.data.dataset import folds
 
-            folds = folds_of(loaded, prepared)  # a class the rule cannot measure: one line, exit 2
+            held_out = folds(loaded, prepared)  # a class the rule cannot measure: one line, exit 2
     console.print(f"[bold]{what}[/bold]")
     console.print(frame.groupby(["label", "split"]).size().unstack(fill_value=0).to_string())
     if {"width", "height"} <= set(frame.columns):
@@ -154,12 +154,12 @@ def data_check(
         raise WorkbenchError(f"{target}: {report.exact_across + report.near_across} duplicate group(s) span two "
                              "splits: test images have copies in training")
     console.print("no leak: no image has a duplicate in another split")
-    if folds:
+    if held_out:
         from workbench.cli.sweep import print_folds
 
         console.print(f"objective.{loaded.objective.rule}: what each trial trains, validates and tests on",
                       highlight=False)
-        print_folds(folds)
+        print_folds(held_out)
 
 
 @data_app.command("audit")
