@@ -170,20 +170,29 @@ def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configura
             "--set", "learning_rate={low: 1.0e-3, high: 1.0e-2, log: true}"]
     exe = os.path.join(os.path.dirname(sys.executable), "workbench")
     worker = subprocess.Popen([exe, *args], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(uri)
+
+    def mid_trial() -> bool:
+        """A trial after the first is running and its run has logged an epoch."""
+        try:
+            study = optuna.load_study(study_name="tiny", storage=storage)
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            done = study.get_trials(states=(TrialState.COMPLETE,))
+        except Exception:  # the study does not exist yet
+            return False
+        return bool(done and running and "mlflow_run_id" in running[0].user_attrs
+                    and client.get_metric_history(running[0].user_attrs["mlflow_run_id"], "loss"))
+
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            try:
-                study = optuna.load_study(study_name="tiny", storage=storage)
-                running = study.get_trials(states=(TrialState.RUNNING,))
-                done = study.get_trials(states=(TrialState.COMPLETE,))
-            except Exception:  # the study does not exist yet
-                running, done = [], []
-            # Mid-trial: its run has logged an epoch and the trial is still running, so the kill
-            # lands inside it (waiting for exactly one epoch missed a 0.1 s window on a busy machine).
-            if done and running and "mlflow_run_id" in running[0].user_attrs and \
-                    MlflowClient(uri).get_metric_history(running[0].user_attrs["mlflow_run_id"], "loss"):
-                break
+            # Seen mid-trial, the worker is frozen and looked at again: on a busy machine the trial
+            # could finish, and the next start without its run yet, between a look and the kill.
+            if mid_trial():
+                worker.send_signal(signal.SIGSTOP)
+                if mid_trial():
+                    break
+                worker.send_signal(signal.SIGCONT)
             time.sleep(0.2)
         else:
             pytest.fail("the worker never reached its second trial")
@@ -192,7 +201,7 @@ def test_a_killed_sweep_resumes_without_repeats_and_retries_the_killed_configura
     finally:
         if worker.poll() is None:
             worker.kill()
-    # Read what the kill left behind (a trial may have finished between the last look and the kill).
+    # Read what the kill left behind.
     left = optuna.load_study(study_name="tiny", storage=storage)
     (killed,) = left.get_trials(states=(TrialState.RUNNING,))
     done = left.get_trials(states=(TrialState.COMPLETE,))
